@@ -1,0 +1,33 @@
+# Podium: `make demo` runs the whole pipeline on the embedded DuckDB warehouse,
+# `make test` runs the test suite. Both create .venv on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+# MLflow's usage telemetry stays off: Podium talks to loopback and the warehouse only.
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.DEFAULT_GOAL := help
+.PHONY: help demo test ui clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-8s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(BIN)/podium: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(BIN)/podium ## Run the full pipeline on DuckDB + the bundled F1 data
+	$(BIN)/podium run
+
+test: $(BIN)/podium ## Run the tests (pytest)
+	$(BIN)/python -m pytest
+
+ui: $(BIN)/podium ## Open the MLflow UI on http://127.0.0.1:5000
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000
+
+clean: ## Remove local state: warehouse, MLflow store, Optuna studies (keeps .venv)
+	rm -rf warehouse mlflow.db mlruns mlartifacts optuna

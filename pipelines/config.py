@@ -1,0 +1,229 @@
+"""Typed configuration: a profile says where Podium runs, a spec says what it learns.
+
+Profiles live in `conf/<name>.yaml`, specs in `experiments/<name>.yaml`; either may also
+be given as a path to a YAML file. Both are strict: an unknown key fails fast. Relative
+paths inside them are relative to the project root (the current directory). Secrets
+never live here: Snowflake credentials come from connections.toml or SNOWFLAKE_* vars.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from pipelines.errors import ConfigError, PodiumError
+from pipelines.warehouse.dialect import check_identifier, check_table
+
+DEFAULT_PROFILE = "local"
+
+
+def _identifier(value: str) -> str:
+    try:
+        return check_identifier(value)
+    except PodiumError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _table(value: str) -> str:
+    try:
+        return check_table(value)
+    except PodiumError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Identifier = Annotated[str, AfterValidator(_identifier)]
+TableName = Annotated[str, AfterValidator(_table)]
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+
+
+class Strict(BaseModel):
+    """Base for config models: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --- profile: where it runs -------------------------------------------------------
+
+
+class DuckDBConfig(Strict):
+    """The embedded warehouse: one DuckDB file."""
+
+    backend: Literal["duckdb"]
+    path: Path = Path("warehouse/podium.duckdb")
+
+
+class SnowflakeConfig(Strict):
+    """Snowflake through Snowpark. Only non-secret session defaults live here."""
+
+    backend: Literal["snowflake"]
+    connection_name: str | None = Field(
+        None, description="entry in connections.toml; else SNOWFLAKE_* environment variables"
+    )
+    database: Identifier | None = None
+    role: Identifier | None = None
+    warehouse: Identifier | None = None
+
+
+class Profile(Strict):
+    """Where Podium runs: the warehouse backend and the MLflow tracking store."""
+
+    name: str
+    warehouse: DuckDBConfig | SnowflakeConfig = Field(discriminator="backend")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db"
+    )
+
+
+# --- spec: what it learns ----------------------------------------------------------
+
+
+class IngestConfig(Strict):
+    """Raw files to load: a folder of CSVs described by its tables.yaml manifest."""
+
+    source: Path
+    db_schema: Identifier = Field("RAW", alias="schema")
+
+
+class RowBounds(Strict):
+    min: int = Field(1, ge=0)
+    max: int | None = None
+
+
+class FeaturesConfig(Strict):
+    """Ordered SQL models (Snowflake dialect) that build the feature table."""
+
+    sql: Path
+    db_schema: Identifier = Field("ML", alias="schema")
+    expect_rows: RowBounds = RowBounds()
+
+
+class Spec(Strict):
+    """One use case: its feature table, keys, time, target and holdout."""
+
+    name: Name = Field(description="names the MLflow experiment, the Optuna studies and the model")
+    description: str = ""
+    table: TableName
+    keys: list[Identifier] = Field(min_length=1)
+    time: Identifier
+    target: Identifier
+    classes: list[str] = Field(min_length=2)
+    train_start: date
+    holdout_start: date
+    scoring_table: TableName
+    ingest: IngestConfig | None = None
+    features: FeaturesConfig | None = None
+
+    @model_validator(mode="after")
+    def _window_is_ordered(self) -> Spec:
+        if self.train_start >= self.holdout_start:
+            raise ValueError(
+                f"train_start ({self.train_start}) must be before holdout_start ({self.holdout_start})"
+            )
+        return self
+
+
+# --- loading -------------------------------------------------------------------------
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_profile(name: str = DEFAULT_PROFILE, root: Path | None = None) -> Profile:
+    """Load a profile by name (conf/<name>.yaml) or by path to a YAML file."""
+    root = root or Path.cwd()
+    path = _locate(name, root / "conf", "profile", "--profile / PODIUM_PROFILE")
+    data = _read_yaml(path)
+    data.setdefault("name", path.stem)
+    profile = _validate(Profile, data, path)
+    if isinstance(profile.warehouse, DuckDBConfig):
+        warehouse = profile.warehouse.model_copy(update={"path": _under(root, profile.warehouse.path)})
+        profile = profile.model_copy(update={"warehouse": warehouse})
+    return profile
+
+
+def load_spec(name: str | None = None, root: Path | None = None) -> Spec:
+    """Load an experiment spec by name (experiments/<name>.yaml) or path; none: the only one."""
+    root = root or Path.cwd()
+    path = _locate(name or _only_spec(root / "experiments"), root / "experiments", "spec", "--spec / PODIUM_SPEC")
+    spec = _validate(Spec, _read_yaml(path), path)
+    if spec.ingest:
+        spec = spec.model_copy(
+            update={"ingest": spec.ingest.model_copy(update={"source": _under(root, spec.ingest.source)})}
+        )
+    if spec.features:
+        spec = spec.model_copy(
+            update={"features": spec.features.model_copy(update={"sql": _under(root, spec.features.sql)})}
+        )
+    return spec
+
+
+def _only_spec(folder: Path) -> str:
+    """The name of the one spec in experiments/, when no spec is named."""
+    names = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    if len(names) != 1:
+        found = f"found {', '.join(names)}" if names else f"found none in {folder}"
+        raise ConfigError(f"which spec? {found}. Choose one with --spec / PODIUM_SPEC.")
+    return names[0]
+
+
+def _locate(name: str, folder: Path, kind: str, option: str) -> Path:
+    """Resolve a config name or path to an existing YAML file."""
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"{kind} file {name} does not exist: pass an existing YAML file to {option}.")
+        return path
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+        hint = f"known {kind}s: {', '.join(known)}" if known else f"no {folder} folder here: run from the project root"
+        raise ConfigError(f"unknown {kind} {name!r} ({hint}). Choose one with {option}.")
+    return path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """Parse a YAML mapping, turning syntax errors into one clear message."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}. Fix the file's syntax.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level.")
+    return data
+
+
+def _validate(model: type[M], data: dict[str, Any], path: Path) -> M:
+    """Validate data against a model, reporting every problem with its key path."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def _describe(error: Any) -> str:
+    """One validation error as 'key: problem (fix)'."""
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {key!r}: remove it or fix its spelling"
+    if error["type"] == "missing":
+        return f"missing key {key!r}: add it"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message}"
+
+
+def _under(root: Path, path: Path) -> Path:
+    return path if path.is_absolute() else root / path

@@ -1,0 +1,17 @@
+"""Errors a user can cause. The CLI prints their message, without a traceback."""
+
+
+class PodiumError(Exception):
+    """A problem with the user's input, named together with its fix."""
+
+
+class ConfigError(PodiumError):
+    """A profile or spec file is missing, malformed or holds an unknown key."""
+
+
+class WarehouseError(PodiumError):
+    """The warehouse refused a statement (missing table, bad SQL, bad identifier)."""
+
+
+class DataQualityError(PodiumError):
+    """A data-quality check on a built table failed."""

@@ -1,0 +1,135 @@
+"""Features stage: build the spec's feature table from ordered SQL models, then check it.
+
+Inputs:  the raw tables; the spec's `features.sql` folder of `NN_name.sql` files, each one
+         SELECT in Snowflake dialect, run in file-name order.
+Outputs: `<features.schema>.<NAME>` per model (`20_f1_features.sql` -> ML.F1_FEATURES);
+         one of them is the spec's `table`.
+Checks:  keys unique and not null, target within the spec's classes, row count within
+         `features.expect_rows`. A failed check fails the stage.
+MLflow:  a run `features` with `rows.<TABLE>` metrics and `check.<name>` metrics (1 = pass).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+
+from pipelines.config import Profile, Spec
+from pipelines.errors import ConfigError, DataQualityError
+from pipelines.progress import progress
+from pipelines.tracking import stage_run
+from pipelines.warehouse import Warehouse, connect
+from pipelines.warehouse.dialect import quote
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = re.compile(r"^(\d+)_([A-Za-z_][A-Za-z0-9_]*)\.sql$")
+
+
+@dataclass(frozen=True)
+class Model:
+    """One SQL model: a SELECT materialized as a table."""
+
+    path: Path
+    table: str
+
+    def create_sql(self) -> str:
+        return f"CREATE OR REPLACE TABLE {quote(self.table)} AS\n{self.path.read_text().strip().rstrip(';')}"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class FeaturesResult:
+    rows: dict[str, int]
+    checks: list[Check]
+
+
+def main(profile: Profile, spec: Spec) -> FeaturesResult:
+    """Build every model in order, then run the data-quality checks on the spec's table."""
+    models = discover_models(spec)
+    with connect(profile) as warehouse, stage_run(profile, spec, "features"):
+        warehouse.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(spec.features.db_schema)}")
+        rows = {m.table: build(warehouse, m) for m in progress(models, "features", total=len(models))}
+        checks = check_quality(warehouse, spec)
+        mlflow.log_metrics(
+            {f"rows.{table}": n for table, n in rows.items()}
+            | {f"check.{c.name}": float(c.passed) for c in checks}
+        )
+        failed = [c for c in checks if not c.passed]
+        if failed:
+            raise DataQualityError(
+                f"{spec.table} failed data-quality checks: "
+                + "; ".join(f"{c.name}: {c.detail}" for c in failed)
+                + ". Fix the feature SQL or the raw data, then rerun `podium features`."
+            )
+    return FeaturesResult(rows, checks)
+
+
+def discover_models(spec: Spec) -> list[Model]:
+    """The spec's SQL models in run order; the spec's table must be one of them."""
+    if spec.features is None:
+        raise ConfigError(f"spec {spec.name} has no `features` section: nothing to build.")
+    folder, schema = spec.features.sql, spec.features.db_schema
+    files = sorted(folder.glob("*.sql")) if folder.is_dir() else []
+    models = []
+    for path in files:
+        match = MODEL_FILE.match(path.name)
+        if not match:
+            raise ConfigError(f"{path}: SQL model files are named NN_name.sql (e.g. 10_features.sql).")
+        models.append(Model(path, f"{schema}.{match.group(2).upper()}"))
+    models.sort(key=lambda m: int(MODEL_FILE.match(m.path.name).group(1)))
+    if spec.table not in {m.table for m in models}:
+        raise ConfigError(
+            f"no SQL model in {folder} builds {spec.table}: add a file named NN_{spec.table.split('.')[-1].lower()}.sql."
+        )
+    return models
+
+
+def build(warehouse: Warehouse, model: Model) -> int:
+    """Materialize one model and return its row count."""
+    warehouse.execute(model.create_sql())
+    rows = int(warehouse.query(f"SELECT COUNT(*) AS N FROM {quote(model.table)}").iloc[0, 0])
+    log.info("built %s (%s rows) from %s", model.table, f"{rows:,}", model.path.name)
+    return rows
+
+
+def check_quality(warehouse: Warehouse, spec: Spec) -> list[Check]:
+    """Keys unique and not null, target in the accepted classes, row count in bounds."""
+    table, keys, target = quote(spec.table), [quote(k) for k in spec.keys], quote(spec.target)
+    key_list = ", ".join(keys)
+    null_keys = " OR ".join(f"{k} IS NULL" for k in keys)
+    placeholders = ", ".join("?" for _ in spec.classes)
+    stats = warehouse.query(
+        f"SELECT COUNT(*) AS N_ROWS, COUNT_IF({null_keys}) AS N_NULL_KEYS, "
+        f"COUNT_IF({target} IS NULL OR {target} NOT IN ({placeholders})) AS N_BAD_TARGET FROM {table}",
+        spec.classes,
+    ).iloc[0]
+    duplicates = warehouse.query(
+        f"SELECT COUNT(*) AS N FROM (SELECT {key_list} FROM {table} GROUP BY {key_list} HAVING COUNT(*) > 1)"
+    ).iloc[0, 0]
+    n_rows, bounds = int(stats["N_ROWS"]), spec.features.expect_rows if spec.features else None
+    low, high = (bounds.min, bounds.max) if bounds else (1, None)
+    return [
+        Check("keys_not_null", stats["N_NULL_KEYS"] == 0, f"{int(stats['N_NULL_KEYS'])} rows have a null key"),
+        Check("keys_unique", duplicates == 0, f"{int(duplicates)} key values appear more than once"),
+        Check(
+            "target_accepted",
+            stats["N_BAD_TARGET"] == 0,
+            f"{int(stats['N_BAD_TARGET'])} rows have {spec.target} outside {spec.classes}",
+        ),
+        Check(
+            "row_count",
+            n_rows >= low and (high is None or n_rows <= high),
+            f"{n_rows} rows, expected between {low} and {high if high is not None else 'any'}",
+        ),
+    ]

@@ -1,0 +1,80 @@
+-- ML.F1_FEATURES: the model table, one row per (RACE_ID, DRIVER_ID) for races on or
+-- after 2010-01-01. FINISH_CLASS is the label (this race's result). Every other column is
+-- known before the race: pre-race facts of this race (grid, qualifying, car, circuit, age)
+-- or history from strictly earlier races (form models, standings after the previous round).
+WITH target_races AS (
+    SELECT
+        dr.RACE_ID,
+        dr.DRIVER_ID,
+        dr.CONSTRUCTOR_ID,
+        dr.RACE_DATE,
+        dr.SEASON,
+        dr.ROUND,
+        dr.GRID,
+        dr.FINISH_CLASS
+    FROM ML.F1_DRIVER_RACES AS dr
+    WHERE dr.RACE_DATE >= DATE '2010-01-01'
+),
+
+qualifying AS (
+    SELECT
+        q.RACE_ID,
+        q.DRIVER_ID,
+        MIN(q.POSITION) AS QUALI_POSITION
+    FROM RAW.QUALIFYING AS q
+    GROUP BY q.RACE_ID, q.DRIVER_ID
+)
+
+SELECT
+    t.RACE_ID,
+    t.DRIVER_ID,
+    t.RACE_DATE,
+    t.SEASON,
+    t.ROUND,
+    t.FINISH_CLASS,
+    CASE WHEN t.GRID = 0 THEN NULL ELSE t.GRID END AS GRID,
+    CASE WHEN t.GRID = 0 THEN 1 ELSE 0 END AS PIT_LANE_START,
+    q.QUALI_POSITION,
+    df.DRIVER_POINTS_LAST5,
+    df.DRIVER_AVG_FINISH_LAST5,
+    df.DRIVER_DNF_RATE_LAST10,
+    df.DRIVER_PODIUMS_LAST10,
+    df.DRIVER_PREV_FINISH,
+    COALESCE(cf.CONSTRUCTOR_POINTS_LAST5, 0) AS CONSTRUCTOR_POINTS_LAST5,
+    cf.CONSTRUCTOR_DNF_RATE_LAST10,
+    ds.POSITION AS CHAMPIONSHIP_POSITION_BEFORE,
+    CAST(COALESCE(ds.POINTS, 0) AS DOUBLE) AS CHAMPIONSHIP_POINTS_BEFORE,
+    cs.POSITION AS CONSTRUCTOR_CHAMPIONSHIP_POSITION_BEFORE,
+    ROUND(DATEDIFF(day, d.DOB, t.RACE_DATE) / 365.25, 2) AS DRIVER_AGE,
+    df.DRIVER_STARTS,
+    df.DRIVER_CIRCUIT_STARTS,
+    df.DRIVER_CIRCUIT_AVG_FINISH,
+    c.CONSTRUCTOR_REF,
+    ra.CIRCUIT_REF
+FROM target_races AS t
+INNER JOIN ML.F1_RACES AS ra
+    ON ra.RACE_ID = t.RACE_ID
+INNER JOIN ML.F1_DRIVER_FORM AS df
+    ON df.RACE_ID = t.RACE_ID
+    AND df.DRIVER_ID = t.DRIVER_ID
+LEFT JOIN ML.F1_CONSTRUCTOR_FORM AS cf
+    ON cf.RACE_ID = t.RACE_ID
+    AND cf.CONSTRUCTOR_ID = t.CONSTRUCTOR_ID
+LEFT JOIN qualifying AS q
+    ON q.RACE_ID = t.RACE_ID
+    AND q.DRIVER_ID = t.DRIVER_ID
+LEFT JOIN RAW.DRIVER_STANDINGS AS ds
+    ON ds.RACE_ID = ra.PREV_ROUND_RACE_ID
+    AND ds.DRIVER_ID = t.DRIVER_ID
+LEFT JOIN RAW.CONSTRUCTOR_STANDINGS AS cs
+    ON cs.RACE_ID = ra.PREV_ROUND_RACE_ID
+    AND cs.CONSTRUCTOR_ID = t.CONSTRUCTOR_ID
+LEFT JOIN RAW.DRIVERS AS d
+    ON d.DRIVER_ID = t.DRIVER_ID
+LEFT JOIN RAW.CONSTRUCTORS AS c
+    ON c.CONSTRUCTOR_ID = t.CONSTRUCTOR_ID
+-- Safety net: the joins are on unique keys, so this keeps every row, one per key.
+QUALIFY ROW_NUMBER() OVER (
+    PARTITION BY t.RACE_ID, t.DRIVER_ID
+    ORDER BY ds.POSITION NULLS LAST, cs.POSITION NULLS LAST
+) = 1

@@ -1,0 +1,99 @@
+"""The CLI: a user's mistake prints one clear line and exits 1, never a traceback."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines import cli
+from pipelines.config import Profile
+from tests.conftest import REPO
+
+
+def podium(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    """Run the console entry point in-process from the repo root: (exit code, stdout, stderr)."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", ["podium", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return int(exit_info.value.code or 0), captured.out, captured.err
+
+
+def profile_file(tmp_path: Path, profile: Profile) -> str:
+    path = tmp_path / "profile.yaml"
+    path.write_text(f"warehouse:\n  backend: duckdb\n  path: {profile.warehouse.path}\n")
+    return str(path)
+
+
+def bad_spec(tmp_path: Path, replace: str, by: str) -> str:
+    path = tmp_path / f"spec_{len(list(tmp_path.glob('spec_*')))}.yaml"
+    text = (REPO / "experiments" / "f1_podium.yaml").read_text()
+    assert replace in text
+    path.write_text(text.replace(replace, by))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("unknown profile", "unknown profile 'prod'"),
+        ("unknown spec key", "unknown key 'holdout_strat'"),
+        ("malformed yaml", "malformed YAML at line"),
+        ("identifier with ;", "not a valid table name"),
+        ("identifier with quotes", "not a valid SQL identifier"),
+        ("missing feature table", "F1_FEATURES.* does not exist"),
+        ("features before ingest", "does not exist"),
+    ],
+)
+def test_user_errors_are_one_clear_line(
+    case: str, message: str, tmp_path: Path, profile: Profile, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = profile_file(tmp_path, profile)
+    args = {
+        "unknown profile": ["ingest", "--profile", "prod"],
+        "unknown spec key": ["ingest", "-p", local, "--spec", bad_spec(tmp_path, "holdout_start:", "holdout_strat:")],
+        "malformed yaml": ["ingest", "-p", local, "--spec", bad_spec(tmp_path, "keys: [RACE_ID, DRIVER_ID]", "keys: [RACE_ID")],
+        "identifier with ;": ["features", "-p", local, "--spec", bad_spec(tmp_path, "table: ML.F1_FEATURES", "table: ML.F1;DROP")],
+        "identifier with quotes": ["features", "-p", local, "--spec", bad_spec(tmp_path, "target: FINISH_CLASS", "target: 'FINISH\"'")],
+        "missing feature table": ["sql", "select count(*) from ML.F1_FEATURES", "-p", local],
+        "features before ingest": ["features", "-p", local],
+    }[case]
+    code, _, err = podium(args, capsys, monkeypatch)
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error:") and re.search(message, last)
+    assert "Traceback" not in err
+
+
+def test_sql_prints_csv_for_machines(
+    built_profile: Profile, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["sql", "select count(*) as n, min(race_date) as first from ML.F1_FEATURES", "-p", profile_file(tmp_path, built_profile), "--format", "csv"]
+    code, out, _ = podium(args, capsys, monkeypatch)
+    assert code == 0
+    header, row = out.strip().splitlines()
+    assert header == "N,FIRST"
+    n, first = row.split(",")
+    assert 5000 <= int(n) <= 6500 and first.startswith("2010-")
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, _ = podium(["--help"], capsys, monkeypatch)
+    assert code == 0
+    for command in ("ingest", "features", "sql", "run"):
+        assert command in out
+
+
+def test_no_traceback_from_the_real_console_script(tmp_path: Path) -> None:
+    spec = bad_spec(tmp_path, "keys: [RACE_ID, DRIVER_ID]", "keys: [RACE_ID")
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "features", "--spec", spec], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "malformed YAML" in done.stderr and "Traceback" not in done.stderr

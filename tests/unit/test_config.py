@@ -1,0 +1,104 @@
+"""Typed config: profiles and specs load strictly and fail with one clear message."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import DuckDBConfig, SnowflakeConfig, load_profile, load_spec
+from pipelines.errors import ConfigError
+from tests.conftest import REPO
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def spec_text(**overrides: str) -> str:
+    """The bundled spec's text with top-level lines replaced."""
+    lines = (REPO / "experiments" / "f1_podium.yaml").read_text().splitlines()
+    for key, value in overrides.items():
+        lines = [f"{key}: {value}" if line.startswith(f"{key}:") else line for line in lines]
+    return "\n".join(lines)
+
+
+def test_bundled_profiles_load() -> None:
+    local = load_profile("local", root=REPO)
+    assert isinstance(local.warehouse, DuckDBConfig)
+    assert local.warehouse.path == REPO / "warehouse" / "podium.duckdb"
+    snowflake = load_profile("snowflake", root=REPO)
+    assert isinstance(snowflake.warehouse, SnowflakeConfig)
+    assert snowflake.warehouse.database == "PODIUM"
+
+
+def test_bundled_spec_loads_with_resolved_paths() -> None:
+    spec = load_spec("f1_podium", root=REPO)
+    assert (spec.table, spec.keys, spec.time, spec.target) == ("ML.F1_FEATURES", ["RACE_ID", "DRIVER_ID"], "RACE_DATE", "FINISH_CLASS")
+    assert (spec.train_start, spec.holdout_start) == (date(2010, 1, 1), date(2021, 1, 1))
+    assert spec.ingest and spec.ingest.source == REPO / "data" / "f1"
+    assert spec.features and spec.features.sql.is_dir()
+
+
+def test_the_only_spec_is_the_default(tmp_path: Path) -> None:
+    write(tmp_path / "experiments" / "mine.yaml", spec_text(name="mine"))
+    assert load_spec(None, root=tmp_path).name == "mine"
+    write(tmp_path / "experiments" / "other.yaml", spec_text(name="other"))
+    with pytest.raises(ConfigError, match="which spec.*mine, other"):
+        load_spec(None, root=tmp_path)
+
+
+def test_unknown_profile_names_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"unknown profile 'prod' \(known profiles: local, snowflake\)"):
+        load_profile("prod", root=REPO)
+
+
+def test_unknown_spec_key_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.yaml", spec_text() + "\nholdout_strat: 2020-01-01\n")
+    with pytest.raises(ConfigError, match="unknown key 'holdout_strat'"):
+        load_spec(str(path))
+
+
+def test_unknown_nested_key_is_named_with_its_path(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.yaml", "warehouse:\n  backend: duckdb\n  password: hunter2\n")
+    with pytest.raises(ConfigError, match="unknown key 'warehouse.duckdb.password'"):
+        load_profile(str(path))
+
+
+def test_malformed_yaml_gives_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.yaml", "name: x\nkeys: [A, B\ntime: T\n")
+    with pytest.raises(ConfigError, match=r"malformed YAML at line \d+"):
+        load_spec(str(path))
+
+
+@pytest.mark.parametrize("table", ["'ML.F1;DROP TABLE X'", "'ML.\"F1\"'", "\"ML.F1'\""])
+def test_identifier_with_semicolon_or_quotes_is_refused(tmp_path: Path, table: str) -> None:
+    path = write(tmp_path / "s.yaml", spec_text(table=table))
+    with pytest.raises(ConfigError, match="table: .*not a valid table name"):
+        load_spec(str(path))
+
+
+def test_key_column_with_quote_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.yaml", spec_text(keys="[RACE_ID, 'DRIVER_ID\"']"))
+    with pytest.raises(ConfigError, match="keys.1: .*not a valid SQL identifier"):
+        load_spec(str(path))
+
+
+def test_holdout_must_follow_training_start(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.yaml", spec_text(holdout_start="2005-01-01"))
+    with pytest.raises(ConfigError, match="train_start .* must be before holdout_start"):
+        load_spec(str(path))
+
+
+def test_missing_key_is_named(tmp_path: Path) -> None:
+    text = "\n".join(line for line in spec_text().splitlines() if not line.startswith("target:"))
+    with pytest.raises(ConfigError, match="missing key 'target'"):
+        load_spec(str(write(tmp_path / "s.yaml", text)))
+
+
+def test_missing_spec_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_spec(str(tmp_path / "nope.yaml"))

@@ -1,0 +1,101 @@
+"""The DuckDB backend of the warehouse seam: bulk writes, atomicity, streaming reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines.errors import WarehouseError
+from pipelines.warehouse.duckdb import DuckDBWarehouse
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> DuckDBWarehouse:
+    wh = DuckDBWarehouse(tmp_path / "sub" / "w.duckdb")
+    yield wh
+    wh.close()
+
+
+def frame(keys: list[int], value: str) -> pd.DataFrame:
+    return pd.DataFrame({"K": keys, "V": [f"{value}{k}" for k in keys]})
+
+
+def rows(wh: DuckDBWarehouse, table: str = "ML.T") -> list[tuple]:
+    return [tuple(r) for r in wh.query(f"SELECT K, V FROM {table} ORDER BY K").itertuples(index=False)]
+
+
+def test_replace_creates_schema_and_table(warehouse: DuckDBWarehouse) -> None:
+    assert warehouse.write(frame([1, 2], "a"), "ml.t", mode="replace") == 2
+    warehouse.write(frame([3], "b"), "ML.T", mode="replace")
+    assert rows(warehouse) == [(3, "b3")]
+
+
+def test_append_adds_rows(warehouse: DuckDBWarehouse) -> None:
+    warehouse.write(frame([1], "a"), "ML.T", mode="append")
+    warehouse.write(frame([2], "b"), "ML.T", mode="append")
+    assert rows(warehouse) == [(1, "a1"), (2, "b2")]
+
+
+def test_merge_updates_matching_keys_and_inserts_new_ones(warehouse: DuckDBWarehouse) -> None:
+    warehouse.write(frame([1, 2], "a"), "ML.T", mode="merge", keys=["K"])
+    warehouse.write(frame([2, 3], "b"), "ML.T", mode="merge", keys=["K"])
+    assert rows(warehouse) == [(1, "a1"), (2, "b2"), (3, "b3")]
+
+
+def test_append_matches_columns_by_name(warehouse: DuckDBWarehouse) -> None:
+    warehouse.write(frame([1], "a"), "ML.T", mode="append")
+    warehouse.write(frame([2], "b")[["V", "K"]], "ML.T", mode="append")
+    assert rows(warehouse) == [(1, "a1"), (2, "b2")]
+
+
+def test_failed_write_leaves_the_table_intact(warehouse: DuckDBWarehouse) -> None:
+    warehouse.write(frame([1, 2], "a"), "ML.T", mode="replace")
+    bad = pd.DataFrame({"K": [5], "V": ["x"], "EXTRA": [1.0]})
+    with pytest.raises(WarehouseError, match="writing ML.T failed"):
+        warehouse.write(bad, "ML.T", mode="merge", keys=["K"])
+    assert rows(warehouse) == [(1, "a1"), (2, "a2")]
+
+
+@pytest.mark.parametrize(
+    ("mode", "keys", "message"),
+    [("upsert", [], "unknown write mode"), ("merge", [], "needs key columns"), ("merge", ["NOPE"], "not columns")],
+)
+def test_bad_write_arguments(warehouse: DuckDBWarehouse, mode: str, keys: list[str], message: str) -> None:
+    with pytest.raises(WarehouseError, match=message):
+        warehouse.write(frame([1], "a"), "ML.T", mode=mode, keys=keys)  # type: ignore[arg-type]
+
+
+def test_injected_table_name_is_refused(warehouse: DuckDBWarehouse) -> None:
+    with pytest.raises(WarehouseError, match="not a valid table name"):
+        warehouse.write(frame([1], "a"), 'ML.T"; DROP TABLE X; --', mode="replace")
+
+
+def test_query_binds_values(warehouse: DuckDBWarehouse) -> None:
+    warehouse.write(frame([1, 2, 3], "a"), "ML.T", mode="replace")
+    hostile = "a1' OR '1'='1"
+    assert warehouse.query("SELECT COUNT(*) AS N FROM ML.T WHERE V = ?", [hostile]).N[0] == 0
+    assert warehouse.query("SELECT COUNT(*) AS N FROM ML.T WHERE K >= ?", [2]).N[0] == 2
+
+
+def test_batches_stream_in_chunks(warehouse: DuckDBWarehouse) -> None:
+    warehouse.write(pd.DataFrame({"K": range(10_000)}), "ML.BIG", mode="replace")
+    sizes = [len(b) for b in warehouse.batches("SELECT K FROM ML.BIG ORDER BY K", rows=4096)]
+    assert sizes == [4096, 4096, 1808]
+    with pytest.raises(WarehouseError, match="positive"):
+        next(warehouse.batches("SELECT 1", rows=0))
+
+
+def test_columns_and_missing_table(warehouse: DuckDBWarehouse) -> None:
+    warehouse.write(frame([1], "a"), "ML.T", mode="replace")
+    assert warehouse.columns("ml.t") == {"K": "BIGINT", "V": "VARCHAR"}
+    with pytest.raises(WarehouseError, match="does not exist"):
+        warehouse.columns("ML.MISSING")
+    with pytest.raises(WarehouseError, match="does not exist"):
+        warehouse.query("SELECT * FROM ML.MISSING")
+
+
+def test_execute_runs_snowflake_sql(warehouse: DuckDBWarehouse) -> None:
+    warehouse.execute("CREATE SCHEMA IF NOT EXISTS ML; CREATE OR REPLACE TABLE ML.X AS SELECT IFF(TRUE, 1, 2) AS A")
+    assert warehouse.query("SELECT A FROM ML.X").A.tolist() == [1]
