@@ -1,0 +1,32 @@
+"""The warehouse seam: `connect(profile)` returns the backend the profile names."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from pipelines.warehouse.base import Warehouse
+
+if TYPE_CHECKING:
+    from pipelines.config import Profile
+
+__all__ = ["Warehouse", "connect"]
+
+
+@contextmanager
+def connect(profile: Profile) -> Iterator[Warehouse]:
+    """Open the profile's warehouse for the duration of a `with` block."""
+    config = profile.warehouse
+    if config.backend == "duckdb":
+        from pipelines.warehouse.duckdb import DuckDBWarehouse
+
+        warehouse: Warehouse = DuckDBWarehouse(config.path)
+    else:
+        from pipelines.warehouse.snowpark import SnowparkWarehouse
+
+        warehouse = SnowparkWarehouse.connect(config)
+    try:
+        yield warehouse
+    finally:
+        warehouse.close()

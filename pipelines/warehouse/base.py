@@ -1,0 +1,71 @@
+"""The warehouse seam: the one protocol every stage talks to.
+
+SQL passed to `execute`, `query` and `batches` is Snowflake dialect with `?` placeholders
+for bound values. Table names are checked and quoted by the backend. Frames move in
+bulk (Arrow / pandas), never row by row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, Protocol
+
+import pandas as pd
+
+from pipelines.errors import WarehouseError
+
+WriteMode = Literal["append", "replace", "merge"]
+WRITE_MODES: tuple[str, ...] = ("append", "replace", "merge")
+
+
+class Warehouse(Protocol):
+    """A SQL warehouse that Podium reads features from and writes results to."""
+
+    backend: str
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run a statement (or several) for its effect."""
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        """Run one query and return its rows."""
+
+    def batches(self, sql: str, rows: int, params: Sequence[Any] = ()) -> Iterator[pd.DataFrame]:
+        """Stream a query's rows in frames of at most `rows` rows."""
+
+    def write(self, df: pd.DataFrame, table: str, *, mode: WriteMode, keys: Sequence[str] = ()) -> int:
+        """Write a frame atomically: append, replace the table, or merge by `keys`."""
+
+    def columns(self, table: str) -> dict[str, str]:
+        """Column names (upper case) and types of an existing table."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
+def check_write(df: pd.DataFrame, table: str, mode: str, keys: Sequence[str]) -> None:
+    """Validate `write` arguments the same way for every backend."""
+    if mode not in WRITE_MODES:
+        raise WarehouseError(f"unknown write mode {mode!r} for {table}: use one of {', '.join(WRITE_MODES)}.")
+    if mode == "merge" and not keys:
+        raise WarehouseError(f"merge into {table} needs key columns.")
+    missing = [k for k in keys if k not in df.columns]
+    if missing:
+        raise WarehouseError(f"merge keys {missing} are not columns of the frame written to {table}.")
+
+
+def rechunk(frames: Iterator[pd.DataFrame], rows: int) -> Iterator[pd.DataFrame]:
+    """Re-cut a stream of frames into frames of exactly `rows` rows (the last may be short)."""
+    if rows <= 0:
+        raise WarehouseError(f"batch size must be a positive number of rows, got {rows}.")
+    buffer: list[pd.DataFrame] = []
+    held = 0
+    for frame in frames:
+        buffer.append(frame)
+        held += len(frame)
+        while held >= rows:
+            merged = pd.concat(buffer, ignore_index=True)
+            yield merged.iloc[:rows].reset_index(drop=True)
+            rest = merged.iloc[rows:].reset_index(drop=True)
+            buffer, held = [rest], len(rest)
+    if held:
+        yield pd.concat(buffer, ignore_index=True)

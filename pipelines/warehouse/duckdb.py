@@ -1,0 +1,114 @@
+"""The embedded warehouse: a DuckDB file, fed Snowflake SQL translated by sqlglot."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from pipelines.errors import WarehouseError
+from pipelines.warehouse.base import WriteMode, check_write, rechunk
+from pipelines.warehouse.dialect import quote, split_table, to_duckdb
+
+
+class DuckDBWarehouse:
+    """Warehouse seam over one DuckDB database file (or `:memory:`)."""
+
+    backend = "duckdb"
+
+    def __init__(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._con = duckdb.connect(str(path))
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Translate and run one or more statements; params bind to the last one."""
+        statements = to_duckdb(sql)
+        for i, statement in enumerate(statements):
+            self._run(statement, params if i == len(statements) - 1 else ())
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        """Translate and run one query, returning a DataFrame."""
+        return self._run(self._single(sql), params).df()
+
+    def batches(self, sql: str, rows: int, params: Sequence[Any] = ()) -> Iterator[pd.DataFrame]:
+        """Stream a query as Arrow record batches, converted to pandas frames of `rows` rows."""
+        if rows <= 0:
+            raise WarehouseError(f"batch size must be a positive number of rows, got {rows}.")
+        cursor = self._con.cursor()
+        try:
+            reader = self._run(self._single(sql), params, cursor).to_arrow_reader(rows)
+            yield from rechunk((batch.to_pandas() for batch in reader), rows)
+        finally:
+            cursor.close()
+
+    def write(self, df: pd.DataFrame, table: str, *, mode: WriteMode, keys: Sequence[str] = ()) -> int:
+        """Write `df` into `table` in one transaction (a crash leaves the old table intact)."""
+        check_write(df, table, mode, keys)
+        schema, _ = split_table(table)
+        target, staged = quote(table), f"podium_stage_{uuid.uuid4().hex}"
+        self._con.register(staged, df)
+        try:
+            self._con.execute("BEGIN TRANSACTION")
+            if schema:
+                self._con.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            if mode == "replace":
+                self._con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM {staged}")
+            else:
+                self._con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM {staged} LIMIT 0")
+                if mode == "merge":
+                    self._con.execute(f"DELETE FROM {target} AS t USING {staged} AS s WHERE {_match(keys)}")
+                self._con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {staged}")
+            self._con.execute("COMMIT")
+        except duckdb.Error as exc:
+            self._con.execute("ROLLBACK")
+            raise WarehouseError(f"writing {table} failed: {_first_line(exc)}") from None
+        finally:
+            self._con.unregister(staged)
+        return len(df)
+
+    def columns(self, table: str) -> dict[str, str]:
+        """Column names and DuckDB types of a table, in order."""
+        schema, name = split_table(table)
+        rows = self._con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE upper(table_name) = ? AND (? IS NULL OR upper(table_schema) = ?) "
+            "ORDER BY ordinal_position",
+            [name, schema, schema],
+        ).fetchall()
+        if not rows:
+            raise WarehouseError(f"table {table} does not exist: build it first (e.g. `podium features`).")
+        return {column.upper(): dtype for column, dtype in rows}
+
+    def close(self) -> None:
+        self._con.close()
+
+    def _single(self, sql: str) -> str:
+        statements = to_duckdb(sql)
+        if len(statements) != 1:
+            raise WarehouseError(f"expected exactly one query, got {len(statements)} statements.")
+        return statements[0]
+
+    def _run(
+        self, statement: str, params: Sequence[Any], cursor: duckdb.DuckDBPyConnection | None = None
+    ) -> duckdb.DuckDBPyConnection:
+        try:
+            return (cursor or self._con).execute(statement, list(params))
+        except duckdb.CatalogException as exc:
+            raise WarehouseError(
+                f"{_first_line(exc)} Check the name, or build it first (`podium ingest`, `podium features`)."
+            ) from None
+        except duckdb.Error as exc:
+            raise WarehouseError(_first_line(exc)) from None
+
+
+def _match(keys: Sequence[str]) -> str:
+    return " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in keys)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0]

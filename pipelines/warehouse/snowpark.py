@@ -1,0 +1,167 @@
+"""Snowflake through a Snowpark Session: SQL runs as written, so the work stays in Snowflake.
+
+Writes go through a staging table: `create_dataframe` of a pandas frame uploads it with
+`write_pandas` into a temporary table, and one statement (CREATE OR REPLACE ... AS,
+INSERT ... SELECT or MERGE) moves it into the target, so readers never see half a write.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pandas as pd
+from snowflake.snowpark import Session
+from snowflake.snowpark.exceptions import SnowparkClientException, SnowparkSQLException
+from snowflake.snowpark.functions import when_matched, when_not_matched
+
+from pipelines.config import SnowflakeConfig
+from pipelines.errors import WarehouseError
+from pipelines.warehouse.base import WriteMode, check_write, rechunk
+from pipelines.warehouse.dialect import check_identifier, quote
+
+log = logging.getLogger(__name__)
+
+# SNOWFLAKE_<KEY> environment variables read into the connection, as Snowflake's own tools do.
+ENV_KEYS = (
+    "account", "user", "password", "authenticator", "private_key_file", "private_key_file_pwd",
+    "token", "role", "warehouse", "database", "schema", "host", "port", "protocol",
+)  # fmt: skip
+
+
+def connection_parameters(config: SnowflakeConfig, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Session parameters from connections.toml (by name) or SNOWFLAKE_* variables."""
+    environ = dict(os.environ if environ is None else environ)
+    params: dict[str, Any] = {
+        key: value
+        for key in ("database", "role", "warehouse")
+        if (value := getattr(config, key)) is not None
+    }
+    params |= {key: environ[f"SNOWFLAKE_{key.upper()}"] for key in ENV_KEYS if f"SNOWFLAKE_{key.upper()}" in environ}
+    name = config.connection_name or environ.get("SNOWFLAKE_DEFAULT_CONNECTION_NAME")
+    if name:
+        params["connection_name"] = name
+    elif "account" not in params:
+        raise WarehouseError(
+            "no Snowflake connection: set connection_name in the profile (an entry of "
+            "~/.snowflake/connections.toml) or export SNOWFLAKE_ACCOUNT, SNOWFLAKE_USER and "
+            "SNOWFLAKE_PASSWORD (or SNOWFLAKE_AUTHENTICATOR / SNOWFLAKE_PRIVATE_KEY_FILE)."
+        )
+    return params
+
+
+class SnowparkWarehouse:
+    """Warehouse seam over a Snowpark Session (a real account, fakesnow, or local testing)."""
+
+    backend = "snowflake"
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    @classmethod
+    def connect(cls, config: SnowflakeConfig) -> SnowparkWarehouse:
+        """Open a Session from the profile plus the user's connection settings."""
+        params = connection_parameters(config)
+        try:
+            return cls(Session.builder.configs(params).create())
+        except Exception as exc:  # the connector raises many kinds on a failed login
+            raise WarehouseError(f"could not connect to Snowflake: {_first_line(exc)}") from None
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run a statement in Snowflake."""
+        self._sql(sql, params).collect()
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        """Run a query in Snowflake and fetch its rows."""
+        return self._fetch(lambda: self._sql(sql, params).to_pandas())
+
+    def batches(self, sql: str, rows: int, params: Sequence[Any] = ()) -> Iterator[pd.DataFrame]:
+        """Stream a query's result in frames of `rows` rows."""
+        frames = self._fetch(lambda: self._sql(sql, params).to_pandas_batches())
+        yield from rechunk(frames, rows)
+
+    def write(self, df: pd.DataFrame, table: str, *, mode: WriteMode, keys: Sequence[str] = ()) -> int:
+        """Upload `df` to a temporary table, then move it into `table` in one statement."""
+        check_write(df, table, mode, keys)
+        target = quote(table)
+        try:
+            staged = self.session.create_dataframe(_plain(df))
+            if mode == "replace" or (mode == "merge" and not self._exists(target)):
+                staged.write.save_as_table(target, mode="overwrite")
+            elif mode == "append":
+                staged.write.save_as_table(target, mode="append", column_order="name")
+            else:
+                self._merge(staged, target, [check_identifier(k) for k in keys])
+        except (SnowparkSQLException, SnowparkClientException) as exc:
+            raise WarehouseError(f"writing {table} failed: {_first_line(exc)}") from None
+        return len(df)
+
+    def columns(self, table: str) -> dict[str, str]:
+        """Column names and Snowpark types of a table."""
+        try:
+            fields = self.session.table(quote(table)).schema.fields
+        except (SnowparkSQLException, SnowparkClientException) as exc:
+            raise WarehouseError(
+                f"table {table} does not exist or is not readable: build it first (e.g. `podium features`). "
+                f"({_first_line(exc)})"
+            ) from None
+        return {f.name.strip('"').upper(): str(f.datatype) for f in fields}
+
+    def close(self) -> None:
+        try:
+            self.session.close()
+        except SnowparkClientException as exc:  # emulators lack SYSTEM$CANCEL_ALL_QUERIES
+            log.debug("closing the Snowpark session: %s", exc)
+
+    def _sql(self, sql: str, params: Sequence[Any]):  # noqa: ANN202 (snowpark DataFrame)
+        try:
+            return self.session.sql(sql, params=list(params) or None)
+        except SnowparkSQLException as exc:
+            raise WarehouseError(_first_line(exc)) from None
+
+    def _fetch(self, thunk):  # noqa: ANN001, ANN202
+        try:
+            return thunk()
+        except SnowparkSQLException as exc:
+            raise WarehouseError(_first_line(exc)) from None
+
+    def _exists(self, target: str) -> bool:
+        try:
+            self.session.table(target).schema  # noqa: B018 (resolves the table)
+        except SnowparkSQLException:
+            return False
+        return True
+
+    def _merge(self, staged, target: str, keys: list[str]) -> None:  # noqa: ANN001
+        """One MERGE: update rows whose keys match, insert the rest."""
+        table = self.session.table(target)
+        on = None
+        for key in keys:
+            clause = table[key] == staged[key]
+            on = clause if on is None else on & clause
+        values = {c: staged[c] for c in staged.columns}
+        table.merge(
+            staged,
+            on,
+            [
+                when_matched().update({c: v for c, v in values.items() if c not in keys}),
+                when_not_matched().insert(values),
+            ],
+        )
+
+
+def _plain(df: pd.DataFrame) -> pd.DataFrame:
+    """Nullable / Arrow-backed columns as plain objects with None, which every Snowpark path accepts."""
+    extension = [c for c in df.columns if isinstance(df[c].dtype, pd.api.extensions.ExtensionDtype)]
+    if not extension:
+        return df
+    out = df.copy()
+    for c in extension:
+        out[c] = df[c].astype(object).where(df[c].notna(), None)
+    return out
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
