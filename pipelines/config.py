@@ -84,6 +84,10 @@ class Profile(Strict):
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db"
     )
+    optuna_storage: str = Field(
+        "optuna/studies.journal",
+        description="Optuna storage: a journal file path, or a URL (sqlite:///..., postgresql://...)",
+    )
 
 
 # --- spec: what it learns ----------------------------------------------------------
@@ -109,6 +113,37 @@ class FeaturesConfig(Strict):
     expect_rows: RowBounds = RowBounds()
 
 
+class ColumnsConfig(Strict):
+    """How the feature table's columns feed the models; the rest are numeric features."""
+
+    categorical: list[Identifier] = []
+    exclude: list[Identifier] = Field([], description="informational columns that are not features")
+
+
+class CVConfig(Strict):
+    """Expanding-window CV by season inside the training window."""
+
+    folds: int = Field(4, ge=2)
+    gap: int = Field(0, ge=0, description="seasons left out between a fold's training part and its season")
+
+
+class BaselineConfig(Strict):
+    """The domain heuristic: class frequencies per value of one column."""
+
+    column: Identifier
+
+
+class TuningConfig(Strict):
+    """Optuna search: which families, how many trials, how long, which seed."""
+
+    search_space: Path
+    families: list[str] = Field(min_length=1)
+    n_trials: int = Field(20, ge=1)
+    timeout: float | None = Field(None, gt=0, description="seconds per family study")
+    seed: int = 42
+    pruner_startup_trials: int = Field(5, ge=0)
+
+
 class Spec(Strict):
     """One use case: its feature table, keys, time, target and holdout."""
 
@@ -124,6 +159,10 @@ class Spec(Strict):
     scoring_table: TableName
     ingest: IngestConfig | None = None
     features: FeaturesConfig | None = None
+    columns: ColumnsConfig = ColumnsConfig()
+    cv: CVConfig = CVConfig()
+    baseline: BaselineConfig | None = None
+    tuning: TuningConfig | None = None
 
     @model_validator(mode="after")
     def _window_is_ordered(self) -> Spec:
@@ -146,6 +185,8 @@ def load_profile(name: str = DEFAULT_PROFILE, root: Path | None = None) -> Profi
     data = _read_yaml(path)
     data.setdefault("name", path.stem)
     profile = _validate(Profile, data, path)
+    if "://" not in profile.optuna_storage:
+        profile = profile.model_copy(update={"optuna_storage": str(_under(root, Path(profile.optuna_storage)))})
     if isinstance(profile.warehouse, DuckDBConfig):
         warehouse = profile.warehouse.model_copy(update={"path": _under(root, profile.warehouse.path)})
         profile = profile.model_copy(update={"warehouse": warehouse})
@@ -165,6 +206,9 @@ def load_spec(name: str | None = None, root: Path | None = None) -> Spec:
         spec = spec.model_copy(
             update={"features": spec.features.model_copy(update={"sql": _under(root, spec.features.sql)})}
         )
+    if spec.tuning:
+        space = _under(root, spec.tuning.search_space)
+        spec = spec.model_copy(update={"tuning": spec.tuning.model_copy(update={"search_space": space})})
     return spec
 
 

@@ -8,15 +8,26 @@ carries the resolved spec as `spec.json`.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
+import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from functools import lru_cache
+from typing import Any
 
 import mlflow
+import optuna
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipelines.config import Profile, Spec
+
+log = logging.getLogger(__name__)
 
 
 def configure(profile: Profile) -> None:
@@ -60,3 +71,126 @@ def git_sha() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+# --- the Optuna <-> MLflow bridge ----------------------------------------------------
+
+ROLE_STUDY = "study"
+STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
+class StudyBridge:
+    """One parent run per family study, one nested child run per trial.
+
+    Each trial costs three tracking calls: create the child run, one `log_batch` with its
+    params, metrics and tags, and its end status. Parents are shared: every process that
+    works on a study logs under the same parent (the earliest created), so resumed and
+    parallel workers add children to one tree. No autolog, no model per trial.
+    """
+
+    def __init__(self, client: MlflowClient, experiment_id: str, parent_id: str, family: str, tags: dict[str, str]):
+        self.client, self.experiment_id, self.parent_id = client, experiment_id, parent_id
+        self.family, self.tags = family, tags
+
+    @classmethod
+    def open(
+        cls, study_name: str, family: str, experiment_id: str, top_run_id: str | None, tags: dict[str, str]
+    ) -> StudyBridge:
+        """Find the study's parent run, or create it; concurrent creators agree on the earliest."""
+        client = MlflowClient()
+        parent = _parent_runs(client, experiment_id, study_name)
+        if not parent:
+            run_tags = tags | {"podium.role": ROLE_STUDY, "podium.study": study_name, "podium.family": family,
+                               MLFLOW_RUN_NAME: family}  # fmt: skip
+            if top_run_id:
+                run_tags[MLFLOW_PARENT_RUN_ID] = top_run_id
+            mine = client.create_run(experiment_id, tags=run_tags).info.run_id
+            parent = _parent_runs(client, experiment_id, study_name)
+            if parent[0] != mine:
+                client.delete_run(mine)
+        else:
+            client.update_run(parent[0], status="RUNNING")
+        return cls(client, experiment_id, parent[0], family, tags)
+
+    def log_trial(self, trial: optuna.Trial, state: str, params: dict[str, Any], metrics: dict[str, float],
+                  error: str | None = None) -> None:  # fmt: skip
+        """Record one finished trial as a child run whose status mirrors Optuna's state."""
+        started = trial.datetime_start or datetime.now()
+        tags = self.tags | {
+            MLFLOW_PARENT_RUN_ID: self.parent_id,
+            "podium.family": self.family,
+            "podium.study": trial.study.study_name,
+            "podium.trial": str(trial.number),
+            "podium.state": state,
+        }
+        if state == "PRUNED":
+            tags["podium.pruned"] = "true"
+        if error:
+            tags["podium.error"] = error[:4000]
+        run = self.client.create_run(
+            self.experiment_id,
+            start_time=int(started.timestamp() * 1000),
+            tags={MLFLOW_RUN_NAME: f"{self.family}-{trial.number:04d}"},
+        )
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run.info.run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            params=[Param(k, str(v)) for k, v in params.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+        self.client.set_terminated(run.info.run_id, status=STATUS[state], end_time=now)
+
+    def finish(self, study: optuna.Study) -> None:
+        """Put the study's best value and params, trial counts and plots on the parent run.
+
+        Best params are tags (`best.<name>`), not params: a resumed study may find a new best.
+        """
+        trials = study.get_trials(deepcopy=False)
+        metrics = {f"trials.{state.name.lower()}": float(sum(t.state == state for t in trials)) for state in STATES}
+        tags: dict[str, str] = {}
+        if metrics["trials.complete"]:
+            best = study.best_trial
+            metrics |= {f"best_cv_{k}": float(v) for k, v in best.user_attrs.get("metrics", {}).items()}
+            tags = {f"best.{k}": str(v) for k, v in best.params.items()} | {"best.trial": str(best.number)}
+            _log_plots(self.client, self.parent_id, study)
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.parent_id,
+            metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+        self.client.set_terminated(self.parent_id, status="FINISHED")
+
+
+def _parent_runs(client: MlflowClient, experiment_id: str, study_name: str) -> list[str]:
+    """Parent runs of a study, earliest first (ties broken by run id)."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`podium.role` = '{ROLE_STUDY}' and tags.`podium.study` = '{study_name}'",
+        max_results=50,
+    )
+    return [r.info.run_id for r in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))]
+
+
+def _log_plots(client: MlflowClient, run_id: str, study: optuna.Study) -> None:
+    """Optimization history and (with enough trials) parameter importances, as PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plots
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+        ax = optuna_plots.plot_optimization_history(study)
+        client.log_figure(run_id, ax.figure, "plots/optimization_history.png")
+        plt.close(ax.figure)
+        try:
+            ax = optuna_plots.plot_param_importances(study)
+        except (ValueError, RuntimeError) as exc:  # too few trials, or one distinct value
+            log.debug("no param importances for %s: %s", study.study_name, exc)
+            return
+        client.log_figure(run_id, ax.figure, "plots/param_importances.png")
+        plt.close(ax.figure)

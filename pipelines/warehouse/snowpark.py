@@ -71,7 +71,7 @@ class SnowparkWarehouse:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run a statement in Snowflake."""
-        self._sql(sql, params).collect()
+        self._fetch(lambda: self._sql(sql, params).collect())
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         """Run a query in Snowflake and fetch its rows."""
@@ -153,13 +153,20 @@ class SnowparkWarehouse:
 
 
 def _plain(df: pd.DataFrame) -> pd.DataFrame:
-    """Nullable / Arrow-backed columns as plain objects with None, which every Snowpark path accepts."""
+    """Nullable / Arrow-backed columns as plain objects with None, which every Snowpark path accepts.
+
+    Floats become float64 with NaN instead: an object column of floats is typed VARCHAR by local
+    testing, while NaN is written as NULL by both `write_pandas` and local testing.
+    """
     extension = [c for c in df.columns if isinstance(df[c].dtype, pd.api.extensions.ExtensionDtype)]
     if not extension:
         return df
     out = df.copy()
     for c in extension:
-        out[c] = df[c].astype(object).where(df[c].notna(), None)
+        if pd.api.types.is_float_dtype(df[c].dtype):
+            out[c] = df[c].to_numpy(dtype="float64", na_value=float("nan"))
+        else:
+            out[c] = df[c].astype(object).where(df[c].notna(), None)
     return out
 
 

@@ -1,0 +1,135 @@
+"""Model families: an estimator factory per family, and search spaces read from YAML.
+
+Every family is an sklearn Pipeline: a ColumnTransformer (impute; one-hot categoricals
+with unknown values ignored; scale numerics where the estimator needs it) and then the
+estimator. A new family is one factory here plus one entry in the search-space file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import optuna
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from sklearn.base import BaseEstimator
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.svm import SVC
+from sklearn.tree import DecisionTreeClassifier
+from xgboost import XGBClassifier
+
+from pipelines.errors import ConfigError
+
+Factory = Callable[[dict[str, Any], int], BaseEstimator]
+
+FACTORIES: dict[str, Factory] = {
+    "logreg": lambda p, seed: LogisticRegression(max_iter=2000, random_state=seed, **p),
+    "knn": lambda p, seed: KNeighborsClassifier(**p),
+    "svc": lambda p, seed: SVC(probability=True, random_state=seed, **p),
+    "decision_tree": lambda p, seed: DecisionTreeClassifier(random_state=seed, **p),
+    "random_forest": lambda p, seed: RandomForestClassifier(random_state=seed, n_jobs=1, **p),
+    "xgboost": lambda p, seed: XGBClassifier(
+        random_state=seed, n_jobs=1, tree_method="hist", objective="multi:softprob", **p
+    ),
+}
+SCALED = frozenset({"logreg", "knn", "svc"})  # distance- or margin-based: scale numerics
+
+
+class _Param(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IntParam(_Param):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+
+    def suggest(self, trial: optuna.Trial, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
+
+    @model_validator(mode="after")
+    def _range(self) -> IntParam:
+        _check_range(self.low, self.high, self.log)
+        return self
+
+
+class FloatParam(_Param):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    def suggest(self, trial: optuna.Trial, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, log=self.log)
+
+    @model_validator(mode="after")
+    def _range(self) -> FloatParam:
+        _check_range(self.low, self.high, self.log)
+        return self
+
+
+class CategoricalParam(_Param):
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        return trial.suggest_categorical(name, self.choices)
+
+
+Param = Annotated[IntParam | FloatParam | CategoricalParam, Field(discriminator="type")]
+SPACES = TypeAdapter(dict[str, dict[str, Param]])
+
+
+def _check_range(low: float, high: float, log: bool) -> None:
+    if low >= high:
+        raise ValueError(f"low ({low}) must be below high ({high})")
+    if log and low <= 0:
+        raise ValueError(f"a log-scale range needs low > 0, got {low}")
+
+
+def read_spaces(path: Path) -> dict[str, dict[str, Param]]:
+    """Family -> parameter -> range, validated; every family must have a factory."""
+    if not path.is_file():
+        raise ConfigError(f"search-space file {path} does not exist: fix tuning.search_space in the spec.")
+    try:
+        spaces = SPACES.validate_python(yaml.safe_load(path.read_text()) or {})
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        raise ConfigError(f"{path}: invalid search space: {problems}. Fix the range.") from None
+    unknown = sorted(set(spaces) - set(FACTORIES))
+    if unknown:
+        raise ConfigError(f"{path}: no model factory for {unknown}; known families: {', '.join(FACTORIES)}.")
+    return spaces
+
+
+def suggest(trial: optuna.Trial, space: dict[str, Param]) -> dict[str, Any]:
+    """Sample one parameter set from a family's space."""
+    return {name: param.suggest(trial, name) for name, param in space.items()}
+
+
+def build(family: str, params: dict[str, Any], numeric: list[str], categorical: list[str], seed: int) -> Pipeline:
+    """The family's full pipeline: preprocessing fitted with the estimator, per fold."""
+    numeric_steps = [SimpleImputer(strategy="median", add_indicator=True)]
+    if family in SCALED:
+        numeric_steps.append(StandardScaler())
+    categorical_steps = make_pipeline(
+        SimpleImputer(strategy="constant", fill_value="(missing)"),
+        OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+    )
+    prep = ColumnTransformer(
+        [("numeric", make_pipeline(*numeric_steps), numeric), ("categorical", categorical_steps, categorical)],
+        remainder="drop",
+    )
+    return Pipeline([("prep", prep), ("model", FACTORIES[family](params, seed))])
