@@ -20,6 +20,7 @@ from rich.table import Table
 
 from pipelines import features as features_stage
 from pipelines import ingest as ingest_stage
+from pipelines import tune as tune_stage
 from pipelines.config import DEFAULT_PROFILE, Profile, Spec, load_profile, load_spec
 from pipelines.errors import PodiumError
 from pipelines.tracking import stage_run
@@ -75,6 +76,27 @@ def features(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") ->
 
 
 @app.command()
+def tune(
+    profile: ProfileOption = DEFAULT_PROFILE,
+    spec: SpecOption = "",
+    family: Annotated[str, typer.Option("--family", "-f", help="One model family, or all of the spec's.")] = "all",
+    n_trials: Annotated[int, typer.Option("--n-trials", "-n", min=0, help="Trials to add per family (0: the spec's).")] = 0,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds per family (0: the spec's).")] = 0,
+    n_jobs: Annotated[int, typer.Option("--n-jobs", "-j", min=1, help="Parallel trials in this process.")] = 1,
+    storage: Annotated[str, typer.Option(help="Optuna storage URL or journal path (default: the profile's).")] = "",
+) -> None:
+    """Score the baselines, then run or resume one Optuna study per model family.
+
+    Rerunning resumes each study: trial numbers continue. Several processes may share one
+    study through a shared storage (e.g. PostgreSQL).
+
+    Example: [bold]podium tune --family xgboost --n-trials 50[/]
+    """
+    result = tune_stage.main(*_load(profile, spec), family, n_trials or None, timeout or None, n_jobs, storage or None)
+    _print_leaderboard(result.leaderboard)
+
+
+@app.command()
 def sql(
     query: Annotated[str, typer.Argument(help="One query in Snowflake dialect.")],
     profile: ProfileOption = DEFAULT_PROFILE,
@@ -99,16 +121,17 @@ def sql(
 
 @app.command()
 def run(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") -> None:
-    """Run the whole pipeline, each stage a nested MLflow run under one `main` run.
+    """Run the whole pipeline (ingest, features, tune), each stage a nested MLflow run under one `main` run.
 
     Example: [bold]podium run[/] (what `make demo` and `mlflow run . -e main` do)
     """
     loaded = _load(profile, spec)
     with stage_run(*loaded, "main"):
         _print_counts("Ingested", ingest_stage.main(*loaded).rows)
-        result = features_stage.main(*loaded)
-    _print_counts("Built", result.rows)
-    _print_checks(result.checks)
+        built = features_stage.main(*loaded)
+        _print_counts("Built", built.rows)
+        _print_checks(built.checks)
+        _print_leaderboard(tune_stage.main(*loaded).leaderboard)
 
 
 def _load(profile: str, spec: str) -> tuple[Profile, Spec]:
@@ -119,6 +142,18 @@ def _print_counts(verb: str, rows: dict[str, int]) -> None:
     table = Table("table", "rows", title=f"{verb} {len(rows)} tables", title_justify="left")
     for name, n in rows.items():
         table.add_row(name, f"{n:,}")
+    out.print(table)
+
+
+def _print_leaderboard(standings: list[tune_stage.Standing]) -> None:
+    table = Table(title="Leaderboard (lower log loss is better)", title_justify="left")
+    table.add_column("family", no_wrap=True, min_width=18)
+    for name in ("complete", "pruned", "failed", "CV log loss", "CV AUC", "seconds"):
+        table.add_column(name, justify="right")
+    for s in sorted(standings, key=lambda s: s.cv_log_loss):
+        style = "dim" if s.name.startswith("baseline") else ""
+        table.add_row(s.name, str(s.complete), str(s.pruned), str(s.failed), f"{s.cv_log_loss:.4f}", f"{s.cv_auc:.4f}",
+                      f"{s.seconds:.1f}", style=style)  # fmt: skip
     out.print(table)
 
 

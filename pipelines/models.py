@@ -15,6 +15,7 @@ import optuna
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from sklearn.base import BaseEstimator
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
@@ -33,7 +34,7 @@ Factory = Callable[[dict[str, Any], int], BaseEstimator]
 FACTORIES: dict[str, Factory] = {
     "logreg": lambda p, seed: LogisticRegression(max_iter=2000, random_state=seed, **p),
     "knn": lambda p, seed: KNeighborsClassifier(**p),
-    "svc": lambda p, seed: SVC(probability=True, random_state=seed, **p),
+    "svc": lambda p, seed: CalibratedClassifierCV(SVC(random_state=seed, **p), method="sigmoid", ensemble=False),
     "decision_tree": lambda p, seed: DecisionTreeClassifier(random_state=seed, **p),
     "random_forest": lambda p, seed: RandomForestClassifier(random_state=seed, n_jobs=1, **p),
     "xgboost": lambda p, seed: XGBClassifier(

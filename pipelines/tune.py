@@ -261,7 +261,7 @@ def _baseline_column(spec: Spec) -> str | None:
 
 def _record_context(spec: Spec, data: TrainingData, run_id: str) -> dict[str, str]:
     """Log the training window and folds on the top run; return the tags every run carries."""
-    frame = data.X.assign(**{spec.target: data.y, spec.time: data.times.to_numpy()})
+    frame = data.X.assign(**{spec.target: np.asarray(spec.classes)[data.y], spec.time: data.times.to_numpy()})
     dataset = mlflow.data.from_pandas(frame, name=f"{spec.table}[{spec.train_start}:{spec.holdout_start})", targets=spec.target)
     mlflow.log_input(dataset, context="training")
     folds = [f.describe() for f in data.folds]

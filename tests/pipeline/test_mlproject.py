@@ -8,25 +8,38 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipelines import tune
 from pipelines.config import Profile
+from pipelines.tracking import STATUS
 from tests.conftest import REPO
+from tests.pipeline.test_tune import FAST_SPACE
+
+
+def mlflow_run(entry_point: str, params: dict[str, str], tracking_uri: str, cwd: Path) -> None:
+    """`mlflow run` this repo's entry point in the active venv, into experiment podium-test."""
+    venv_bin = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env |= {"PATH": f"{venv_bin}{os.pathsep}{env['PATH']}", "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    command = [str(venv_bin / "mlflow"), "run", str(REPO), "-e", entry_point, "--env-manager", "local",
+               "--experiment-name", "podium-test", *[a for k, v in params.items() for a in ("-P", f"{k}={v}")]]  # fmt: skip
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def copy_profile(built_profile: Profile, tmp_path: Path) -> Path:
+    shutil.copy(built_profile.warehouse.path, tmp_path / "warehouse.duckdb")
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(f"warehouse:\n  backend: duckdb\n  path: {tmp_path / 'warehouse.duckdb'}\n")
+    return profile
 
 
 @pytest.mark.slow
 def test_features_entry_point_records_row_counts(built_profile: Profile, tmp_path: Path, mlflow_store: str) -> None:
-    shutil.copy(built_profile.warehouse.path, tmp_path / "warehouse.duckdb")
-    profile = tmp_path / "profile.yaml"
-    profile.write_text(f"warehouse:\n  backend: duckdb\n  path: {tmp_path / 'warehouse.duckdb'}\n")
-    venv_bin = Path(sys.executable).parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env |= {"PATH": f"{venv_bin}{os.pathsep}{env['PATH']}", "MLFLOW_TRACKING_URI": mlflow_store}
-    command = [str(venv_bin / "mlflow"), "run", str(REPO), "-e", "features", "--env-manager", "local",
-               "--experiment-name", "podium-test", "-P", f"profile={profile}"]  # fmt: skip
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    mlflow_run("features", {"profile": str(copy_profile(built_profile, tmp_path))}, mlflow_store, tmp_path)
 
     client = MlflowClient(mlflow_store)
     (run,) = client.search_runs([client.get_experiment_by_name("podium-test").experiment_id])
@@ -34,3 +47,30 @@ def test_features_entry_point_records_row_counts(built_profile: Profile, tmp_pat
     assert run.data.tags["podium.stage"] == "features"
     assert 5_000 <= run.data.metrics["rows.ML.F1_FEATURES"] <= 6_500
     assert run.data.metrics["check.keys_unique"] == 1.0
+
+
+@pytest.mark.slow
+def test_tune_entry_point_nests_one_parent_per_family_under_the_mlflow_run(
+    built_profile: Profile, tmp_path: Path, mlflow_store: str
+) -> None:
+    (tmp_path / "space.yaml").write_text(FAST_SPACE)
+    text = (REPO / "experiments" / "f1_podium.yaml").read_text()
+    text = text.replace("experiments/search_spaces/default.yaml", str(tmp_path / "space.yaml"))
+    text = text.replace("[logreg, knn, svc, decision_tree, random_forest, xgboost]", "[decision_tree, knn]")
+    (tmp_path / "spec.yaml").write_text(text)
+    storage = tmp_path / "studies.journal"
+    params = {"profile": str(copy_profile(built_profile, tmp_path)), "spec": str(tmp_path / "spec.yaml"),
+              "family": "all", "n_trials": "3", "storage": str(storage)}  # fmt: skip
+    mlflow_run("tune", params, mlflow_store, tmp_path)
+
+    client = MlflowClient(mlflow_store)
+    runs = client.search_runs([client.get_experiment_by_name("podium-test").experiment_id], max_results=500)
+    (top,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    parents = [r for r in runs if r.data.tags.get("podium.role") == "study"]
+    assert sorted(p.data.tags["podium.family"] for p in parents) == ["decision_tree", "knn"]
+    assert all(p.data.tags["mlflow.parentRunId"] == top.info.run_id for p in parents)
+    for parent in parents:
+        study = optuna.load_study(study_name=parent.data.tags["podium.study"], storage=tune.open_storage(str(storage)))
+        children = {int(r.data.tags["podium.trial"]): r.info.status for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+        assert children == {t.number: STATUS[t.state.name] for t in study.trials}
+        assert len(children) == 3

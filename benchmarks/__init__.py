@@ -1,0 +1,1 @@
+"""Performance harness: `python -m benchmarks` measures the budgets in ../shared/DESIGN.md."""

@@ -1,0 +1,216 @@
+"""Tune end to end on the bundled F1 features: studies, the MLflow tree, resumption, the holdout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from pipelines import tune
+from pipelines.config import Profile, Spec
+from pipelines.models import build
+from pipelines.tracking import STATUS
+from pipelines.warehouse import connect
+from pipelines.warehouse.duckdb import DuckDBWarehouse
+from tests.conftest import REPO
+
+FAST_SPACE = """decision_tree:
+  max_depth: {type: int, low: 2, high: 8}
+  min_samples_leaf: {type: int, low: 5, high: 100, log: true}
+knn:  # more neighbours than any fold has rows: every trial fails
+  n_neighbors: {type: int, low: 20000, high: 30000}
+"""
+
+
+def fast_spec(spec: Spec, tmp_path: Path, families: list[str]) -> Spec:
+    """The F1 spec searching cheap spaces, so a test runs in seconds."""
+    space = tmp_path / "space.yaml"
+    space.write_text(FAST_SPACE)
+    tuning = spec.tuning.model_copy(update={"search_space": space, "families": families, "timeout": None, "pruner_startup_trials": 1})
+    return spec.model_copy(update={"tuning": tuning})
+
+
+def studies(storage: str) -> dict[str, optuna.Study]:
+    names = optuna.get_all_study_names(tune.open_storage(storage))
+    return {n: optuna.load_study(study_name=n, storage=tune.open_storage(storage)) for n in names}
+
+
+def mlflow_tree(experiment: str = "f1_podium") -> tuple[list[Any], dict[str, list[Any]]]:
+    """(family parent runs, their child runs by parent id) of an experiment."""
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("podium.role") == "study"]
+    children = {p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id] for p in parents}
+    return parents, children
+
+
+def assert_children_mirror_trials(storage: str) -> None:
+    parents, children = mlflow_tree()
+    by_study = {p.data.tags["podium.study"]: p for p in parents}
+    for name, study in studies(storage).items():
+        runs = {int(r.data.tags["podium.trial"]): r for r in children[by_study[name].info.run_id]}
+        assert sorted(runs) == [t.number for t in study.trials]
+        for trial in study.trials:
+            assert runs[trial.number].info.status == STATUS[trial.state.name]
+
+
+def test_one_parent_per_family_and_children_mirror_trial_states(built_profile: Profile, spec: Spec, tmp_path: Path) -> None:
+    storage = str(tmp_path / "studies.journal")
+    tune.main(built_profile, fast_spec(spec, tmp_path, ["decision_tree", "knn"]), n_trials=6, storage=storage)
+    parents, children = mlflow_tree()
+    assert sorted(p.data.tags["podium.family"] for p in parents) == ["decision_tree", "knn"]
+    assert_children_mirror_trials(storage)
+    states = {t.state.name for s in studies(storage).values() for t in s.trials}
+    assert {"COMPLETE", "FAIL"} <= states
+    knn = next(p for p in parents if p.data.tags["podium.family"] == "knn")
+    failed = children[knn.info.run_id][0]
+    assert "n_neighbors" in failed.data.tags["podium.error"] and failed.data.params["n_neighbors"]
+    tree = next(p for p in parents if p.data.tags["podium.family"] == "decision_tree")
+    assert tree.data.metrics["best_cv_log_loss"] == pytest.approx(studies(storage)["f1_podium-decision_tree"].best_value)
+    assert {"best.max_depth", "best.min_samples_leaf"} <= set(tree.data.tags)
+    artifacts = {a.path for a in MlflowClient().list_artifacts(tree.info.run_id, "plots")}
+    assert "plots/optimization_history.png" in artifacts
+
+
+def test_every_run_records_spec_split_digest_git_and_seed(built_profile: Profile, spec: Spec, tmp_path: Path) -> None:
+    tune.main(built_profile, fast_spec(spec, tmp_path, ["decision_tree"]), n_trials=2, storage=str(tmp_path / "s.journal"))
+    parents, children = mlflow_tree()
+    for run in [*parents, *children[parents[0].info.run_id]]:
+        tags = run.data.tags
+        assert tags["podium.spec"] == "f1_podium" and tags["podium.seed"] == "42"
+        assert tags["podium.cv"].startswith("2010-2016>2017") and len(tags["podium.data_digest"]) >= 8
+        assert "podium.git_sha" in tags
+    top = MlflowClient().get_run(parents[0].data.tags["mlflow.parentRunId"])
+    assert {a.path for a in MlflowClient().list_artifacts(top.info.run_id)} >= {"spec.json", "splits.json", "leaderboard.csv"}
+    assert top.inputs.dataset_inputs[0].dataset.digest == parents[0].data.tags["podium.data_digest"]
+
+
+def test_rerun_resumes_the_study_without_losing_or_duplicating_trials(built_profile: Profile, spec: Spec, tmp_path: Path) -> None:
+    storage, small = str(tmp_path / "studies.journal"), fast_spec(spec, tmp_path, ["decision_tree"])
+    tune.main(built_profile, small, n_trials=3, storage=storage)
+    tune.main(built_profile, small, n_trials=4, storage=storage)
+    (study,) = studies(storage).values()
+    assert [t.number for t in study.trials] == list(range(7))
+    parents, _ = mlflow_tree()
+    assert len(parents) == 1
+    assert_children_mirror_trials(storage)
+
+
+def test_baselines_are_logged_with_the_trials_metric_names(built_profile: Profile, spec: Spec, tmp_path: Path) -> None:
+    result = tune.main(built_profile, fast_spec(spec, tmp_path, ["decision_tree"]), n_trials=2, storage=str(tmp_path / "s.journal"))
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("f1_podium").experiment_id])
+    baselines = {r.data.tags["podium.baseline"]: r for r in runs if r.data.tags.get("podium.role") == "baseline"}
+    trial = next(r for r in runs if r.data.tags.get("podium.state") == "COMPLETE")
+    assert set(baselines) == {"prior", "heuristic"}
+    for run in baselines.values():
+        assert set(run.data.metrics) == set(trial.data.metrics) - {"fit_seconds"}
+    assert baselines["heuristic"].data.metrics["cv_log_loss"] < baselines["prior"].data.metrics["cv_log_loss"]
+    assert {s.name for s in result.leaderboard} == {"baseline:prior", "baseline:heuristic", "decision_tree"}
+
+
+class RecordingWarehouse(DuckDBWarehouse):
+    """The real DuckDB backend, keeping every frame it hands out."""
+
+    frames: ClassVar[list[pd.DataFrame]] = []
+
+    def query(self, sql: str, params: Any = ()) -> pd.DataFrame:
+        frame = super().query(sql, params)
+        RecordingWarehouse.frames.append(frame)
+        return frame
+
+
+def test_tune_never_reads_the_holdout(built_profile: Profile, spec: Spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    @contextmanager
+    def recording(profile: Profile) -> Iterator[RecordingWarehouse]:
+        warehouse = RecordingWarehouse(profile.warehouse.path)
+        yield warehouse
+        warehouse.close()
+
+    monkeypatch.setattr(tune, "connect", recording)
+    RecordingWarehouse.frames.clear()
+    tune.main(built_profile, fast_spec(spec, tmp_path, ["decision_tree"]), n_trials=1, storage=str(tmp_path / "s.journal"))
+    read = pd.concat(RecordingWarehouse.frames)
+    assert len(read) > 4000
+    assert read[spec.time].max() < pd.Timestamp(spec.holdout_start)
+    with connect(built_profile) as warehouse:
+        holdout = warehouse.query(f"SELECT COUNT(*) AS N FROM {spec.table} WHERE {spec.time} >= ?", [spec.holdout_start]).N[0]
+    assert holdout > 0, "the feature table does hold holdout rows; tune just never reads them"
+
+
+class FitRecorder(ClassifierMixin, BaseEstimator):
+    """An estimator that remembers which rows each of its clones was fitted on."""
+
+    fitted_on: ClassVar[list[pd.Index]] = []
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray) -> FitRecorder:
+        FitRecorder.fitted_on.append(X.index)
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        return np.full((len(X), 3), 1 / 3)
+
+
+def test_each_fold_fits_on_its_training_part_only(built_profile: Profile, spec: Spec) -> None:
+    with connect(built_profile) as warehouse:
+        data = tune.load_training_data(warehouse, spec)
+    FitRecorder.fitted_on.clear()
+    tune.cross_validate(FitRecorder(), data)
+    assert len(FitRecorder.fitted_on) == len(data.folds) == 4
+    for fold, index in zip(data.folds, FitRecorder.fitted_on, strict=True):
+        assert list(index) == list(data.X.index[fold.train_rows])
+        assert data.times.iloc[fold.train_rows].max() < data.times.iloc[fold.valid_rows].min()
+
+    fold = data.folds[0]
+    train = data.X.iloc[fold.train_rows]
+    model = build("logreg", {}, data.numeric, data.categorical, seed=0).fit(train, data.y[fold.train_rows])
+    prep = model.named_steps["prep"]
+    scaler = prep.named_transformers_["numeric"].named_steps["standardscaler"]
+    imputed_means = train[data.numeric].fillna(train[data.numeric].median()).mean().to_numpy()
+    np.testing.assert_allclose(scaler.mean_[: len(data.numeric)], imputed_means)
+    seen = set(prep.named_transformers_["categorical"].named_steps["onehotencoder"].categories_[0])
+    assert seen == set(train["CONSTRUCTOR_REF"]) and not seen >= set(data.X["CONSTRUCTOR_REF"])
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("unknown family", "unknown family 'lightgbm'"),
+        ("empty training window", "the training window is empty"),
+        ("target column missing", r"spec target names \['PODIUM_CLASS'\], which ML.F1_FEATURES does not have"),
+        ("invalid search-space range", r"low \(9\) must be below high \(2\)"),
+    ],
+)
+def test_tune_user_errors(case: str, message: str, built_profile: Profile, tmp_path: Path) -> None:
+    text = (REPO / "experiments" / "f1_podium.yaml").read_text()
+    args = ["tune", "--family", "decision_tree", "-n", "1"]
+    if case == "unknown family":
+        args[2] = "lightgbm"
+    elif case == "empty training window":
+        text = text.replace("train_start: 2010-01-01", "train_start: 1990-01-01").replace("holdout_start: 2021-01-01", "holdout_start: 2000-01-01")
+    elif case == "target column missing":
+        text = text.replace("target: FINISH_CLASS", "target: PODIUM_CLASS")
+    else:
+        (tmp_path / "space.yaml").write_text("decision_tree:\n  max_depth: {type: int, low: 9, high: 2}\n")
+        text = text.replace("experiments/search_spaces/default.yaml", str(tmp_path / "space.yaml"))
+    (tmp_path / "spec.yaml").write_text(text)
+    (tmp_path / "profile.yaml").write_text(f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\noptuna_storage: {tmp_path / 'j.log'}\n")
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", *args, "--spec", str(tmp_path / "spec.yaml"), "--profile", str(tmp_path / "profile.yaml")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and pytest.importorskip("re").search(message, last), done.stderr[-800:]
+    assert "Traceback" not in done.stderr
