@@ -87,7 +87,7 @@ def main(
     missing = [f for f in families if f not in spaces]
     if missing:
         raise ConfigError(f"{tuning.search_space} has no search space for {missing}: add one per family.")
-    with connect(profile) as warehouse:
+    with connect(profile, read_only=True) as warehouse:
         data = load_training_data(warehouse, spec)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with stage_run(profile, spec, "tune") as top:

@@ -15,13 +15,13 @@ __all__ = ["Warehouse", "connect"]
 
 
 @contextmanager
-def connect(profile: Profile) -> Iterator[Warehouse]:
-    """Open the profile's warehouse for the duration of a `with` block."""
+def connect(profile: Profile, read_only: bool = False) -> Iterator[Warehouse]:
+    """Open the profile's warehouse for a `with` block; read-only lets processes share a DuckDB file."""
     config = profile.warehouse
     if config.backend == "duckdb":
         from pipelines.warehouse.duckdb import DuckDBWarehouse
 
-        warehouse: Warehouse = DuckDBWarehouse(config.path)
+        warehouse: Warehouse = DuckDBWarehouse(config.path, read_only=read_only)
     else:
         from pipelines.warehouse.snowpark import SnowparkWarehouse
 

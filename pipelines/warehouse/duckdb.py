@@ -20,10 +20,16 @@ class DuckDBWarehouse:
 
     backend = "duckdb"
 
-    def __init__(self, path: Path | str) -> None:
-        if str(path) != ":memory:":
+    def __init__(self, path: Path | str, read_only: bool = False) -> None:
+        if str(path) != ":memory:" and not read_only:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._con = duckdb.connect(str(path))
+        try:
+            self._con = duckdb.connect(str(path), read_only=read_only)
+        except duckdb.Error as exc:
+            raise WarehouseError(
+                f"cannot open the DuckDB warehouse {path}: {_first_line(exc)} "
+                "Wait for the other process, or build the warehouse first (`podium ingest`)."
+            ) from None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Translate and run one or more statements; params bind to the last one."""

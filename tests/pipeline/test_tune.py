@@ -133,8 +133,8 @@ class RecordingWarehouse(DuckDBWarehouse):
 
 def test_tune_never_reads_the_holdout(built_profile: Profile, spec: Spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     @contextmanager
-    def recording(profile: Profile) -> Iterator[RecordingWarehouse]:
-        warehouse = RecordingWarehouse(profile.warehouse.path)
+    def recording(profile: Profile, read_only: bool = False) -> Iterator[RecordingWarehouse]:
+        warehouse = RecordingWarehouse(profile.warehouse.path, read_only)
         yield warehouse
         warehouse.close()
 
@@ -214,3 +214,27 @@ def test_tune_user_errors(case: str, message: str, built_profile: Profile, tmp_p
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and pytest.importorskip("re").search(message, last), done.stderr[-800:]
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_two_worker_processes_share_one_study_and_one_parent(built_profile: Profile, spec: Spec, tmp_path: Path) -> None:
+    text = (REPO / "experiments" / "f1_podium.yaml").read_text()
+    (tmp_path / "space.yaml").write_text(FAST_SPACE)
+    (tmp_path / "spec.yaml").write_text(text.replace("experiments/search_spaces/default.yaml", str(tmp_path / "space.yaml")))
+    storage = tmp_path / "studies.journal"
+    (tmp_path / "profile.yaml").write_text(f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\noptuna_storage: {storage}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {
+        "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
+    command = [sys.executable, "-m", "pipelines.cli", "tune", "--family", "decision_tree", "-n", "5",
+               "--spec", str(tmp_path / "spec.yaml"), "--profile", str(tmp_path / "profile.yaml")]  # fmt: skip
+    MlflowClient().search_experiments()  # create the store once; two fresh processes would race its migration
+    workers = [subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for worker in workers:
+        assert worker.wait(timeout=300) == 0, worker.stderr.read()[-2000:]
+
+    (study,) = studies(str(storage)).values()
+    assert sorted(t.number for t in study.trials) == list(range(10))
+    parents, children = mlflow_tree()
+    assert len(parents) == 1
+    assert len(children[parents[0].info.run_id]) == 10
+    assert_children_mirror_trials(str(storage))
