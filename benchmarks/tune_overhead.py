@@ -38,7 +38,9 @@ def measure(root: Path, families: dict[str, int] = FAMILIES) -> list[dict[str, o
     return [_measure_family(name, n, spaces[name], data, spec, root) for name, n in families.items()]
 
 
-def _measure_family(family: str, n_trials: int, space: dict, data: tune.TrainingData, spec, root: Path) -> dict[str, object]:
+def _measure_family(
+    family: str, n_trials: int, space: dict, data: tune.TrainingData, spec, root: Path
+) -> dict[str, object]:
     tracking: list[float] = []
     original = StudyBridge.log_trial
 
@@ -61,7 +63,10 @@ def _measure_family(family: str, n_trials: int, space: dict, data: tune.Training
         StudyBridge.log_trial = original
     trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     fits = [_fit_seconds(bridge, t.number) for t in trials]
-    overhead = [(b.datetime_complete - a.datetime_complete).total_seconds() - fit for a, b, fit in zip(trials, trials[1:], fits[1:])]
+    overhead = [
+        (b.datetime_complete - a.datetime_complete).total_seconds() - fit
+        for a, b, fit in zip(trials, trials[1:], fits[1:], strict=False)
+    ]
     median_fit, median_overhead = statistics.median(fits), statistics.median(overhead)
     return {
         "family": family,
@@ -76,7 +81,8 @@ def _measure_family(family: str, n_trials: int, space: dict, data: tune.Training
 
 def _fit_seconds(bridge: StudyBridge, number: int) -> float:
     runs = bridge.client.search_runs(
-        [bridge.experiment_id], filter_string=f"tags.`podium.trial` = '{number}' and tags.`mlflow.parentRunId` = '{bridge.parent_id}'"
+        [bridge.experiment_id],
+        filter_string=f"tags.`podium.trial` = '{number}' and tags.`mlflow.parentRunId` = '{bridge.parent_id}'",
     )
     return runs[0].data.metrics["fit_seconds"]
 

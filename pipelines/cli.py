@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import click
@@ -48,7 +48,7 @@ SpecOption = Annotated[
 ]
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
@@ -80,7 +80,9 @@ def tune(
     profile: ProfileOption = DEFAULT_PROFILE,
     spec: SpecOption = "",
     family: Annotated[str, typer.Option("--family", "-f", help="One model family, or all of the spec's.")] = "all",
-    n_trials: Annotated[int, typer.Option("--n-trials", "-n", min=0, help="Trials to add per family (0: the spec's).")] = 0,
+    n_trials: Annotated[
+        int, typer.Option("--n-trials", "-n", min=0, help="Trials to add per family (0: the spec's).")
+    ] = 0,
     timeout: Annotated[float, typer.Option(min=0, help="Seconds per family (0: the spec's).")] = 0,
     n_jobs: Annotated[int, typer.Option("--n-jobs", "-j", min=1, help="Parallel trials in this process.")] = 1,
     storage: Annotated[str, typer.Option(help="Optuna storage URL or journal path (default: the profile's).")] = "",
@@ -100,7 +102,9 @@ def tune(
 def sql(
     query: Annotated[str, typer.Argument(help="One query in Snowflake dialect.")],
     profile: ProfileOption = DEFAULT_PROFILE,
-    format: Annotated[Format, typer.Option("--format", "-f", help="table for people, csv or json for machines.")] = Format.table,
+    format: Annotated[
+        Format, typer.Option("--format", "-f", help="table for people, csv or json for machines.")
+    ] = Format.table,
 ) -> None:
     """Run a Snowflake-dialect query on the profile's warehouse and print the rows.
 

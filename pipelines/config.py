@@ -167,9 +167,7 @@ class Spec(Strict):
     @model_validator(mode="after")
     def _window_is_ordered(self) -> Spec:
         if self.train_start >= self.holdout_start:
-            raise ValueError(
-                f"train_start ({self.train_start}) must be before holdout_start ({self.holdout_start})"
-            )
+            raise ValueError(f"train_start ({self.train_start}) must be before holdout_start ({self.holdout_start})")
         return self
 
 

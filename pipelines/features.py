@@ -62,8 +62,7 @@ def main(profile: Profile, spec: Spec) -> FeaturesResult:
         rows = {m.table: build(warehouse, m) for m in progress(models, "features", total=len(models))}
         checks = check_quality(warehouse, spec)
         mlflow.log_metrics(
-            {f"rows.{table}": n for table, n in rows.items()}
-            | {f"check.{c.name}": float(c.passed) for c in checks}
+            {f"rows.{table}": n for table, n in rows.items()} | {f"check.{c.name}": float(c.passed) for c in checks}
         )
         failed = [c for c in checks if not c.passed]
         if failed:
@@ -90,7 +89,8 @@ def discover_models(spec: Spec) -> list[Model]:
     models.sort(key=lambda m: int(MODEL_FILE.match(m.path.name).group(1)))
     if spec.table not in {m.table for m in models}:
         raise ConfigError(
-            f"no SQL model in {folder} builds {spec.table}: add a file named NN_{spec.table.split('.')[-1].lower()}.sql."
+            f"no SQL model in {folder} builds {spec.table}: "
+            f"add a file named NN_{spec.table.split('.')[-1].lower()}.sql."
         )
     return models
 

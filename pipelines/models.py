@@ -107,7 +107,9 @@ def read_spaces(path: Path) -> dict[str, dict[str, Param]]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: malformed YAML: {exc}") from None
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+        )
         raise ConfigError(f"{path}: invalid search space: {problems}. Fix the range.") from None
     unknown = sorted(set(spaces) - set(FACTORIES))
     if unknown:

@@ -55,7 +55,13 @@ def season_folds(times: pd.Series, n_folds: int, gap: int = 0) -> list[Fold]:
     for index, valid in enumerate(distinct[-n_folds:]):
         train = distinct[distinct < valid - gap]
         folds.append(
-            Fold(index, tuple(int(s) for s in train), int(valid), np.flatnonzero(np.isin(year, train)), np.flatnonzero(year == valid))
+            Fold(
+                index,
+                tuple(int(s) for s in train),
+                int(valid),
+                np.flatnonzero(np.isin(year, train)),
+                np.flatnonzero(year == valid),
+            )
         )
     return folds
 

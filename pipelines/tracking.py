@@ -21,7 +21,9 @@ from typing import Any
 
 import mlflow
 import optuna
+from mlflow.data.dataset import Dataset
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -45,8 +47,7 @@ def stage_run(profile: Profile, spec: Spec, stage: str) -> Iterator[mlflow.Activ
     elif os.environ.get("MLFLOW_RUN_ID"):
         run = mlflow.start_run()
     else:
-        mlflow.set_experiment(spec.name)
-        run = mlflow.start_run(run_name=stage)
+        run = mlflow.start_run(experiment_id=experiment_id(spec.name), run_name=stage)
     with run:
         mlflow.set_tags(
             {
@@ -61,13 +62,26 @@ def stage_run(profile: Profile, spec: Spec, stage: str) -> Iterator[mlflow.Activ
         yield run
 
 
+def experiment_id(name: str) -> str:
+    """The id of the named experiment, created if missing; safe when workers race to create it."""
+    client = MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        found = client.get_experiment_by_name(name)
+        if not found:
+            raise
+        return found.experiment_id
+
+
 @lru_cache(maxsize=1)
 def git_sha() -> str | None:
     """The current commit, if the project is a git checkout."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -89,9 +103,12 @@ class StudyBridge:
     parallel workers add children to one tree. No autolog, no model per trial.
     """
 
-    def __init__(self, client: MlflowClient, experiment_id: str, parent_id: str, family: str, tags: dict[str, str]):
+    def __init__(
+        self, client: MlflowClient, experiment_id: str, parent_id: str, study_name: str, family: str,
+        tags: dict[str, str],
+    ) -> None:  # fmt: skip
         self.client, self.experiment_id, self.parent_id = client, experiment_id, parent_id
-        self.family, self.tags = family, tags
+        self.study_name, self.family, self.tags = study_name, family, tags
 
     @classmethod
     def open(
@@ -111,7 +128,7 @@ class StudyBridge:
                 client.delete_run(mine)
         else:
             client.update_run(parent[0], status="RUNNING")
-        return cls(client, experiment_id, parent[0], family, tags)
+        return cls(client, experiment_id, parent[0], study_name, family, tags)
 
     def log_trial(self, trial: optuna.Trial, state: str, params: dict[str, Any], metrics: dict[str, float],
                   error: str | None = None) -> None:  # fmt: skip
@@ -120,7 +137,7 @@ class StudyBridge:
         tags = self.tags | {
             MLFLOW_PARENT_RUN_ID: self.parent_id,
             "podium.family": self.family,
-            "podium.study": trial.study.study_name,
+            "podium.study": self.study_name,
             "podium.trial": str(trial.number),
             "podium.state": state,
         }
@@ -128,25 +145,15 @@ class StudyBridge:
             tags["podium.pruned"] = "true"
         if error:
             tags["podium.error"] = error[:4000]
-        run = self.client.create_run(
-            self.experiment_id,
-            start_time=int(started.timestamp() * 1000),
-            tags={MLFLOW_RUN_NAME: f"{self.family}-{trial.number:04d}"},
-        )
-        now = int(time.time() * 1000)
-        self.client.log_batch(
-            run.info.run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-            params=[Param(k, str(v)) for k, v in params.items()],
-            tags=[RunTag(k, v) for k, v in tags.items()],
-        )
-        self.client.set_terminated(run.info.run_id, status=STATUS[state], end_time=now)
+        name = f"{self.family}-{trial.number:04d}"
+        log_run(self.client, self.experiment_id, name, tags, metrics, params, STATUS[state], started)
 
     def finish(self, study: optuna.Study) -> None:
         """Put the study's best value and params, trial counts and plots on the parent run.
 
         Best params are tags (`best.<name>`), not params: a resumed study may find a new best.
         """
+        self._settle()
         trials = study.get_trials(deepcopy=False)
         metrics = {f"trials.{state.name.lower()}": float(sum(t.state == state for t in trials)) for state in STATES}
         tags: dict[str, str] = {}
@@ -162,6 +169,57 @@ class StudyBridge:
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
         self.client.set_terminated(self.parent_id, status="FINISHED")
+
+    def _settle(self) -> None:
+        """If a concurrent worker's parent run is the earlier one, move this worker's children there.
+
+        Two workers opening a new study at the same moment may each create a parent before
+        seeing the other's; both exist by now, so both agree on the earliest.
+        """
+        earliest = _parent_runs(self.client, self.experiment_id, self.study_name)[0]
+        if earliest == self.parent_id:
+            return
+        mine = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_id}'", max_results=50000
+        )
+        for child in mine:
+            self.client.set_tag(child.info.run_id, MLFLOW_PARENT_RUN_ID, earliest)
+        self.client.delete_run(self.parent_id)
+        self.parent_id = earliest
+
+
+def log_dataset(dataset: Dataset, context: str, attempts: int = 3) -> None:
+    """`mlflow.log_input`, tolerant of another process registering the same dataset first.
+
+    MLflow inserts the dataset row before linking it to the run, so two workers logging the
+    same training window race on a unique key; the loser retries and finds the row present.
+    """
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def log_run(
+    client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str], metrics: dict[str, float],
+    params: dict[str, Any] | None = None, status: str = "FINISHED", started: datetime | None = None,
+) -> str:  # fmt: skip
+    """A finished run in three calls: create it, one `log_batch`, end it with `status`."""
+    start_ms = int((started.timestamp() if started else time.time()) * 1000)
+    run_id = client.create_run(experiment_id, start_time=start_ms, tags={MLFLOW_RUN_NAME: name}).info.run_id
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        params=[Param(k, str(v)) for k, v in (params or {}).items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
+    client.set_terminated(run_id, status=status, end_time=now)
+    return run_id
 
 
 def _parent_runs(client: MlflowClient, experiment_id: str, study_name: str) -> list[str]:

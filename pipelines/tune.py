@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import numpy as np
 import optuna
 import pandas as pd
-from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sklearn.base import BaseEstimator, clone
 
 from pipelines.baselines import baselines
@@ -34,7 +33,7 @@ from pipelines.metrics import METRICS, score
 from pipelines.models import FACTORIES, build, read_spaces, suggest
 from pipelines.progress import counter
 from pipelines.splits import Fold, check_before_holdout, season_folds
-from pipelines.tracking import StudyBridge, git_sha, stage_run
+from pipelines.tracking import StudyBridge, git_sha, log_dataset, log_run, stage_run
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.dialect import quote
 
@@ -92,9 +91,13 @@ def main(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with stage_run(profile, spec, "tune") as top:
         tags = _record_context(spec, data, top.info.run_id)
-        standings = [_score_baseline(name, est, data, top, tags) for name, est in baselines(_baseline_column(spec)).items()]
+        standings = [
+            _score_baseline(name, est, data, top, tags) for name, est in baselines(_baseline_column(spec)).items()
+        ]
         for name in families:
-            study = _open_study(f"{spec.name}-{name}", storage or profile.optuna_storage, tuning.seed, tuning.pruner_startup_trials)
+            study = _open_study(
+                f"{spec.name}-{name}", storage or profile.optuna_storage, tuning.seed, tuning.pruner_startup_trials
+            )
             bridge = StudyBridge.open(study.study_name, name, top.info.experiment_id, top.info.run_id, tags)
             standings.append(_search(study, bridge, name, spaces[name], data, tuning, n_trials, timeout, n_jobs))
         board = pd.DataFrame([s.__dict__ for s in standings])
@@ -134,7 +137,14 @@ def load_training_data(warehouse: Warehouse, spec: Spec) -> TrainingData:
         )
     X = frame[numeric + categorical].copy()
     X[numeric] = X[numeric].astype("float64")
-    return TrainingData(X, encode_target(frame[spec.target], spec), frame[spec.time], season_folds(frame[spec.time], spec.cv.folds, spec.cv.gap), numeric, categorical)
+    return TrainingData(
+        X,
+        encode_target(frame[spec.target], spec),
+        frame[spec.time],
+        season_folds(frame[spec.time], spec.cv.folds, spec.cv.gap),
+        numeric,
+        categorical,
+    )
 
 
 def feature_columns(spec: Spec, columns: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -152,7 +162,9 @@ def feature_columns(spec: Spec, columns: dict[str, str]) -> tuple[list[str], lis
     numeric = [c for c in columns if c not in reserved]
     text = [c for c in numeric if any(t in columns[c].upper() for t in ("CHAR", "TEXT", "STRING", "DATE", "TIME"))]
     if text:
-        raise ConfigError(f"columns {text} of {spec.table} are not numeric: list them in columns.categorical or columns.exclude.")
+        raise ConfigError(
+            f"columns {text} of {spec.table} are not numeric: list them in columns.categorical or columns.exclude."
+        )
     return numeric, list(spec.columns.categorical)
 
 
@@ -160,11 +172,16 @@ def encode_target(target: pd.Series, spec: Spec) -> np.ndarray:
     """Class labels -> indices in the spec's class order."""
     unknown = sorted(set(target.dropna().unique()) - set(spec.classes))
     if unknown or target.isna().any():
-        raise PodiumError(f"{spec.target} holds values outside {spec.classes}: {unknown or ['NULL']}. Fix the data or the spec's classes.")
+        raise PodiumError(
+            f"{spec.target} holds values outside {spec.classes}: {unknown or ['NULL']}. "
+            "Fix the data or the spec's classes."
+        )
     return target.map({c: i for i, c in enumerate(spec.classes)}).to_numpy(dtype=int)
 
 
-def cross_validate(estimator: BaseEstimator, data: TrainingData, trial: optuna.Trial | None = None) -> list[dict[str, float]]:
+def cross_validate(
+    estimator: BaseEstimator, data: TrainingData, trial: optuna.Trial | None = None
+) -> list[dict[str, float]]:
     """Fit a fresh copy on each fold's training part, score its season; report to the pruner."""
     scores: list[dict[str, float]] = []
     for fold in data.folds:
@@ -225,12 +242,13 @@ def _fit_time(started: float) -> dict[str, float]:
 
 
 def _standing(name: str, study: optuna.Study, seconds: float) -> Standing:
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    count = lambda s: sum(state == s for state in states)  # noqa: E731
-    best = study.best_trial.user_attrs.get("metrics", {}) if count(optuna.trial.TrialState.COMPLETE) else {}
+    """A family's leaderboard row: trial counts and its best trial's CV metrics."""
+    states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    best = study.best_trial.user_attrs.get("metrics", {}) if states["COMPLETE"] else {}
+    nan = float("nan")
     return Standing(
-        name, count(optuna.trial.TrialState.COMPLETE), count(optuna.trial.TrialState.PRUNED),
-        count(optuna.trial.TrialState.FAIL), best.get("log_loss", float("nan")), best.get("auc", float("nan")), round(seconds, 1),
+        name, states["COMPLETE"], states["PRUNED"], states["FAIL"], best.get("log_loss", nan), best.get("auc", nan),
+        round(seconds, 1),
     )  # fmt: skip
 
 
@@ -262,10 +280,14 @@ def _baseline_column(spec: Spec) -> str | None:
 def _record_context(spec: Spec, data: TrainingData, run_id: str) -> dict[str, str]:
     """Log the training window and folds on the top run; return the tags every run carries."""
     frame = data.X.assign(**{spec.target: np.asarray(spec.classes)[data.y], spec.time: data.times.to_numpy()})
-    dataset = mlflow.data.from_pandas(frame, name=f"{spec.table}[{spec.train_start}:{spec.holdout_start})", targets=spec.target)
-    mlflow.log_input(dataset, context="training")
+    dataset = mlflow.data.from_pandas(
+        frame, name=f"{spec.table}[{spec.train_start}:{spec.holdout_start})", targets=spec.target
+    )
+    log_dataset(dataset, context="training")
     folds = [f.describe() for f in data.folds]
-    mlflow.log_dict({"train_start": str(spec.train_start), "holdout_start": str(spec.holdout_start), "folds": folds}, "splits.json")
+    mlflow.log_dict(
+        {"train_start": str(spec.train_start), "holdout_start": str(spec.holdout_start), "folds": folds}, "splits.json"
+    )
     mlflow.log_params({"train_start": spec.train_start, "holdout_start": spec.holdout_start, "cv_folds": len(folds),
                        "seed": spec.tuning.seed if spec.tuning else None, "rows": len(frame)})  # fmt: skip
     return {
@@ -278,18 +300,16 @@ def _record_context(spec: Spec, data: TrainingData, run_id: str) -> dict[str, st
     }
 
 
-def _score_baseline(name: str, estimator: BaseEstimator, data: TrainingData, top: mlflow.ActiveRun, tags: dict[str, str]) -> Standing:
+def _score_baseline(
+    name: str, estimator: BaseEstimator, data: TrainingData, top: mlflow.ActiveRun, tags: dict[str, str]
+) -> Standing:
     """Cross-validate one baseline and log it as a child run with the same metric names."""
     started = time.perf_counter()
     metrics = summarize(cross_validate(estimator, data))
-    client = MlflowClient()
-    run = client.create_run(
-        top.info.experiment_id,
-        tags=tags | {MLFLOW_PARENT_RUN_ID: top.info.run_id, MLFLOW_RUN_NAME: f"baseline-{name}",
-                     "podium.role": "baseline", "podium.family": f"baseline:{name}"},  # fmt: skip
-    )
-    now = int(time.time() * 1000)
-    client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()], tags=[RunTag("podium.baseline", name)])
-    client.set_terminated(run.info.run_id)
+    tags = tags | {MLFLOW_PARENT_RUN_ID: top.info.run_id, "podium.role": "baseline",
+                   "podium.family": f"baseline:{name}", "podium.baseline": name}  # fmt: skip
+    log_run(MlflowClient(), top.info.experiment_id, f"baseline-{name}", tags, metrics)
     log.info("baseline %s: CV log loss %.4f", name, metrics["cv_log_loss"])
-    return Standing(f"baseline:{name}", 1, 0, 0, metrics["cv_log_loss"], metrics["cv_auc"], round(time.perf_counter() - started, 1))
+    return Standing(
+        f"baseline:{name}", 1, 0, 0, metrics["cv_log_loss"], metrics["cv_auc"], round(time.perf_counter() - started, 1)
+    )

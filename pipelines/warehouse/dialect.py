@@ -62,6 +62,4 @@ def to_duckdb(sql: str) -> tuple[str, ...]:
         parsed = sqlglot.parse(sql, read="snowflake")
     except ParseError as exc:
         raise WarehouseError(f"could not parse the SQL as Snowflake dialect: {exc}") from None
-    return tuple(
-        normalize_identifiers(e, dialect="snowflake").sql(dialect="duckdb") for e in parsed if e is not None
-    )
+    return tuple(normalize_identifiers(e, dialect="snowflake").sql(dialect="duckdb") for e in parsed if e is not None)

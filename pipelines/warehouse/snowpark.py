@@ -35,9 +35,7 @@ def connection_parameters(config: SnowflakeConfig, environ: dict[str, str] | Non
     """Session parameters from connections.toml (by name) or SNOWFLAKE_* variables."""
     environ = dict(os.environ if environ is None else environ)
     params: dict[str, Any] = {
-        key: value
-        for key in ("database", "role", "warehouse")
-        if (value := getattr(config, key)) is not None
+        key: value for key in ("database", "role", "warehouse") if (value := getattr(config, key)) is not None
     }
     params |= {key: environ[f"SNOWFLAKE_{key.upper()}"] for key in ENV_KEYS if f"SNOWFLAKE_{key.upper()}" in environ}
     name = config.connection_name or environ.get("SNOWFLAKE_DEFAULT_CONNECTION_NAME")

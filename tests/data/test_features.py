@@ -70,7 +70,9 @@ def with_sql(spec: Spec, edit: str, by: str, tmp: Path) -> Spec:
     return spec.model_copy(update={"features": spec.features.model_copy(update={"sql": folder})})
 
 
-@pytest.mark.parametrize("model", sorted((Path(__file__).parents[2] / "pipelines" / "sql" / "f1").glob("*.sql")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "model", sorted((Path(__file__).parents[2] / "pipelines" / "sql" / "f1").glob("*.sql")), ids=lambda p: p.name
+)
 def test_every_sql_model_transpiles_and_runs_on_duckdb(built_profile: Profile, model: Path) -> None:
     assert isinstance(sqlglot.parse_one(model.read_text(), read="snowflake"), exp.Query), "one SELECT per model"
     (statement,) = to_duckdb(model.read_text())
@@ -86,7 +88,8 @@ def test_one_row_per_race_and_driver_since_2010(built_profile: Profile, spec: Sp
     ).iloc[0]
     results = frame(
         built_profile,
-        "SELECT COUNT(DISTINCT r.RACE_ID, r.DRIVER_ID) AS N FROM RAW.RESULTS r JOIN RAW.RACES ra ON ra.RACE_ID = r.RACE_ID "
+        "SELECT COUNT(DISTINCT r.RACE_ID, r.DRIVER_ID) AS N "
+        "FROM RAW.RESULTS r JOIN RAW.RACES ra ON ra.RACE_ID = r.RACE_ID "
         "WHERE ra.DATE >= '2010-01-01'",
     ).N[0]
     assert stats.N == stats.KEYS == results
@@ -98,12 +101,19 @@ def test_finish_class_follows_the_classified_position(built_profile: Profile, sp
     mismatches = frame(
         built_profile,
         f"""SELECT COUNT(*) AS N FROM {spec.table} f JOIN RAW.RESULTS r USING (RACE_ID, DRIVER_ID)
-        WHERE f.FINISH_CLASS <> CASE WHEN r.POSITION <= 3 THEN 'podium' WHEN r.POSITION <= 10 THEN 'points' ELSE 'none' END""",
+        WHERE f.FINISH_CLASS <> CASE WHEN r.POSITION <= 3 THEN 'podium'
+                                     WHEN r.POSITION <= 10 THEN 'points' ELSE 'none' END""",
     ).N[0]
-    counts = frame(built_profile, f"SELECT FINISH_CLASS, COUNT(*) AS N FROM {spec.table} GROUP BY 1").set_index("FINISH_CLASS").N
+    counts = (
+        frame(built_profile, f"SELECT FINISH_CLASS, COUNT(*) AS N FROM {spec.table} GROUP BY 1")
+        .set_index("FINISH_CLASS")
+        .N
+    )
     assert mismatches == 0
     assert set(counts.index) == set(spec.classes)
-    assert counts["podium"] == pytest.approx(3 * frame(built_profile, f"SELECT COUNT(DISTINCT RACE_ID) AS N FROM {spec.table}").N[0], abs=3)
+    assert counts["podium"] == pytest.approx(
+        3 * frame(built_profile, f"SELECT COUNT(DISTINCT RACE_ID) AS N FROM {spec.table}").N[0], abs=3
+    )
 
 
 def test_at_least_twelve_features_besides_keys_time_and_target(built_profile: Profile, spec: Spec) -> None:
@@ -111,7 +121,13 @@ def test_at_least_twelve_features_besides_keys_time_and_target(built_profile: Pr
         columns = set(warehouse.columns(spec.table))
     features_only = columns - {*spec.keys, spec.time, spec.target}
     assert len(features_only) >= 12
-    assert {"GRID", "QUALI_POSITION", "DRIVER_POINTS_LAST5", "CONSTRUCTOR_POINTS_LAST5", "CHAMPIONSHIP_POSITION_BEFORE"} <= features_only
+    assert {
+        "GRID",
+        "QUALI_POSITION",
+        "DRIVER_POINTS_LAST5",
+        "CONSTRUCTOR_POINTS_LAST5",
+        "CHAMPIONSHIP_POSITION_BEFORE",
+    } <= features_only
 
 
 def test_standings_come_from_the_previous_round(built_profile: Profile, spec: Spec) -> None:
@@ -136,7 +152,9 @@ def test_later_results_leave_earlier_features_unchanged(built_profile: Profile, 
     changed = rebuild_after_changing_results(built_profile, spec, CUTOFF, tmp_path)
     pd.testing.assert_frame_equal(known_before_race(changed, spec, CUTOFF), before)
     later = f"SELECT * FROM {spec.table} WHERE {spec.time} >= ? ORDER BY RACE_ID, DRIVER_ID"
-    assert not frame(changed, later, [CUTOFF]).equals(frame(built_profile, later, [CUTOFF])), "the change must reach later rows"
+    assert not frame(changed, later, [CUTOFF]).equals(frame(built_profile, later, [CUTOFF])), (
+        "the change must reach later rows"
+    )
 
 
 @pytest.mark.parametrize(

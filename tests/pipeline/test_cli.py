@@ -14,7 +14,9 @@ from pipelines.config import Profile
 from tests.conftest import REPO
 
 
-def podium(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+def podium(
+    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str, str]:
     """Run the console entry point in-process from the repo root: (exit code, stdout, stderr)."""
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(sys, "argv", ["podium", *args])
@@ -52,15 +54,38 @@ def bad_spec(tmp_path: Path, replace: str, by: str) -> str:
     ],
 )
 def test_user_errors_are_one_clear_line(
-    case: str, message: str, tmp_path: Path, profile: Profile, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    case: str,
+    message: str,
+    tmp_path: Path,
+    profile: Profile,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     local = profile_file(tmp_path, profile)
     args = {
         "unknown profile": ["ingest", "--profile", "prod"],
         "unknown spec key": ["ingest", "-p", local, "--spec", bad_spec(tmp_path, "holdout_start:", "holdout_strat:")],
-        "malformed yaml": ["ingest", "-p", local, "--spec", bad_spec(tmp_path, "keys: [RACE_ID, DRIVER_ID]", "keys: [RACE_ID")],
-        "identifier with ;": ["features", "-p", local, "--spec", bad_spec(tmp_path, "table: ML.F1_FEATURES", "table: ML.F1;DROP")],
-        "identifier with quotes": ["features", "-p", local, "--spec", bad_spec(tmp_path, "target: FINISH_CLASS", "target: 'FINISH\"'")],
+        "malformed yaml": [
+            "ingest",
+            "-p",
+            local,
+            "--spec",
+            bad_spec(tmp_path, "keys: [RACE_ID, DRIVER_ID]", "keys: [RACE_ID"),
+        ],
+        "identifier with ;": [
+            "features",
+            "-p",
+            local,
+            "--spec",
+            bad_spec(tmp_path, "table: ML.F1_FEATURES", "table: ML.F1;DROP"),
+        ],
+        "identifier with quotes": [
+            "features",
+            "-p",
+            local,
+            "--spec",
+            bad_spec(tmp_path, "target: FINISH_CLASS", "target: 'FINISH\"'"),
+        ],
         "missing feature table": ["sql", "select count(*) from ML.F1_FEATURES", "-p", local],
         "features before ingest": ["features", "-p", local],
     }[case]
@@ -74,7 +99,14 @@ def test_user_errors_are_one_clear_line(
 def test_sql_prints_csv_for_machines(
     built_profile: Profile, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    args = ["sql", "select count(*) as n, min(race_date) as first from ML.F1_FEATURES", "-p", profile_file(tmp_path, built_profile), "--format", "csv"]
+    args = [
+        "sql",
+        "select count(*) as n, min(race_date) as first from ML.F1_FEATURES",
+        "-p",
+        profile_file(tmp_path, built_profile),
+        "--format",
+        "csv",
+    ]
     code, out, _ = podium(args, capsys, monkeypatch)
     assert code == 0
     header, row = out.strip().splitlines()
@@ -93,7 +125,11 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str], monkeypatc
 def test_no_traceback_from_the_real_console_script(tmp_path: Path) -> None:
     spec = bad_spec(tmp_path, "keys: [RACE_ID, DRIVER_ID]", "keys: [RACE_ID")
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "features", "--spec", spec], cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "pipelines.cli", "features", "--spec", spec],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 1
     assert "malformed YAML" in done.stderr and "Traceback" not in done.stderr

@@ -23,9 +23,14 @@ def mlflow_run(entry_point: str, params: dict[str, str], tracking_uri: str, cwd:
     """`mlflow run` this repo's entry point in the active venv, into experiment podium-test."""
     venv_bin = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env |= {"PATH": f"{venv_bin}{os.pathsep}{env['PATH']}", "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env |= {
+        "PATH": f"{venv_bin}{os.pathsep}{env['PATH']}",
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     command = [str(venv_bin / "mlflow"), "run", str(REPO), "-e", entry_point, "--env-manager", "local",
-               "--experiment-name", "podium-test", *[a for k, v in params.items() for a in ("-P", f"{k}={v}")]]  # fmt: skip
+               "--experiment-name", "podium-test"]  # fmt: skip
+    command += [arg for key, value in params.items() for arg in ("-P", f"{key}={value}")]
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
 
@@ -71,6 +76,10 @@ def test_tune_entry_point_nests_one_parent_per_family_under_the_mlflow_run(
     assert all(p.data.tags["mlflow.parentRunId"] == top.info.run_id for p in parents)
     for parent in parents:
         study = optuna.load_study(study_name=parent.data.tags["podium.study"], storage=tune.open_storage(str(storage)))
-        children = {int(r.data.tags["podium.trial"]): r.info.status for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+        children = {
+            int(r.data.tags["podium.trial"]): r.info.status
+            for r in runs
+            if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+        }
         assert children == {t.number: STATUS[t.state.name] for t in study.trials}
         assert len(children) == 3

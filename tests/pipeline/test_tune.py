@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,7 +38,9 @@ def fast_spec(spec: Spec, tmp_path: Path, families: list[str]) -> Spec:
     """The F1 spec searching cheap spaces, so a test runs in seconds."""
     space = tmp_path / "space.yaml"
     space.write_text(FAST_SPACE)
-    tuning = spec.tuning.model_copy(update={"search_space": space, "families": families, "timeout": None, "pruner_startup_trials": 1})
+    tuning = spec.tuning.model_copy(
+        update={"search_space": space, "families": families, "timeout": None, "pruner_startup_trials": 1}
+    )
     return spec.model_copy(update={"tuning": tuning})
 
 
@@ -51,7 +54,9 @@ def mlflow_tree(experiment: str = "f1_podium") -> tuple[list[Any], dict[str, lis
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("podium.role") == "study"]
-    children = {p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id] for p in parents}
+    children = {
+        p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id] for p in parents
+    }
     return parents, children
 
 
@@ -65,7 +70,9 @@ def assert_children_mirror_trials(storage: str) -> None:
             assert runs[trial.number].info.status == STATUS[trial.state.name]
 
 
-def test_one_parent_per_family_and_children_mirror_trial_states(built_profile: Profile, spec: Spec, tmp_path: Path) -> None:
+def test_one_parent_per_family_and_children_mirror_trial_states(
+    built_profile: Profile, spec: Spec, tmp_path: Path
+) -> None:
     storage = str(tmp_path / "studies.journal")
     tune.main(built_profile, fast_spec(spec, tmp_path, ["decision_tree", "knn"]), n_trials=6, storage=storage)
     parents, children = mlflow_tree()
@@ -77,14 +84,18 @@ def test_one_parent_per_family_and_children_mirror_trial_states(built_profile: P
     failed = children[knn.info.run_id][0]
     assert "n_neighbors" in failed.data.tags["podium.error"] and failed.data.params["n_neighbors"]
     tree = next(p for p in parents if p.data.tags["podium.family"] == "decision_tree")
-    assert tree.data.metrics["best_cv_log_loss"] == pytest.approx(studies(storage)["f1_podium-decision_tree"].best_value)
+    assert tree.data.metrics["best_cv_log_loss"] == pytest.approx(
+        studies(storage)["f1_podium-decision_tree"].best_value
+    )
     assert {"best.max_depth", "best.min_samples_leaf"} <= set(tree.data.tags)
     artifacts = {a.path for a in MlflowClient().list_artifacts(tree.info.run_id, "plots")}
     assert "plots/optimization_history.png" in artifacts
 
 
 def test_every_run_records_spec_split_digest_git_and_seed(built_profile: Profile, spec: Spec, tmp_path: Path) -> None:
-    tune.main(built_profile, fast_spec(spec, tmp_path, ["decision_tree"]), n_trials=2, storage=str(tmp_path / "s.journal"))
+    tune.main(
+        built_profile, fast_spec(spec, tmp_path, ["decision_tree"]), n_trials=2, storage=str(tmp_path / "s.journal")
+    )
     parents, children = mlflow_tree()
     for run in [*parents, *children[parents[0].info.run_id]]:
         tags = run.data.tags
@@ -92,11 +103,17 @@ def test_every_run_records_spec_split_digest_git_and_seed(built_profile: Profile
         assert tags["podium.cv"].startswith("2010-2016>2017") and len(tags["podium.data_digest"]) >= 8
         assert "podium.git_sha" in tags
     top = MlflowClient().get_run(parents[0].data.tags["mlflow.parentRunId"])
-    assert {a.path for a in MlflowClient().list_artifacts(top.info.run_id)} >= {"spec.json", "splits.json", "leaderboard.csv"}
+    assert {a.path for a in MlflowClient().list_artifacts(top.info.run_id)} >= {
+        "spec.json",
+        "splits.json",
+        "leaderboard.csv",
+    }
     assert top.inputs.dataset_inputs[0].dataset.digest == parents[0].data.tags["podium.data_digest"]
 
 
-def test_rerun_resumes_the_study_without_losing_or_duplicating_trials(built_profile: Profile, spec: Spec, tmp_path: Path) -> None:
+def test_rerun_resumes_the_study_without_losing_or_duplicating_trials(
+    built_profile: Profile, spec: Spec, tmp_path: Path
+) -> None:
     storage, small = str(tmp_path / "studies.journal"), fast_spec(spec, tmp_path, ["decision_tree"])
     tune.main(built_profile, small, n_trials=3, storage=storage)
     tune.main(built_profile, small, n_trials=4, storage=storage)
@@ -108,7 +125,9 @@ def test_rerun_resumes_the_study_without_losing_or_duplicating_trials(built_prof
 
 
 def test_baselines_are_logged_with_the_trials_metric_names(built_profile: Profile, spec: Spec, tmp_path: Path) -> None:
-    result = tune.main(built_profile, fast_spec(spec, tmp_path, ["decision_tree"]), n_trials=2, storage=str(tmp_path / "s.journal"))
+    result = tune.main(
+        built_profile, fast_spec(spec, tmp_path, ["decision_tree"]), n_trials=2, storage=str(tmp_path / "s.journal")
+    )
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("f1_podium").experiment_id])
     baselines = {r.data.tags["podium.baseline"]: r for r in runs if r.data.tags.get("podium.role") == "baseline"}
@@ -131,7 +150,9 @@ class RecordingWarehouse(DuckDBWarehouse):
         return frame
 
 
-def test_tune_never_reads_the_holdout(built_profile: Profile, spec: Spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tune_never_reads_the_holdout(
+    built_profile: Profile, spec: Spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     @contextmanager
     def recording(profile: Profile, read_only: bool = False) -> Iterator[RecordingWarehouse]:
         warehouse = RecordingWarehouse(profile.warehouse.path, read_only)
@@ -140,12 +161,16 @@ def test_tune_never_reads_the_holdout(built_profile: Profile, spec: Spec, tmp_pa
 
     monkeypatch.setattr(tune, "connect", recording)
     RecordingWarehouse.frames.clear()
-    tune.main(built_profile, fast_spec(spec, tmp_path, ["decision_tree"]), n_trials=1, storage=str(tmp_path / "s.journal"))
+    tune.main(
+        built_profile, fast_spec(spec, tmp_path, ["decision_tree"]), n_trials=1, storage=str(tmp_path / "s.journal")
+    )
     read = pd.concat(RecordingWarehouse.frames)
     assert len(read) > 4000
     assert read[spec.time].max() < pd.Timestamp(spec.holdout_start)
     with connect(built_profile) as warehouse:
-        holdout = warehouse.query(f"SELECT COUNT(*) AS N FROM {spec.table} WHERE {spec.time} >= ?", [spec.holdout_start]).N[0]
+        holdout = warehouse.query(
+            f"SELECT COUNT(*) AS N FROM {spec.table} WHERE {spec.time} >= ?", [spec.holdout_start]
+        ).N[0]
     assert holdout > 0, "the feature table does hold holdout rows; tune just never reads them"
 
 
@@ -199,30 +224,41 @@ def test_tune_user_errors(case: str, message: str, built_profile: Profile, tmp_p
     if case == "unknown family":
         args[2] = "lightgbm"
     elif case == "empty training window":
-        text = text.replace("train_start: 2010-01-01", "train_start: 1990-01-01").replace("holdout_start: 2021-01-01", "holdout_start: 2000-01-01")
+        text = text.replace("train_start: 2010-01-01", "train_start: 1990-01-01").replace(
+            "holdout_start: 2021-01-01", "holdout_start: 2000-01-01"
+        )
     elif case == "target column missing":
         text = text.replace("target: FINISH_CLASS", "target: PODIUM_CLASS")
     else:
         (tmp_path / "space.yaml").write_text("decision_tree:\n  max_depth: {type: int, low: 9, high: 2}\n")
         text = text.replace("experiments/search_spaces/default.yaml", str(tmp_path / "space.yaml"))
     (tmp_path / "spec.yaml").write_text(text)
-    (tmp_path / "profile.yaml").write_text(f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\noptuna_storage: {tmp_path / 'j.log'}\n")
+    (tmp_path / "profile.yaml").write_text(
+        f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\noptuna_storage: {tmp_path / 'j.log'}\n"
+    )
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", *args, "--spec", str(tmp_path / "spec.yaml"), "--profile", str(tmp_path / "profile.yaml")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    command = [sys.executable, "-m", "pipelines.cli", *args]
+    command += ["--spec", str(tmp_path / "spec.yaml"), "--profile", str(tmp_path / "profile.yaml")]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("error:") and pytest.importorskip("re").search(message, last), done.stderr[-800:]
+    assert last.startswith("error:") and re.search(message, last), done.stderr[-800:]
     assert "Traceback" not in done.stderr
 
 
 @pytest.mark.slow
-def test_two_worker_processes_share_one_study_and_one_parent(built_profile: Profile, spec: Spec, tmp_path: Path) -> None:
+def test_two_worker_processes_share_one_study_and_one_parent(
+    built_profile: Profile, spec: Spec, tmp_path: Path
+) -> None:
     text = (REPO / "experiments" / "f1_podium.yaml").read_text()
     (tmp_path / "space.yaml").write_text(FAST_SPACE)
-    (tmp_path / "spec.yaml").write_text(text.replace("experiments/search_spaces/default.yaml", str(tmp_path / "space.yaml")))
+    (tmp_path / "spec.yaml").write_text(
+        text.replace("experiments/search_spaces/default.yaml", str(tmp_path / "space.yaml"))
+    )
     storage = tmp_path / "studies.journal"
-    (tmp_path / "profile.yaml").write_text(f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\noptuna_storage: {storage}\n")
+    (tmp_path / "profile.yaml").write_text(
+        f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\noptuna_storage: {storage}\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {
         "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
     command = [sys.executable, "-m", "pipelines.cli", "tune", "--family", "decision_tree", "-n", "5",

@@ -37,7 +37,12 @@ def test_bundled_profiles_load() -> None:
 
 def test_bundled_spec_loads_with_resolved_paths() -> None:
     spec = load_spec("f1_podium", root=REPO)
-    assert (spec.table, spec.keys, spec.time, spec.target) == ("ML.F1_FEATURES", ["RACE_ID", "DRIVER_ID"], "RACE_DATE", "FINISH_CLASS")
+    assert (spec.table, spec.keys, spec.time, spec.target) == (
+        "ML.F1_FEATURES",
+        ["RACE_ID", "DRIVER_ID"],
+        "RACE_DATE",
+        "FINISH_CLASS",
+    )
     assert (spec.train_start, spec.holdout_start) == (date(2010, 1, 1), date(2021, 1, 1))
     assert spec.ingest and spec.ingest.source == REPO / "data" / "f1"
     assert spec.features and spec.features.sql.is_dir()
@@ -74,7 +79,7 @@ def test_malformed_yaml_gives_the_line(tmp_path: Path) -> None:
         load_spec(str(path))
 
 
-@pytest.mark.parametrize("table", ["'ML.F1;DROP TABLE X'", "'ML.\"F1\"'", "\"ML.F1'\""])
+@pytest.mark.parametrize("table", ["'ML.F1;DROP TABLE X'", "'ML.\"F1\"'", '"ML.F1\'"'])
 def test_identifier_with_semicolon_or_quotes_is_refused(tmp_path: Path, table: str) -> None:
     path = write(tmp_path / "s.yaml", spec_text(table=table))
     with pytest.raises(ConfigError, match="table: .*not a valid table name"):

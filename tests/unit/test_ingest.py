@@ -37,7 +37,13 @@ def small_spec(spec: Spec, source: Path) -> Spec:
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("raceId", "RACE_ID"), ("positionOrder", "POSITION_ORDER"), ("fp1_date", "FP1_DATE"), ("dob", "DOB"), ("q1", "Q1")],
+    [
+        ("raceId", "RACE_ID"),
+        ("positionOrder", "POSITION_ORDER"),
+        ("fp1_date", "FP1_DATE"),
+        ("dob", "DOB"),
+        ("q1", "Q1"),
+    ],
 )
 def test_column_names_become_upper_snake_case(name: str, expected: str) -> None:
     assert ingest.snake_upper(name) == expected
@@ -46,7 +52,12 @@ def test_column_names_become_upper_snake_case(name: str, expected: str) -> None:
 def test_read_csv_applies_types_and_both_null_spellings(source: Path) -> None:
     frame = ingest.read_csv(source / "drivers.csv.gz", ingest.read_manifest(source)["drivers"])
     assert list(frame.columns) == ["DRIVER_ID", "DOB", "CODE", "POINTS"]
-    assert [str(t) for t in frame.dtypes] == ["int64[pyarrow]", "date32[day][pyarrow]", "string[pyarrow]", "double[pyarrow]"]
+    assert [str(t) for t in frame.dtypes] == [
+        "int64[pyarrow]",
+        "date32[day][pyarrow]",
+        "string[pyarrow]",
+        "double[pyarrow]",
+    ]
     assert frame["DOB"].isna().tolist() == [False, True, True]
     assert frame["CODE"].tolist()[0] == "HAM" and frame["CODE"].isna().tolist() == [False, True, False]
     assert frame["POINTS"].isna().tolist() == [False, True, True]
@@ -66,7 +77,11 @@ def test_value_of_the_wrong_type_is_named(source: Path) -> None:
 
 @pytest.mark.parametrize(
     ("manifest", "message"),
-    [("tables: {}\n", "lists no tables"), ("tables:\n  t:\n    a: BLOB\n", "unknown types"), ("tables:\n  't;x':\n    a: INTEGER\n", "not a valid")],
+    [
+        ("tables: {}\n", "lists no tables"),
+        ("tables:\n  t:\n    a: BLOB\n", "unknown types"),
+        ("tables:\n  't;x':\n    a: INTEGER\n", "not a valid"),
+    ],
 )
 def test_bad_manifest(source: Path, manifest: str, message: str) -> None:
     (source / "tables.yaml").write_text(manifest)
@@ -87,5 +102,10 @@ def test_rerun_replaces_without_duplicates(source: Path, spec: Spec, profile: Pr
     second = ingest.main(profile, small_spec(spec, source))
     assert first.rows == second.rows == {"RAW.DRIVERS": 3}
     with connect(profile) as warehouse:
-        assert warehouse.columns("RAW.DRIVERS") == {"DRIVER_ID": "BIGINT", "DOB": "DATE", "CODE": "VARCHAR", "POINTS": "DOUBLE"}
+        assert warehouse.columns("RAW.DRIVERS") == {
+            "DRIVER_ID": "BIGINT",
+            "DOB": "DATE",
+            "CODE": "VARCHAR",
+            "POINTS": "DOUBLE",
+        }
         assert warehouse.query("SELECT COUNT(*) AS N FROM RAW.DRIVERS").N[0] == 3
