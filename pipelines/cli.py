@@ -20,6 +20,8 @@ from rich.table import Table
 
 from pipelines import features as features_stage
 from pipelines import ingest as ingest_stage
+from pipelines import promote as promote_stage
+from pipelines import train as train_stage
 from pipelines import tune as tune_stage
 from pipelines.config import DEFAULT_PROFILE, Profile, Spec, load_profile, load_spec
 from pipelines.errors import PodiumError
@@ -99,6 +101,50 @@ def tune(
 
 
 @app.command()
+def train(
+    profile: ProfileOption = DEFAULT_PROFILE,
+    spec: SpecOption = "",
+    family: Annotated[
+        str, typer.Option("--family", "-f", help="Train this family's best trial (default: the best family).")
+    ] = "",
+    top_k: Annotated[
+        int, typer.Option("--top-k", "-k", min=1, help="Register the best K families for comparison.")
+    ] = 1,
+    storage: Annotated[str, typer.Option(help="Optuna storage URL or journal path (default: the profile's).")] = "",
+) -> None:
+    """Refit the best family on the whole training window, evaluate it once on the holdout, register it.
+
+    The new version gets the alias [bold]challenger[/]; `podium promote` decides whether it becomes champion.
+
+    Example: [bold]podium train --top-k 3[/]
+    """
+    result = train_stage.main(*_load(profile, spec), family or None, top_k, storage or None)
+    _print_trained(result)
+
+
+@app.command()
+def promote(
+    profile: ProfileOption = DEFAULT_PROFILE,
+    spec: SpecOption = "",
+    alias: Annotated[str, typer.Option(help="Alias to move to the version ('' for none).")] = "champion",
+    stage: Annotated[str, typer.Option(help="Stage to transition the version to: Staging or Production.")] = "",
+    version: Annotated[str, typer.Option("--version", "-v", help="Version to promote (default: the challenger).")] = "",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the decision; change nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Skip the gate; the audit records it as forced.")] = False,
+    rollback: Annotated[
+        bool, typer.Option("--rollback", help="Return the alias/stage to its previous holder.")
+    ] = False,
+) -> None:
+    """Promote a registered version by alias and/or stage, through the spec's policy; audit every decision.
+
+    Example: [bold]podium promote --alias champion --stage Production --dry-run[/]
+    """
+    decisions = promote_stage.main(*_load(profile, spec), alias or None, stage or None, version or None,
+                                   dry_run, force, rollback)  # fmt: skip
+    _print_decisions(decisions)
+
+
+@app.command()
 def sql(
     query: Annotated[str, typer.Argument(help="One query in Snowflake dialect.")],
     profile: ProfileOption = DEFAULT_PROFILE,
@@ -125,7 +171,7 @@ def sql(
 
 @app.command()
 def run(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") -> None:
-    """Run the whole pipeline (ingest, features, tune), each stage a nested MLflow run under one `main` run.
+    """Run the whole pipeline (ingest, features, tune, train, promote), each stage a nested run under one `main` run.
 
     Example: [bold]podium run[/] (what `make demo` and `mlflow run . -e main` do)
     """
@@ -136,6 +182,8 @@ def run(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") -> None
         _print_counts("Built", built.rows)
         _print_checks(built.checks)
         _print_leaderboard(tune_stage.main(*loaded).leaderboard)
+        _print_trained(train_stage.main(*loaded))
+        _print_decisions(promote_stage.main(*loaded, alias="champion", stage="Production"))
 
 
 def _load(profile: str, spec: str) -> tuple[Profile, Spec]:
@@ -159,6 +207,28 @@ def _print_leaderboard(standings: list[tune_stage.Standing]) -> None:
         table.add_row(s.name, str(s.complete), str(s.pruned), str(s.failed), f"{s.cv_log_loss:.4f}", f"{s.cv_auc:.4f}",
                       f"{s.seconds:.1f}", style=style)  # fmt: skip
     out.print(table)
+
+
+def _print_trained(result: train_stage.TrainResult) -> None:
+    table = Table(title=f"Holdout: {result.model_name} vs baselines (evaluated once)", title_justify="left")
+    table.add_column("model", no_wrap=True, min_width=18)
+    for name in ("version", "log loss", "AUC", "balanced acc"):
+        table.add_column(name, justify="right")
+    rows = [(t.candidate.family, t.version, t.holdout, "") for t in result.trained]
+    rows += [(f"baseline:{name}", "", m, "dim") for name, m in result.baselines.items()]
+    for name, version, m, style in rows:
+        figures = (f"{m[k]:.4f}" for k in ("log_loss", "auc", "balanced_accuracy"))
+        table.add_row(name, version, *figures, style=style)
+    out.print(table)
+    out.print(f"version {result.champion.version} ({result.champion.candidate.family}) is now [bold]challenger[/]")
+
+
+def _print_decisions(decisions: list[promote_stage.Decision]) -> None:
+    for d in decisions:
+        colour = "green" if d.promoted else "yellow" if d.decision.startswith("dry-run") else "red"
+        holder = f"v{d.from_version}" if d.from_version else "nobody"
+        out.print(f"[bold {colour}]{d.decision}[/] {d.model} v{d.version} -> {d.target} (held by {holder}). {d.reason}",
+                  highlight=False)  # fmt: skip
 
 
 def _print_checks(checks: list[features_stage.Check]) -> None:

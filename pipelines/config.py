@@ -144,6 +144,25 @@ class TuningConfig(Strict):
     pruner_startup_trials: int = Field(5, ge=0)
 
 
+class RegistryConfig(Strict):
+    """Where trained models are registered and promotions are audited."""
+
+    model_name: Name | None = Field(None, description="registered model name; default: the spec's name")
+    audit_table: TableName = "ML.MODEL_PROMOTIONS"
+
+
+Check = Literal["beats_baseline", "signature_matches"]
+
+
+class PromotionPolicy(Strict):
+    """The gate a challenger must pass to take a target (an alias or a stage) from its holder."""
+
+    metric: Literal["log_loss", "auc", "balanced_accuracy"] = "log_loss"
+    min_improvement: float = Field(0.0, ge=0, description="over the current holder, on the same holdout")
+    checks: list[Check] = ["beats_baseline", "signature_matches"]
+    baseline: str = Field("heuristic", description="the baseline `beats_baseline` compares with")
+
+
 class Spec(Strict):
     """One use case: its feature table, keys, time, target and holdout."""
 
@@ -163,6 +182,12 @@ class Spec(Strict):
     cv: CVConfig = CVConfig()
     baseline: BaselineConfig | None = None
     tuning: TuningConfig | None = None
+    registry: RegistryConfig = RegistryConfig()
+    promotion: PromotionPolicy = PromotionPolicy()
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.model_name or self.name
 
     @model_validator(mode="after")
     def _window_is_ordered(self) -> Spec:

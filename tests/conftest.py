@@ -6,7 +6,9 @@ Tests run on small real data: the bundled F1 tables or frames built in the test.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -49,19 +51,60 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
         mlflow.end_run()
 
 
-@pytest.fixture(scope="session")
-def built_profile(tmp_path_factory: pytest.TempPathFactory, spec: Spec) -> Profile:
-    """A DuckDB warehouse with the raw F1 tables ingested and the features built, once per session."""
-    root = tmp_path_factory.mktemp("built")
+@contextmanager
+def tracking_store(uri: str) -> Iterator[None]:
+    """Point MLflow at `uri` for a block (session fixtures run outside the per-test store)."""
     previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        profile = duckdb_profile(root / "warehouse.duckdb")
-        ingest.main(profile, spec)
-        features.main(profile, spec)
+        yield
     finally:
         if previous is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@pytest.fixture(scope="session")
+def built_profile(tmp_path_factory: pytest.TempPathFactory, spec: Spec) -> Profile:
+    """A DuckDB warehouse with the raw F1 tables ingested and the features built, once per session."""
+    root = tmp_path_factory.mktemp("built")
+    profile = duckdb_profile(root / "warehouse.duckdb")
+    with tracking_store(f"sqlite:///{root / 'mlflow.db'}"):
+        ingest.main(profile, spec)
+        features.main(profile, spec)
     return profile
+
+
+TUNED_SPACE = """decision_tree:
+  max_depth: {type: int, low: 2, high: 8}
+  min_samples_leaf: {type: int, low: 5, high: 100, log: true}
+logreg:
+  C: {type: float, low: 0.01, high: 10.0, log: true}
+"""
+
+
+@pytest.fixture(scope="session")
+def tuned(tmp_path_factory: pytest.TempPathFactory, built_profile: Profile, spec: Spec) -> tuple[Profile, Spec]:
+    """(profile, spec) whose Optuna journal holds small finished studies of decision_tree and logreg."""
+    from pipelines import tune
+
+    root = tmp_path_factory.mktemp("tuned")
+    (root / "space.yaml").write_text(TUNED_SPACE)
+    tuning = spec.tuning.model_copy(
+        update={"search_space": root / "space.yaml", "families": ["decision_tree", "logreg"], "timeout": None}
+    )
+    small = spec.model_copy(update={"tuning": tuning})
+    profile = built_profile.model_copy(update={"optuna_storage": str(root / "studies.journal")})
+    with tracking_store(f"sqlite:///{root / 'mlflow.db'}"):
+        tune.main(profile, small, n_trials=4)
+    return profile, small
+
+
+@pytest.fixture
+def trained_profile(tuned: tuple[Profile, Spec], tmp_path: Path) -> Profile:
+    """The tuned profile on this test's own copy of the warehouse (promotions write to it)."""
+    profile, _ = tuned
+    copy = tmp_path / "warehouse.duckdb"
+    shutil.copyfile(profile.warehouse.path, copy)
+    return profile.model_copy(update={"warehouse": profile.warehouse.model_copy(update={"path": copy})})

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines import tune
-from pipelines.config import Profile
+from pipelines.config import Profile, Spec
 from pipelines.tracking import STATUS
 from tests.conftest import REPO
 from tests.pipeline.test_tune import FAST_SPACE
@@ -83,3 +83,28 @@ def test_tune_entry_point_nests_one_parent_per_family_under_the_mlflow_run(
         }
         assert children == {t.number: STATUS[t.state.name] for t in study.trials}
         assert len(children) == 3
+
+
+@pytest.mark.slow
+def test_train_and_promote_entry_points_register_and_crown_a_champion(
+    tuned: tuple[Profile, Spec], tmp_path: Path, mlflow_store: str
+) -> None:
+    profile, _ = tuned
+    text = (REPO / "experiments" / "f1_podium.yaml").read_text()
+    (tmp_path / "spec.yaml").write_text(
+        text.replace("[logreg, knn, svc, decision_tree, random_forest, xgboost]", "[decision_tree, logreg]")
+    )
+    profile_path = copy_profile(profile, tmp_path)
+    profile_path.write_text(profile_path.read_text() + f"optuna_storage: {profile.optuna_storage}\n")
+    common = {"profile": str(profile_path), "spec": str(tmp_path / "spec.yaml")}
+    mlflow_run("train", common | {"top_k": "2"}, mlflow_store, tmp_path)
+    client = MlflowClient(mlflow_store)
+    mlflow_run("promote", common | {"stage": "Production", "dry_run": "true"}, mlflow_store, tmp_path)
+    assert "champion" not in client.get_registered_model("f1_podium").aliases
+    mlflow_run("promote", common | {"stage": "Production"}, mlflow_store, tmp_path)
+
+    champion = client.get_model_version_by_alias("f1_podium", "champion")
+    assert champion.version == client.get_model_version_by_alias("f1_podium", "challenger").version
+    assert champion.current_stage == "Production"
+    runs = client.search_runs([client.get_experiment_by_name("podium-test").experiment_id])
+    assert {r.data.tags.get("podium.stage") for r in runs} >= {"train", "promote"}
