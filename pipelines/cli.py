@@ -18,9 +18,11 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from pipelines import evaluate as evaluate_stage
 from pipelines import features as features_stage
 from pipelines import ingest as ingest_stage
 from pipelines import promote as promote_stage
+from pipelines import score as score_stage
 from pipelines import train as train_stage
 from pipelines import tune as tune_stage
 from pipelines.config import DEFAULT_PROFILE, Profile, Spec, load_profile, load_spec
@@ -48,6 +50,8 @@ SpecOption = Annotated[
         "--spec", "-s", envvar="PODIUM_SPEC", help="Spec name (experiments/<name>.yaml) or path; default: the only one."
     ),
 ]
+
+StorageOption = Annotated[str, typer.Option(help="Optuna storage URL or journal path (default: the profile's).")]
 
 
 class Format(StrEnum):
@@ -87,7 +91,7 @@ def tune(
     ] = 0,
     timeout: Annotated[float, typer.Option(min=0, help="Seconds per family (0: the spec's).")] = 0,
     n_jobs: Annotated[int, typer.Option("--n-jobs", "-j", min=1, help="Parallel trials in this process.")] = 1,
-    storage: Annotated[str, typer.Option(help="Optuna storage URL or journal path (default: the profile's).")] = "",
+    storage: StorageOption = "",
 ) -> None:
     """Score the baselines, then run or resume one Optuna study per model family.
 
@@ -110,7 +114,7 @@ def train(
     top_k: Annotated[
         int, typer.Option("--top-k", "-k", min=1, help="Register the best K families for comparison.")
     ] = 1,
-    storage: Annotated[str, typer.Option(help="Optuna storage URL or journal path (default: the profile's).")] = "",
+    storage: StorageOption = "",
 ) -> None:
     """Refit the best family on the whole training window, evaluate it once on the holdout, register it.
 
@@ -145,6 +149,37 @@ def promote(
 
 
 @app.command()
+def score(
+    profile: ProfileOption = DEFAULT_PROFILE,
+    spec: SpecOption = "",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="models:/NAME@ALIAS, models:/NAME/STAGE or models:/NAME/N.")
+    ] = "",
+    full: Annotated[bool, typer.Option("--full", help="Rescore every row of the window, not only new ones.")] = False,
+    chunk_rows: Annotated[
+        int | None, typer.Option(help="Rows per read-predict-write chunk (default: the spec's).")
+    ] = None,
+) -> None:
+    """Score the spec's scoring window with a registered model and merge the scores into the scoring table.
+
+    Incremental by default: only rows this model version has not scored. At most one row per (keys, version).
+
+    Example: [bold]podium score --model models:/f1_podium@challenger[/]
+    """
+    _print_scored(score_stage.main(*_load(profile, spec), model or None, full, chunk_rows))
+
+
+@app.command()
+def evaluate(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") -> None:
+    """Judge written scores against the actual classes, per model version and period, and measure feature drift.
+
+    Example: [bold]podium evaluate[/]
+    """
+    result = evaluate_stage.main(*_load(profile, spec))
+    _print_monitoring(result)
+
+
+@app.command()
 def sql(
     query: Annotated[str, typer.Argument(help="One query in Snowflake dialect.")],
     profile: ProfileOption = DEFAULT_PROFILE,
@@ -171,7 +206,7 @@ def sql(
 
 @app.command()
 def run(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") -> None:
-    """Run the whole pipeline (ingest, features, tune, train, promote), each stage a nested run under one `main` run.
+    """Run the whole pipeline (ingest ... promote, score, evaluate), each stage a nested run under one `main` run.
 
     Example: [bold]podium run[/] (what `make demo` and `mlflow run . -e main` do)
     """
@@ -184,6 +219,8 @@ def run(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") -> None
         _print_leaderboard(tune_stage.main(*loaded).leaderboard)
         _print_trained(train_stage.main(*loaded))
         _print_decisions(promote_stage.main(*loaded, alias="champion", stage="Production"))
+        _print_scored(score_stage.main(*loaded))
+        _print_monitoring(evaluate_stage.main(*loaded))
 
 
 def _load(profile: str, spec: str) -> tuple[Profile, Spec]:
@@ -229,6 +266,25 @@ def _print_decisions(decisions: list[promote_stage.Decision]) -> None:
         holder = f"v{d.from_version}" if d.from_version else "nobody"
         out.print(f"[bold {colour}]{d.decision}[/] {d.model} v{d.version} -> {d.target} (held by {holder}). {d.reason}",
                   highlight=False)  # fmt: skip
+
+
+def _print_scored(result: score_stage.ScoreResult) -> None:
+    out.print(
+        f"scored [bold]{result.rows_written:,}[/] of {result.rows_read:,} rows read into {result.table} with "
+        f"{result.model.name} v{result.model.version} ({result.model.uri}); batch {result.batch_id}",
+        highlight=False,
+    )
+
+
+def _print_monitoring(result: evaluate_stage.EvaluateResult) -> None:
+    timed = result.rows[result.rows["PERIOD"] != "all"]
+    wide = timed.pivot_table(index=["MODEL_VERSION", "PERIOD"], columns="METRIC", values="VALUE").reset_index()
+    table = Table(*[str(c) for c in wide.columns], title=f"Monitoring ({result.table})", title_justify="left")
+    for row in wide.itertuples(index=False):
+        table.add_row(*[v if isinstance(v, str) else f"{v:.4f}" for v in row])
+    out.print(table)
+    drift = ", ".join(result.drifting) or "none"
+    out.print(f"features drifting past the PSI threshold: {drift}", highlight=False)
 
 
 def _print_checks(checks: list[features_stage.Check]) -> None:

@@ -163,6 +163,31 @@ class PromotionPolicy(Strict):
     baseline: str = Field("heuristic", description="the baseline `beats_baseline` compares with")
 
 
+class ScoringConfig(Strict):
+    """Which rows `score` selects: time in [start, end), and how many rows per chunk."""
+
+    start: date
+    end: date | None = None
+    chunk_rows: int = Field(50_000, gt=0)
+
+
+class HitRateConfig(Strict):
+    """Top-k hit rate: per group, do the k rows with the highest P(class) hold the actual class?"""
+
+    group: Identifier
+    target_class: str = Field(alias="class")
+    k: int = Field(3, ge=1)
+
+
+class MonitoringConfig(Strict):
+    """What `evaluate` writes and when it warns."""
+
+    table: TableName
+    period: Literal["year", "quarter", "month"] = "year"
+    psi_threshold: float = Field(0.2, gt=0)
+    hit_rate: HitRateConfig | None = None
+
+
 class Spec(Strict):
     """One use case: its feature table, keys, time, target and holdout."""
 
@@ -182,6 +207,8 @@ class Spec(Strict):
     cv: CVConfig = CVConfig()
     baseline: BaselineConfig | None = None
     tuning: TuningConfig | None = None
+    scoring: ScoringConfig | None = None
+    monitoring: MonitoringConfig | None = None
     registry: RegistryConfig = RegistryConfig()
     promotion: PromotionPolicy = PromotionPolicy()
 

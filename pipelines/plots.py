@@ -130,3 +130,16 @@ def leaderboard_figure(board: pd.DataFrame, metric: str = "cv_log_loss") -> Figu
     ax.margins(x=0.15)
     fig.tight_layout()
     return fig
+
+
+def monitoring_figure(rows: pd.DataFrame, metrics: tuple[str, ...] = ("log_loss", "accuracy")) -> Figure:
+    """Each model version's `metrics` over the periods of a monitoring table (long format); the caller closes it."""
+    timed = rows[(rows["PERIOD"] != "all") & rows["METRIC"].isin(metrics)]
+    fig, ax = _axes("Scored rows against actuals, per period", "period", "value", size=(7, 4))
+    for (version, metric), group in timed.groupby(["MODEL_VERSION", "METRIC"]):
+        ordered = group.sort_values("PERIOD")
+        ax.plot(ordered["PERIOD"], ordered["VALUE"], marker="o", label=f"v{version} {metric}")
+    if not timed.empty:
+        ax.legend(loc="best")
+    fig.tight_layout()
+    return fig

@@ -25,8 +25,8 @@ def progress(items: Iterable[T], description: str, total: int | None = None) -> 
 
 
 @contextmanager
-def counter(description: str, total: int | None) -> Iterator[Callable[[], None]]:
-    """A bar advanced by calling the yielded function once per finished unit of work."""
+def counter(description: str, total: int | None) -> Iterator[Callable[..., None]]:
+    """A bar advanced by calling the yielded function per finished unit of work (or with a count)."""
     with _progress() as bar:
         task = bar.add_task(description, total=total)
-        yield lambda: bar.advance(task)
+        yield lambda done=1: bar.advance(task, done)

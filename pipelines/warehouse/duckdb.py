@@ -47,8 +47,10 @@ class DuckDBWarehouse:
             raise WarehouseError(f"batch size must be a positive number of rows, got {rows}.")
         cursor = self._con.cursor()
         try:
-            reader = self._run(self._single(sql), params, cursor).to_arrow_reader(rows)
-            yield from rechunk((batch.to_pandas() for batch in reader), rows)
+            relation = cursor.sql(self._single(sql), params=list(params) or None)
+            yield from rechunk((batch.to_pandas() for batch in relation.to_arrow_reader(rows)), rows)
+        except duckdb.Error as exc:
+            raise WarehouseError(_first_line(exc)) from None
         finally:
             cursor.close()
 

@@ -12,9 +12,10 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import tune
+from pipelines import promote, score, train, tune
 from pipelines.config import Profile, Spec
 from pipelines.tracking import STATUS
+from pipelines.warehouse import connect
 from tests.conftest import REPO
 from tests.pipeline.test_tune import FAST_SPACE
 
@@ -108,3 +109,23 @@ def test_train_and_promote_entry_points_register_and_crown_a_champion(
     assert champion.current_stage == "Production"
     runs = client.search_runs([client.get_experiment_by_name("podium-test").experiment_id])
     assert {r.data.tags.get("podium.stage") for r in runs} >= {"train", "promote"}
+
+
+@pytest.mark.slow
+def test_score_entry_point_twice_more_adds_no_rows(
+    trained_profile: Profile, tuned: tuple[Profile, Spec], tmp_path: Path, mlflow_store: str
+) -> None:
+    _, spec = tuned
+    train.main(trained_profile, spec)
+    promote.main(trained_profile, spec)
+    first = score.main(trained_profile, spec)
+    profile_path = tmp_path / "profile.yaml"
+    profile_path.write_text(f"warehouse:\n  backend: duckdb\n  path: {trained_profile.warehouse.path}\n")
+    for _ in range(2):
+        mlflow_run("score", {"profile": str(profile_path)}, mlflow_store, tmp_path)
+    with connect(trained_profile, read_only=True) as warehouse:
+        rows = warehouse.query(f"SELECT COUNT(*) AS N, COUNT(DISTINCT BATCH_ID) AS B FROM {spec.scoring_table}")
+    assert (rows.N[0], rows.B[0]) == (first.rows_written, 1)
+    client = MlflowClient(mlflow_store)
+    runs = client.search_runs([client.get_experiment_by_name("podium-test").experiment_id])
+    assert sorted(r.data.metrics["rows_written"] for r in runs) == [0, 0]

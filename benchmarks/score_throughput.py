@@ -1,0 +1,130 @@
+"""P2: end-to-end scoring (read, predict, write) against raw `predict_proba`, with peak memory.
+
+Builds the F1 features, then a synthetic scoring window of about 1M rows by tiling the
+2021-22 rows under fresh race ids. For each tree family it fits one model on the training
+window and registers it; then it times, in the same run:
+- raw: `predict_proba` over the whole window, already in memory, in chunks of the same size;
+- end to end: `podium score` in a child process (read through the seam, predict, merge into
+  the scoring table), timed by the stage itself, with the child's peak RSS.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from pipelines import features, ingest, score, train, tune
+from pipelines.config import Profile, Spec, load_spec
+from pipelines.models import build
+from pipelines.warehouse import connect
+
+REPO = Path(__file__).resolve().parent.parent
+FAMILIES = {  # the demo's champion (random_forest), a mid-space xgboost, and the cheapest tree
+    "random_forest": {"n_estimators": 100, "max_depth": 4, "min_samples_leaf": 2, "max_features": 0.9},
+    "xgboost": {"n_estimators": 200, "max_depth": 5, "learning_rate": 0.1},
+    "decision_tree": {"max_depth": 6, "min_samples_leaf": 20},
+}
+TARGET_ROWS = 1_000_000
+# A fresh parent per measurement, so RUSAGE_CHILDREN's peak is this one scoring process's.
+PEAK = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
+def measure(root: Path, rows: int = TARGET_ROWS, chunk_rows: int = 50_000) -> list[dict[str, object]]:
+    """One row per family: raw and end-to-end throughput, their ratio, peak memory."""
+    spec = load_spec("f1_podium")
+    profile = Profile.model_validate({"name": "bench", "warehouse": {"backend": "duckdb", "path": root / "w.duckdb"}})
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    ingest.main(profile, spec)
+    features.main(profile, spec)
+    with connect(profile) as warehouse:
+        data = tune.load_training_data(warehouse, spec)
+        window = _tile_window(warehouse, spec, rows)
+    results = []
+    for family, params in FAMILIES.items():
+        version = _register(spec, family, params, data)
+        raw = _raw_seconds(f"models:/{spec.model_name}/{version}", window, chunk_rows)
+        end_to_end, peak_mb = _score_in_child(root, spec, version, chunk_rows)
+        results.append({
+            "family": family, "rows": f"{len(window):,}", "chunk rows": f"{chunk_rows:,}",
+            "raw predict_proba (rows/s)": f"{len(window) / raw:,.0f}",
+            "end to end (rows/s)": f"{len(window) / end_to_end:,.0f}",
+            "end to end / raw": f"{raw / end_to_end:.0%}", "peak RSS (MB)": f"{peak_mb:,.0f}",
+        })  # fmt: skip
+    return results
+
+
+def _tile_window(warehouse, spec: Spec, rows: int):  # noqa: ANN001, ANN202
+    """Replace the scoring window by copies of itself under new race ids, about `rows` rows in all."""
+    time_col, start = spec.time, spec.scoring.start
+    n = int(warehouse.query(f"SELECT COUNT(*) AS N FROM {spec.table} WHERE {time_col} >= ?", [start]).N[0])
+    copies = -(-rows // n)
+    warehouse.execute(
+        f"CREATE OR REPLACE TABLE ML.TILED AS SELECT f.* REPLACE (f.RACE_ID + c.i * 100000 AS RACE_ID) "
+        f"FROM {spec.table} AS f CROSS JOIN (SELECT range AS i FROM range({copies})) AS c WHERE f.{time_col} >= ?",
+        [start],
+    )
+    warehouse.execute(f"DELETE FROM {spec.table} WHERE {time_col} >= ?", [start])
+    warehouse.execute(f"INSERT INTO {spec.table} SELECT * FROM ML.TILED")
+    warehouse.execute("DROP TABLE ML.TILED")
+    return warehouse.query(f"SELECT * FROM {spec.table} WHERE {time_col} >= ?", [start])
+
+
+def _register(spec: Spec, family: str, params: dict, data: tune.TrainingData) -> str:
+    """Fit one model on the training window and register it as train would (minus the plots)."""
+    model = build(family, params, data.numeric, data.categorical, seed=42).fit(data.X, data.y)
+    mlflow.set_experiment("p2-scoring")
+    with mlflow.start_run(run_name=f"bench-{family}"):
+        info = mlflow.sklearn.log_model(
+            model, name="model", signature=infer_signature(data.X.head(100), model.predict_proba(data.X.head(100))),
+            pip_requirements=train.pip_requirements(family), pyfunc_predict_fn="predict_proba",
+            skops_trusted_types=train._trusted_types(model),
+        )  # fmt: skip
+    return str(mlflow.register_model(info.model_uri, spec.model_name).version)
+
+
+def _raw_seconds(uri: str, window, chunk_rows: int) -> float:  # noqa: ANN001
+    model = mlflow.sklearn.load_model(uri)
+    X = score._as_signature(window[list(model.feature_names_in_)])
+    started = time.perf_counter()
+    for i in range(0, len(X), chunk_rows):
+        model.predict_proba(X.iloc[i : i + chunk_rows])
+    return time.perf_counter() - started
+
+
+def _score_in_child(root: Path, spec: Spec, version: str, chunk_rows: int) -> tuple[float, float]:
+    """Run `podium score` in a child; return the stage's own timing and the child's peak RSS in MB."""
+    profile = root / "profile.yaml"
+    profile.write_text(f"warehouse:\n  backend: duckdb\n  path: {root / 'w.duckdb'}\n")
+    command = [sys.executable, "-m", "pipelines.cli", "score", "--model", f"models:/{spec.model_name}/{version}",
+               "--chunk-rows", str(chunk_rows), "--profile", str(profile)]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK, *command], cwd=REPO, check=True, capture_output=True, text=True,
+        env=os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true"},
+    )  # fmt: skip
+    peak = int(done.stdout.strip().splitlines()[-1]) / 1024
+    client = MlflowClient()
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name(spec.name).experiment_id],
+        f"params.model_version = '{version}' and tags.`podium.stage` = 'score'",
+    )
+    return float(run.data.metrics["seconds"]), float(peak)
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in measure(Path(tmp), int(sys.argv[1]) if len(sys.argv) > 1 else TARGET_ROWS):
+            print(row)

@@ -1,0 +1,195 @@
+"""Evaluate stage: how the written scores fare now that the actual classes have landed, and drift.
+
+Inputs:  the spec's scoring table joined on its keys with the feature table's actual
+         target (rows whose target is still NULL wait); the training window, for drift.
+Outputs: the spec's monitoring table, long format, one row per (model version, period,
+         metric): log loss, AUC, accuracy, rows, the top-k hit rate if the spec asks for
+         it, and `psi.<FEATURE>` per feature (scored rows vs the training window, period
+         `all`). Rerunning replaces the rows it recomputes.
+MLflow:  the `evaluate` run: the same figures as metrics (`v<version>.<period>.<metric>`),
+         `monitoring.csv`, `plots/monitoring.png`, and a warning tag per drifting feature.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import mlflow
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
+
+from pipelines.config import HitRateConfig, MonitoringConfig, Profile, Spec
+from pipelines.errors import ConfigError
+from pipelines.score import probability_column
+from pipelines.tracking import stage_run
+from pipelines.tune import feature_columns
+from pipelines.warehouse import Warehouse, connect
+from pipelines.warehouse.dialect import quote
+
+log = logging.getLogger(__name__)
+
+KEYS = ["MODEL_NAME", "MODEL_VERSION", "PERIOD", "METRIC"]
+PERIODS = {"year": "Y", "quarter": "Q", "month": "M"}
+EPSILON = 1e-4  # PSI's floor for an empty bin
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    table: str
+    rows: pd.DataFrame  # the monitoring rows written
+    drifting: list[str]  # features whose PSI crossed the threshold
+
+
+def main(profile: Profile, spec: Spec) -> EvaluateResult:
+    """Score the scored rows against the actual classes per version and period; measure feature drift."""
+    monitoring = require_monitoring(spec)
+    with connect(profile) as warehouse:
+        joined = load_outcomes(warehouse, spec)
+        reference = _training_window(warehouse, spec)
+        numeric, categorical = feature_columns(spec, warehouse.columns(spec.table))
+        with stage_run(profile, spec, "evaluate"):
+            figures = performance(joined, spec, monitoring)
+            drift = pd.concat(
+                [psi_rows(group, reference, numeric, categorical) for _, group in joined.groupby("MODEL_VERSION")]
+                or [pd.DataFrame(columns=["MODEL_VERSION", "PERIOD", "METRIC", "VALUE", "ROWS"])],
+                ignore_index=True,
+            )
+            rows = _finish(pd.concat([figures, drift], ignore_index=True), spec)
+            if not rows.empty:
+                warehouse.write(rows, monitoring.table, mode="merge", keys=KEYS)
+            drifting = _warn(drift, monitoring.psi_threshold)
+            _log(rows, drifting)
+    return EvaluateResult(monitoring.table, rows, drifting)
+
+
+def require_monitoring(spec: Spec) -> MonitoringConfig:
+    if spec.monitoring is None:
+        raise ConfigError(f"spec {spec.name} has no `monitoring` section: add monitoring.table.")
+    return spec.monitoring
+
+
+def load_outcomes(warehouse: Warehouse, spec: Spec) -> pd.DataFrame:
+    """Scored rows whose actual class is known, with the model's features."""
+    match = " AND ".join(f"s.{quote(k)} = f.{quote(k)}" for k in spec.keys)
+    target = quote(spec.target)
+    probabilities = ", ".join(f"s.{quote(probability_column(c))}" for c in spec.classes)
+    return warehouse.query(
+        f"SELECT s.MODEL_NAME, s.MODEL_VERSION, s.PREDICTED_CLASS, {probabilities}, f.* "
+        f"FROM {quote(spec.scoring_table)} AS s JOIN {quote(spec.table)} AS f ON {match} "
+        f"WHERE f.{target} IS NOT NULL"
+    )
+
+
+def performance(joined: pd.DataFrame, spec: Spec, monitoring: MonitoringConfig) -> pd.DataFrame:
+    """Log loss, AUC, accuracy, rows (and the hit rate) per model version and period."""
+    if joined.empty:
+        return pd.DataFrame(columns=["MODEL_VERSION", "PERIOD", "METRIC", "VALUE", "ROWS"])
+    period = pd.to_datetime(joined[spec.time]).dt.to_period(PERIODS[monitoring.period]).astype(str)
+    rows = []
+    for (version, when), group in joined.groupby(["MODEL_VERSION", period]):
+        for metric, value in period_metrics(group, spec, monitoring.hit_rate).items():
+            rows.append(
+                {"MODEL_VERSION": version, "PERIOD": when, "METRIC": metric, "VALUE": value, "ROWS": len(group)}
+            )
+    return pd.DataFrame(rows)
+
+
+def period_metrics(group: pd.DataFrame, spec: Spec, hit_rate: HitRateConfig | None) -> dict[str, float]:
+    """The figures of one (version, period) group."""
+    y = group[spec.target].map({c: i for i, c in enumerate(spec.classes)}).to_numpy()
+    proba = group[[probability_column(c) for c in spec.classes]].to_numpy()
+    labels = np.arange(len(spec.classes))
+    present = np.unique(y)
+    auc = (
+        float(roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=labels))
+        if len(present) == len(labels)
+        else float("nan")
+    )
+    out = {
+        "log_loss": float(log_loss(y, proba, labels=labels)),
+        "auc": auc,
+        "accuracy": float(accuracy_score(y, proba.argmax(axis=1))),
+        "rows": float(len(group)),
+    }
+    if hit_rate:
+        out[f"hit_rate_top{hit_rate.k}_{hit_rate.target_class}"] = top_k_hit_rate(group, spec, hit_rate)
+    return out
+
+
+def top_k_hit_rate(group: pd.DataFrame, spec: Spec, hit_rate: HitRateConfig) -> float:
+    """Share of the k highest-P(class) rows per group that actually were that class."""
+    p = probability_column(hit_rate.target_class)
+    top = group.sort_values(p, ascending=False).groupby(hit_rate.group, sort=False).head(hit_rate.k)
+    return float((top[spec.target] == hit_rate.target_class).mean())
+
+
+def psi(expected: pd.Series, actual: pd.Series, bins: int = 10) -> float:
+    """Population stability index of `actual` against `expected`: deciles for numbers, levels otherwise."""
+    if pd.api.types.is_numeric_dtype(expected):
+        edges = np.unique(np.nanquantile(expected.astype(float), np.linspace(0, 1, bins + 1)))
+        edges[0], edges[-1] = -np.inf, np.inf
+        e = pd.cut(expected.astype(float), edges).value_counts(normalize=True, sort=False, dropna=False)
+        a = pd.cut(actual.astype(float), edges).value_counts(normalize=True, sort=False, dropna=False)
+    else:
+        e = expected.fillna("(missing)").value_counts(normalize=True)
+        a = actual.fillna("(missing)").value_counts(normalize=True)
+    e, a = e.align(a, fill_value=0.0)
+    e, a = np.clip(e.to_numpy(), EPSILON, None), np.clip(a.to_numpy(), EPSILON, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def psi_rows(scored: pd.DataFrame, reference: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
+    """One `psi.<FEATURE>` row per feature for one model version's scored rows."""
+    version = scored["MODEL_VERSION"].iloc[0]
+    return pd.DataFrame(
+        [
+            {
+                "MODEL_VERSION": version,
+                "PERIOD": "all",
+                "METRIC": f"psi.{c}",
+                "VALUE": psi(reference[c], scored[c]),
+                "ROWS": len(scored),
+            }
+            for c in numeric + categorical
+        ]  # fmt: skip
+    )
+
+
+def _training_window(warehouse: Warehouse, spec: Spec) -> pd.DataFrame:
+    time_col = quote(spec.time)
+    return warehouse.query(
+        f"SELECT * FROM {quote(spec.table)} WHERE {time_col} >= ? AND {time_col} < ?",
+        [spec.train_start, spec.holdout_start],
+    )
+
+
+def _finish(rows: pd.DataFrame, spec: Spec) -> pd.DataFrame:
+    now = datetime.now(UTC).replace(tzinfo=None)
+    out = rows.assign(MODEL_NAME=spec.model_name, EVALUATED_AT=now)
+    out = out.astype({"MODEL_VERSION": str, "PERIOD": str, "METRIC": str, "VALUE": "float64", "ROWS": "int64"})
+    return out[["MODEL_NAME", "MODEL_VERSION", "PERIOD", "METRIC", "VALUE", "ROWS", "EVALUATED_AT"]]
+
+
+def _warn(drift: pd.DataFrame, threshold: float) -> list[str]:
+    over = drift[drift["VALUE"] > threshold] if not drift.empty else drift
+    for row in over.itertuples():
+        log.warning("drift: %s of v%s is %.3f (threshold %.2f)", row.METRIC, row.MODEL_VERSION, row.VALUE, threshold)
+    return sorted({m.removeprefix("psi.") for m in over["METRIC"]}) if not over.empty else []
+
+
+def _log(rows: pd.DataFrame, drifting: list[str]) -> None:
+    """The figures as MLflow metrics, the table as CSV, and monitoring over time as a plot."""
+    import matplotlib.pyplot as plt
+
+    from pipelines import plots
+
+    metrics = {f"v{r.MODEL_VERSION}.{r.PERIOD}.{r.METRIC}": r.VALUE for r in rows.itertuples() if np.isfinite(r.VALUE)}
+    mlflow.log_metrics(metrics)
+    mlflow.log_text(rows.to_csv(index=False), "monitoring.csv")
+    mlflow.set_tag("podium.drifting", ",".join(drifting) or "none")
+    figure = plots.monitoring_figure(rows)
+    mlflow.log_figure(figure, "plots/monitoring.png")
+    plt.close(figure)
