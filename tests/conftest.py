@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -49,6 +50,23 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+def connect_with(warehouse_class: type) -> Callable[..., Iterator[Any]]:
+    """A stand-in for `pipelines.warehouse.connect` that opens the DuckDB file with `warehouse_class`.
+
+    Tests pass it a subclass of the real DuckDB backend that records what it hands out.
+    """
+
+    @contextmanager
+    def connect(profile: Profile, read_only: bool = False) -> Iterator[Any]:
+        warehouse = warehouse_class(profile.warehouse.path, read_only)
+        try:
+            yield warehouse
+        finally:
+            warehouse.close()
+
+    return connect
 
 
 @contextmanager

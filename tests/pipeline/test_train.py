@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import mlflow
@@ -17,6 +15,7 @@ from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
 from pipelines.warehouse import connect
 from pipelines.warehouse.duckdb import DuckDBWarehouse
+from tests.conftest import connect_with
 
 
 def test_train_registers_the_best_family_as_challenger(trained_profile: Profile, tuned: tuple[Profile, Spec]) -> None:
@@ -80,13 +79,7 @@ def test_train_reads_the_holdout_exactly_once(
 ) -> None:
     _, spec = tuned
 
-    @contextmanager
-    def counting(profile: Profile, read_only: bool = False) -> Iterator[CountingWarehouse]:
-        warehouse = CountingWarehouse(profile.warehouse.path, read_only)
-        yield warehouse
-        warehouse.close()
-
-    monkeypatch.setattr(train, "connect", counting)
+    monkeypatch.setattr(train, "connect", connect_with(CountingWarehouse))
     CountingWarehouse.holdout_reads, CountingWarehouse.holdout_start = 0, pd.Timestamp(spec.holdout_start)
     train.main(trained_profile, spec, top_k=2)
     assert CountingWarehouse.holdout_reads == 1

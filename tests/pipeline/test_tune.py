@@ -6,8 +6,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,7 +22,7 @@ from pipelines.models import build
 from pipelines.tracking import STATUS
 from pipelines.warehouse import connect
 from pipelines.warehouse.duckdb import DuckDBWarehouse
-from tests.conftest import REPO
+from tests.conftest import REPO, connect_with
 
 FAST_SPACE = """decision_tree:
   max_depth: {type: int, low: 2, high: 8}
@@ -153,13 +151,7 @@ class RecordingWarehouse(DuckDBWarehouse):
 def test_tune_never_reads_the_holdout(
     built_profile: Profile, spec: Spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    @contextmanager
-    def recording(profile: Profile, read_only: bool = False) -> Iterator[RecordingWarehouse]:
-        warehouse = RecordingWarehouse(profile.warehouse.path, read_only)
-        yield warehouse
-        warehouse.close()
-
-    monkeypatch.setattr(tune, "connect", recording)
+    monkeypatch.setattr(tune, "connect", connect_with(RecordingWarehouse))
     RecordingWarehouse.frames.clear()
     tune.main(
         built_profile, fast_spec(spec, tmp_path, ["decision_tree"]), n_trials=1, storage=str(tmp_path / "s.journal")
