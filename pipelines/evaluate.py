@@ -32,6 +32,7 @@ from pipelines.warehouse.dialect import quote
 log = logging.getLogger(__name__)
 
 KEYS = ["MODEL_NAME", "MODEL_VERSION", "PERIOD", "METRIC"]
+COLUMNS = ["MODEL_VERSION", "PERIOD", "METRIC", "VALUE", "ROWS"]
 PERIODS = {"year": "Y", "quarter": "Q", "month": "M"}
 EPSILON = 1e-4  # PSI's floor for an empty bin
 
@@ -49,13 +50,12 @@ def main(profile: Profile, spec: Spec) -> EvaluateResult:
     with connect(profile) as warehouse:
         joined = load_outcomes(warehouse, spec)
         reference = _training_window(warehouse, spec)
-        numeric, categorical = feature_columns(spec, warehouse.columns(spec.table))
+        features = [c for group in feature_columns(spec, warehouse.columns(spec.table)) for c in group]
         with stage_run(profile, spec, "evaluate"):
             figures = performance(joined, spec, monitoring)
-            drift = pd.concat(
-                [psi_rows(group, reference, numeric, categorical) for _, group in joined.groupby("MODEL_VERSION")]
-                or [pd.DataFrame(columns=["MODEL_VERSION", "PERIOD", "METRIC", "VALUE", "ROWS"])],
-                ignore_index=True,
+            drift = pd.DataFrame(
+                [row for _, group in joined.groupby("MODEL_VERSION") for row in psi_rows(group, reference, features)],
+                columns=COLUMNS,
             )
             rows = _finish(pd.concat([figures, drift], ignore_index=True), spec)
             if not rows.empty:
@@ -85,16 +85,13 @@ def load_outcomes(warehouse: Warehouse, spec: Spec) -> pd.DataFrame:
 
 def performance(joined: pd.DataFrame, spec: Spec, monitoring: MonitoringConfig) -> pd.DataFrame:
     """Log loss, AUC, accuracy, rows (and the hit rate) per model version and period."""
-    if joined.empty:
-        return pd.DataFrame(columns=["MODEL_VERSION", "PERIOD", "METRIC", "VALUE", "ROWS"])
     period = pd.to_datetime(joined[spec.time]).dt.to_period(PERIODS[monitoring.period]).astype(str)
-    rows = []
-    for (version, when), group in joined.groupby(["MODEL_VERSION", period]):
-        for metric, value in period_metrics(group, spec, monitoring.hit_rate).items():
-            rows.append(
-                {"MODEL_VERSION": version, "PERIOD": when, "METRIC": metric, "VALUE": value, "ROWS": len(group)}
-            )
-    return pd.DataFrame(rows)
+    rows = [
+        {"MODEL_VERSION": version, "PERIOD": when, "METRIC": metric, "VALUE": value, "ROWS": len(group)}
+        for (version, when), group in joined.groupby(["MODEL_VERSION", period])
+        for metric, value in period_metrics(group, spec, monitoring.hit_rate).items()
+    ]
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def period_metrics(group: pd.DataFrame, spec: Spec, hit_rate: HitRateConfig | None) -> dict[str, float]:
@@ -141,21 +138,19 @@ def psi(expected: pd.Series, actual: pd.Series, bins: int = 10) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def psi_rows(scored: pd.DataFrame, reference: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
+def psi_rows(scored: pd.DataFrame, reference: pd.DataFrame, features: list[str]) -> list[dict[str, object]]:
     """One `psi.<FEATURE>` row per feature for one model version's scored rows."""
-    version = scored["MODEL_VERSION"].iloc[0]
-    return pd.DataFrame(
-        [
-            {
-                "MODEL_VERSION": version,
-                "PERIOD": "all",
-                "METRIC": f"psi.{c}",
-                "VALUE": psi(reference[c], scored[c]),
-                "ROWS": len(scored),
-            }
-            for c in numeric + categorical
-        ]  # fmt: skip
-    )
+    version, n = scored["MODEL_VERSION"].iloc[0], len(scored)
+    return [
+        {
+            "MODEL_VERSION": version,
+            "PERIOD": "all",
+            "METRIC": f"psi.{c}",
+            "VALUE": psi(reference[c], scored[c]),
+            "ROWS": n,
+        }
+        for c in features
+    ]
 
 
 def _training_window(warehouse: Warehouse, spec: Spec) -> pd.DataFrame:
@@ -174,10 +169,10 @@ def _finish(rows: pd.DataFrame, spec: Spec) -> pd.DataFrame:
 
 
 def _warn(drift: pd.DataFrame, threshold: float) -> list[str]:
-    over = drift[drift["VALUE"] > threshold] if not drift.empty else drift
+    over = drift[drift["VALUE"] > threshold]
     for row in over.itertuples():
         log.warning("drift: %s of v%s is %.3f (threshold %.2f)", row.METRIC, row.MODEL_VERSION, row.VALUE, threshold)
-    return sorted({m.removeprefix("psi.") for m in over["METRIC"]}) if not over.empty else []
+    return sorted({m.removeprefix("psi.") for m in over["METRIC"]})
 
 
 def _log(rows: pd.DataFrame, drifting: list[str]) -> None:

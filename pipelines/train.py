@@ -35,7 +35,14 @@ from pipelines.errors import PodiumError
 from pipelines.metrics import METRICS, score
 from pipelines.models import build
 from pipelines.tracking import git_sha, log_dataset, stage_run
-from pipelines.tune import TrainingData, encode_target, load_training_data, open_storage, require_tuning
+from pipelines.tune import (
+    TrainingData,
+    encode_target,
+    load_training_data,
+    open_storage,
+    require_tuning,
+    window_dataset,
+)
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.dialect import quote
 
@@ -58,11 +65,10 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Holdout:
-    """The holdout rows, read once: features, class indices and a digest."""
+    """The holdout rows, read once: features and class indices."""
 
     X: pd.DataFrame
     y: np.ndarray
-    digest: str
 
 
 @dataclass(frozen=True)
@@ -135,9 +141,7 @@ def load_holdout(warehouse: Warehouse, spec: Spec, data: TrainingData) -> Holdou
         )
     X = frame[data.numeric + data.categorical].copy()
     X[data.numeric] = X[data.numeric].astype("float64")
-    y = encode_target(frame[spec.target], spec)
-    digest = mlflow.data.from_pandas(X.assign(**{spec.target: frame[spec.target]})).digest
-    return Holdout(X, y, digest)
+    return Holdout(X, encode_target(frame[spec.target], spec))
 
 
 def holdout_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
@@ -188,19 +192,18 @@ def _fit(estimator: BaseEstimator, data: TrainingData) -> BaseEstimator:
 
 def _record_windows(spec: Spec, data: TrainingData, holdout: Holdout) -> dict[str, str]:
     """Log both windows as datasets; return the lineage tags of every version of this run."""
-    training = data.X.assign(**{spec.target: np.asarray(spec.classes)[data.y]})
-    dataset = mlflow.data.from_pandas(training, name=f"{spec.table}[{spec.train_start}:{spec.holdout_start})")
-    log_dataset(dataset, context="training")
-    evaluation = holdout.X.assign(**{spec.target: np.asarray(spec.classes)[holdout.y]})
-    log_dataset(mlflow.data.from_pandas(evaluation, name=f"{spec.table}[{spec.holdout_start}:]"), context="holdout")
+    training = window_dataset(spec, data.X, data.y, f"{spec.table}[{spec.train_start}:{spec.holdout_start})")
+    evaluation = window_dataset(spec, holdout.X, holdout.y, f"{spec.table}[{spec.holdout_start}:]")
+    log_dataset(training, context="training")
+    log_dataset(evaluation, context="holdout")
     windows = {"train_start": str(spec.train_start), "holdout_start": str(spec.holdout_start),
                "train_rows": len(data.X), "holdout_rows": len(holdout.X)}  # fmt: skip
     mlflow.log_dict(windows, "holdout.json")
     mlflow.log_params(windows)
     return {
         "podium.spec": spec.name,
-        "podium.data_digest": dataset.digest,
-        "podium.holdout_digest": holdout.digest,
+        "podium.data_digest": training.digest,
+        "podium.holdout_digest": evaluation.digest,
         "podium.git_sha": git_sha() or "unknown",
         "podium.train_run_id": mlflow.active_run().info.run_id,
     }

@@ -22,6 +22,7 @@ import mlflow
 import numpy as np
 import optuna
 import pandas as pd
+from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sklearn.base import BaseEstimator, clone
@@ -277,19 +278,23 @@ def _baseline_column(spec: Spec) -> str | None:
     return spec.baseline.column if spec.baseline else None
 
 
+def window_dataset(spec: Spec, X: pd.DataFrame, y: np.ndarray, name: str) -> PandasDataset:
+    """A window of rows as an `mlflow.data` dataset (features and class labels), digested for lineage."""
+    return mlflow.data.from_pandas(
+        X.assign(**{spec.target: np.asarray(spec.classes)[y]}), name=name, targets=spec.target
+    )
+
+
 def _record_context(spec: Spec, data: TrainingData, run_id: str) -> dict[str, str]:
     """Log the training window and folds on the top run; return the tags every run carries."""
-    frame = data.X.assign(**{spec.target: np.asarray(spec.classes)[data.y], spec.time: data.times.to_numpy()})
-    dataset = mlflow.data.from_pandas(
-        frame, name=f"{spec.table}[{spec.train_start}:{spec.holdout_start})", targets=spec.target
-    )
+    dataset = window_dataset(spec, data.X, data.y, f"{spec.table}[{spec.train_start}:{spec.holdout_start})")
     log_dataset(dataset, context="training")
     folds = [f.describe() for f in data.folds]
     mlflow.log_dict(
         {"train_start": str(spec.train_start), "holdout_start": str(spec.holdout_start), "folds": folds}, "splits.json"
     )
     mlflow.log_params({"train_start": spec.train_start, "holdout_start": spec.holdout_start, "cv_folds": len(folds),
-                       "seed": spec.tuning.seed if spec.tuning else None, "rows": len(frame)})  # fmt: skip
+                       "seed": spec.tuning.seed if spec.tuning else None, "rows": len(data.X)})  # fmt: skip
     return {
         "podium.spec": spec.name,
         "podium.data_digest": dataset.digest,
