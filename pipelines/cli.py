@@ -159,6 +159,9 @@ def score(
     chunk_rows: Annotated[
         int | None, typer.Option(help="Rows per read-predict-write chunk (default: the spec's).")
     ] = None,
+    engine: Annotated[
+        str, typer.Option(help="local: stream rows through Podium; warehouse: a vectorized UDF in Snowflake.")
+    ] = "local",
 ) -> None:
     """Score the spec's scoring window with a registered model and merge the scores into the scoring table.
 
@@ -166,7 +169,7 @@ def score(
 
     Example: [bold]podium score --model models:/f1_podium@challenger[/]
     """
-    _print_scored(score_stage.main(*_load(profile, spec), model or None, full, chunk_rows))
+    _print_scored(score_stage.main(*_load(profile, spec), model or None, full, chunk_rows, engine))
 
 
 @app.command()

@@ -42,6 +42,8 @@ from pipelines.warehouse.dialect import check_identifier, quote, split_table
 log = logging.getLogger(__name__)
 
 URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<ref>[\w-]+))$")
+ENGINES = ("local", "warehouse")
+NUMERIC_TYPES = {"double", "float", "long", "integer"}
 LINEAGE = {"MODEL_NAME": "VARCHAR", "MODEL_VERSION": "VARCHAR", "MODEL_ALIAS": "VARCHAR", "RUN_ID": "VARCHAR",
            "SCORED_AT": "TIMESTAMP_NTZ", "BATCH_ID": "VARCHAR"}  # fmt: skip
 
@@ -55,7 +57,8 @@ class ResolvedModel:
     version: str
     alias: str  # the alias or stage the URI named; "" for a version URI
     run_id: str
-    features: list[str]
+    features: list[str]  # the signature's inputs, in order
+    numeric: list[str]  # those the signature types as numbers
 
 
 @dataclass(frozen=True)
@@ -68,13 +71,25 @@ class ScoreResult:
 
 
 def main(
-    profile: Profile, spec: Spec, model_uri: str | None = None, full: bool = False, chunk_rows: int | None = None
-) -> ScoreResult:
-    """Score the window's unscored rows (or all with `full`) with one model version, chunk by chunk."""
+    profile: Profile, spec: Spec, model_uri: str | None = None, full: bool = False, chunk_rows: int | None = None,
+    engine: str = "local",
+) -> ScoreResult:  # fmt: skip
+    """Score the window's unscored rows (or all with `full`) with one model version.
+
+    `engine="local"` streams chunks through this process; `"warehouse"` (Snowflake only) runs
+    the model inside Snowflake as a vectorized UDF.
+    """
     scoring = require_scoring(spec)
     rows = chunk_rows if chunk_rows is not None else scoring.chunk_rows
     if rows <= 0:
         raise PodiumError(f"--chunk-rows must be a positive number of rows, got {rows}.")
+    if engine not in ENGINES:
+        raise PodiumError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}.")
+    if engine == "warehouse" and profile.warehouse.backend != "snowflake":
+        raise PodiumError(
+            f"--engine warehouse runs the model inside Snowflake, but profile {profile.name} is "
+            f"{profile.warehouse.backend}: use a Snowflake profile, or --engine local."
+        )
     model = resolve(model_uri or f"models:/{spec.model_name}@champion")
     estimator = mlflow.sklearn.load_model(f"models:/{model.name}/{model.version}")
     batch_id = uuid.uuid4().hex
@@ -82,9 +97,16 @@ def main(
         check_features(warehouse, spec, model)
         ensure_table(warehouse, spec)
         mlflow.log_params({"model_uri": model.uri, "model_version": model.version, "batch_id": batch_id,
-                           "rescore_all": full, "rows_per_chunk": rows})  # fmt: skip
+                           "rescore_all": full, "rows_per_chunk": rows, "engine": engine})  # fmt: skip
         started = time.perf_counter()
-        read, written = _stream(warehouse, spec, scoring, model, estimator, batch_id, full, rows)
+        if engine == "warehouse":
+            from pipelines import pushdown
+
+            read, written = pushdown.score(
+                warehouse.session, spec, model, estimator, batch_id, full, scoring.start, scoring.end
+            )
+        else:
+            read, written = _stream(warehouse, spec, scoring, model, estimator, batch_id, full, rows)
         seconds = time.perf_counter() - started
         mlflow.log_metrics({"rows_read": read, "rows_written": written, "seconds": seconds})
         mlflow.set_tags({"podium.model_version": model.version, "podium.batch_id": batch_id})
@@ -121,9 +143,10 @@ def resolve(uri: str) -> ResolvedModel:
             "version in the registry (`mlflow ui`), or train and promote first."
         ) from None
     info = mlflow.models.get_model_info(f"models:/{name}/{version.version}")
-    features = info.signature.inputs.input_names() if info.signature else []
+    inputs = info.signature.inputs.inputs if info.signature else []
+    numeric = [c.name for c in inputs if c.type.name in NUMERIC_TYPES]
     return ResolvedModel(uri, name, str(version.version), alias or ("" if ref.isdigit() else ref), version.run_id or "",
-                         features)  # fmt: skip
+                         [c.name for c in inputs], numeric)  # fmt: skip
 
 
 def columns(spec: Spec, source: dict[str, str]) -> dict[str, str]:
