@@ -20,6 +20,7 @@ import mlflow
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from benchmarks.generate import tile_window
 from pipelines import features, ingest, score, train, tune
 from pipelines.config import Profile, Spec, load_spec
 from pipelines.models import build
@@ -50,7 +51,10 @@ def measure(root: Path, rows: int = TARGET_ROWS, chunk_rows: int = 50_000) -> li
     features.main(profile, spec)
     with connect(profile) as warehouse:
         data = tune.load_training_data(warehouse, spec)
-        window = _tile_window(warehouse, spec, rows)
+        start = spec.scoring.start
+        n = int(warehouse.query(f"SELECT COUNT(*) AS N FROM {spec.table} WHERE {spec.time} >= ?", [start]).N[0])
+        tile_window(warehouse, spec, start, None, -(-rows // n))
+        window = warehouse.query(f"SELECT * FROM {spec.table} WHERE {spec.time} >= ?", [start])
     results = []
     for family, params in FAMILIES.items():
         version = _register(spec, family, params, data)
@@ -63,22 +67,6 @@ def measure(root: Path, rows: int = TARGET_ROWS, chunk_rows: int = 50_000) -> li
             "end to end / raw": f"{raw / end_to_end:.0%}", "peak RSS (MB)": f"{peak_mb:,.0f}",
         })  # fmt: skip
     return results
-
-
-def _tile_window(warehouse, spec: Spec, rows: int):  # noqa: ANN001, ANN202
-    """Replace the scoring window by copies of itself under new race ids, about `rows` rows in all."""
-    time_col, start = spec.time, spec.scoring.start
-    n = int(warehouse.query(f"SELECT COUNT(*) AS N FROM {spec.table} WHERE {time_col} >= ?", [start]).N[0])
-    copies = -(-rows // n)
-    warehouse.execute(
-        f"CREATE OR REPLACE TABLE ML.TILED AS SELECT f.* REPLACE (f.RACE_ID + c.i * 100000 AS RACE_ID) "
-        f"FROM {spec.table} AS f CROSS JOIN (SELECT range AS i FROM range({copies})) AS c WHERE f.{time_col} >= ?",
-        [start],
-    )
-    warehouse.execute(f"DELETE FROM {spec.table} WHERE {time_col} >= ?", [start])
-    warehouse.execute(f"INSERT INTO {spec.table} SELECT * FROM ML.TILED")
-    warehouse.execute("DROP TABLE ML.TILED")
-    return warehouse.query(f"SELECT * FROM {spec.table} WHERE {time_col} >= ?", [start])
 
 
 def _register(spec: Spec, family: str, params: dict, data: tune.TrainingData) -> str:

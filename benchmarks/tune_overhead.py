@@ -16,30 +16,46 @@ from pathlib import Path
 import mlflow
 import optuna
 
+from benchmarks.generate import tile_window
 from pipelines import features, ingest, tune
 from pipelines.config import Profile, load_spec
 from pipelines.tracking import StudyBridge
 from pipelines.warehouse import connect
 
-FAMILIES = {"decision_tree": 40, "random_forest": 12}
+FAMILIES = {"decision_tree": 30, "random_forest": 6}
+SCALES = (1, 4)
 
 
-def measure(root: Path, families: dict[str, int] = FAMILIES) -> list[dict[str, object]]:
-    """One row per family: median fit, median overhead, its tracking share, and the ratio."""
+def measure(
+    root: Path, scales: tuple[int, ...] = SCALES, families: dict[str, int] = FAMILIES
+) -> list[dict[str, object]]:
+    """One row per (scale, family): median fit, median overhead, its tracking share, and the ratio.
+
+    Scale k tiles the training window k times (`benchmarks.generate.tile_window`), so fits grow
+    with the rows while the per-trial bookkeeping should not.
+    """
     spec = load_spec("f1_podium")
-    profile = Profile.model_validate({"name": "bench", "warehouse": {"backend": "duckdb", "path": root / "w.duckdb"}})
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    ingest.main(profile, spec)
-    features.main(profile, spec)
-    with connect(profile) as warehouse:
-        data = tune.load_training_data(warehouse, spec)
     spaces = tune.read_spaces(spec.tuning.search_space)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return [_measure_family(name, n, spaces[name], data, spec, root) for name, n in families.items()]
+    rows = []
+    for scale in scales:
+        path = root / f"scale{scale}.duckdb"
+        profile = Profile.model_validate({"name": "bench", "warehouse": {"backend": "duckdb", "path": path}})
+        ingest.main(profile, spec)
+        features.main(profile, spec)
+        with connect(profile) as warehouse:
+            if scale > 1:
+                tile_window(warehouse, spec, spec.train_start, spec.holdout_start, scale)
+            data = tune.load_training_data(warehouse, spec)
+        for name, n in families.items():
+            row = _measure_family(f"{name}-x{scale}", name, n, spaces[name], data, spec, root)
+            rows.append({"scale": scale, "training rows": f"{len(data.X):,}"} | row)
+    return rows
 
 
 def _measure_family(
-    family: str, n_trials: int, space: dict, data: tune.TrainingData, spec, root: Path
+    study_name: str, family: str, n_trials: int, space: dict, data: tune.TrainingData, spec, root: Path
 ) -> dict[str, object]:
     tracking: list[float] = []
     original = StudyBridge.log_trial
@@ -52,8 +68,8 @@ def _measure_family(
     StudyBridge.log_trial = timed
     try:
         mlflow.set_experiment("bench")
-        with mlflow.start_run(run_name=f"bench-{family}") as top:
-            study = tune._open_study(f"bench-{family}", str(root / "studies.journal"), 42, n_trials + 1)
+        with mlflow.start_run(run_name=f"bench-{study_name}") as top:
+            study = tune._open_study(f"bench-{study_name}", str(root / "studies.journal"), 42, n_trials + 1)
             bridge = StudyBridge.open(study.study_name, family, top.info.experiment_id, top.info.run_id, {})
             started = time.perf_counter()
             untimed = spec.tuning.model_copy(update={"timeout": None})

@@ -43,7 +43,7 @@ def stage_run(profile: Profile, spec: Spec, stage: str) -> Iterator[mlflow.Activ
     """Open the MLflow run of one stage; it ends FAILED if the block raises."""
     configure(profile)
     if mlflow.active_run():
-        run = mlflow.start_run(run_name=stage, nested=True)
+        run = nested_run(stage)
     elif os.environ.get("MLFLOW_RUN_ID"):
         run = mlflow.start_run()
     else:
@@ -60,6 +60,12 @@ def stage_run(profile: Profile, spec: Spec, stage: str) -> Iterator[mlflow.Activ
         )
         mlflow.log_dict(spec.model_dump(mode="json", by_alias=True), "spec.json")
         yield run
+
+
+def nested_run(name: str) -> mlflow.ActiveRun:
+    """A child of the active run, in its experiment (MLflow would otherwise file it under Default)."""
+    parent = mlflow.active_run()
+    return mlflow.start_run(run_name=name, nested=True, experiment_id=parent.info.experiment_id)
 
 
 def experiment_id(name: str) -> str:

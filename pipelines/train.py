@@ -34,7 +34,7 @@ from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
 from pipelines.metrics import METRICS, score
 from pipelines.models import build
-from pipelines.tracking import git_sha, log_dataset, stage_run
+from pipelines.tracking import git_sha, log_dataset, nested_run, stage_run
 from pipelines.tune import (
     TrainingData,
     encode_target,
@@ -225,7 +225,7 @@ def _train_one(
 ) -> Trained:  # fmt: skip
     """Refit one family on the whole training window, evaluate once, log, register."""
     seed = require_tuning(spec).seed
-    with mlflow.start_run(run_name=f"model-{candidate.family}", nested=True) as run:
+    with nested_run(f"model-{candidate.family}") as run:
         model = _fit(build(candidate.family, candidate.params, data.numeric, data.categorical, seed), data)
         proba = model.predict_proba(holdout.X)
         metrics = holdout_metrics(holdout.y, proba, spec.classes)

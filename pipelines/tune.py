@@ -22,6 +22,7 @@ import mlflow
 import numpy as np
 import optuna
 import pandas as pd
+import sqlalchemy
 from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -265,13 +266,24 @@ def _open_study(name: str, storage: str, seed: int, startup_trials: int) -> optu
     )
 
 
-def open_storage(storage: str) -> optuna.storages.BaseStorage | str:
-    """An Optuna storage URL as is; a plain path is a resumable journal file."""
+def open_storage(storage: str) -> optuna.storages.BaseStorage:
+    """A database URL as an RDB storage; a plain path is a resumable journal file."""
     if "://" in storage:
-        return storage
+        return _rdb_storage(storage)
     path = Path(storage)
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def _rdb_storage(url: str, attempts: int = 3) -> optuna.storages.RDBStorage:
+    """Open (and on first use create) an Optuna database; workers starting together race to create its schema."""
+    for attempt in range(attempts - 1):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except sqlalchemy.exc.SQLAlchemyError as exc:  # the loser of the race finds the schema half made
+            log.debug("creating the Optuna schema at %s raced another worker: %s", url.split("@")[-1], exc)
+            time.sleep(0.5 * (attempt + 1))
+    return optuna.storages.RDBStorage(url)
 
 
 def _baseline_column(spec: Spec) -> str | None:

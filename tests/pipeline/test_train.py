@@ -34,6 +34,8 @@ def test_train_registers_the_best_family_as_challenger(trained_profile: Profile,
     for tag in tags:
         assert version.tags.get(f"podium.{tag}"), tag
     assert version.tags["podium.family"] == result.champion.candidate.family
+    experiment = client.get_experiment(client.get_run(version.run_id).info.experiment_id)
+    assert experiment.name == spec.name, "the model's run sits in the spec's experiment, under its train run"
     assert float(version.tags["podium.holdout_log_loss"]) == pytest.approx(result.champion.holdout["log_loss"], 1e-5)
     for words in ("Intended use", "evaluated once", "baseline: heuristic", str(spec.holdout_start)):
         assert words in version.description

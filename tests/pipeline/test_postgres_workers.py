@@ -1,0 +1,57 @@
+"""Two `tune` workers on one Optuna study in a real PostgreSQL, the shared storage for workers on many machines.
+
+The cluster is a throwaway one the tests start on a loopback port (`tests.servers.postgres_server`);
+the test skips only where PostgreSQL is not installed at all.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.config import Profile, Spec
+from tests.conftest import REPO
+from tests.pipeline.test_tune import FAST_SPACE, assert_children_mirror_trials, mlflow_tree, studies
+from tests.servers import postgres_server
+
+
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The SQLAlchemy URL of an empty database on a PostgreSQL cluster of this module's own."""
+    with postgres_server(tmp_path_factory.mktemp("postgres")) as url:
+        yield url
+
+
+@pytest.mark.slow
+def test_two_workers_on_postgres_share_one_study_and_one_parent(
+    postgres_url: str, built_profile: Profile, spec: Spec, tmp_path: Path
+) -> None:
+    text = (REPO / "experiments" / "f1_podium.yaml").read_text()
+    (tmp_path / "space.yaml").write_text(FAST_SPACE)
+    (tmp_path / "spec.yaml").write_text(
+        text.replace("experiments/search_spaces/default.yaml", str(tmp_path / "space.yaml"))
+    )
+    (tmp_path / "profile.yaml").write_text(f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {
+        "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
+    command = [sys.executable, "-m", "pipelines.cli", "tune", "--family", "decision_tree", "-n", "6",
+               "--storage", postgres_url,
+               "--spec", str(tmp_path / "spec.yaml"), "--profile", str(tmp_path / "profile.yaml")]  # fmt: skip
+    MlflowClient().search_experiments()  # create the store once; two fresh processes would race its migration
+    workers = [subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for worker in workers:
+        assert worker.wait(timeout=300) == 0, worker.stderr.read()[-2000:]
+
+    (study,) = studies(postgres_url).values()
+    assert len(study.trials) == 12
+    assert sorted(t.number for t in study.trials) == list(range(12))
+    parents, children = mlflow_tree()
+    assert len(parents) == 1 and parents[0].data.tags["podium.study"] == study.study_name
+    assert len(children[parents[0].info.run_id]) == 12
+    assert_children_mirror_trials(postgres_url)
