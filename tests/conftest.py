@@ -69,6 +69,18 @@ def connect_with(warehouse_class: type) -> Callable[..., Iterator[Any]]:
     return connect
 
 
+@pytest.fixture(scope="session")
+def fakesnow_server() -> Iterator[dict]:
+    """Connection kwargs of one fakesnow HTTP server on loopback, shared by the session's Snowpark tests.
+
+    (fakesnow starts once per process: its first `server()` call replaces the function with its submodule.)
+    """
+    import fakesnow
+
+    with fakesnow.server() as kwargs:
+        yield kwargs
+
+
 @contextmanager
 def tracking_store(uri: str) -> Iterator[None]:
     """Point MLflow at `uri` for a block (session fixtures run outside the per-test store)."""

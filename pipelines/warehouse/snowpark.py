@@ -7,12 +7,14 @@ INSERT ... SELECT or MERGE) moves it into the target, so readers never see half 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pandas as pd
+from snowflake.connector.errors import Error as ConnectorError
 from snowflake.snowpark import Session
 from snowflake.snowpark.exceptions import SnowparkClientException, SnowparkSQLException
 from snowflake.snowpark.functions import when_matched, when_not_matched
@@ -92,7 +94,7 @@ class SnowparkWarehouse:
                 staged.write.save_as_table(target, mode="append", column_order="name")
             else:
                 self._merge(staged, target, [check_identifier(k) for k in keys])
-        except (SnowparkSQLException, SnowparkClientException) as exc:
+        except (SnowparkSQLException, SnowparkClientException, ConnectorError) as exc:  # the upload is the connector's
             raise WarehouseError(f"writing {table} failed: {_first_line(exc)}") from None
         return len(df)
 
@@ -108,10 +110,12 @@ class SnowparkWarehouse:
         return {f.name.strip('"').upper(): str(f.datatype) for f in fields}
 
     def close(self) -> None:
+        """End the session, and drop the exit hook Snowpark registers for it (a closed session needs none)."""
         try:
             self.session.close()
         except SnowparkClientException as exc:  # emulators lack SYSTEM$CANCEL_ALL_QUERIES
             log.debug("closing the Snowpark session: %s", exc)
+        atexit.unregister(getattr(self.session, "_close_at_exit", lambda: None))
 
     def _sql(self, sql: str, params: Sequence[Any]):  # noqa: ANN202 (snowpark DataFrame)
         try:

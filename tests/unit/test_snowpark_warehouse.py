@@ -21,12 +21,10 @@ What neither shows is listed in the README as unproven without an account.
 
 from __future__ import annotations
 
-import atexit
 import logging
 from collections.abc import Iterator
 from datetime import date
 
-import fakesnow
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -39,20 +37,6 @@ from pipelines.warehouse.snowpark import ENV_KEYS, SnowparkWarehouse, connection
 SECRET = "hunter2-not-a-real-password"
 
 
-def release(warehouse: SnowparkWarehouse) -> None:
-    """Close, and drop Snowpark's exit hook: fakesnow cannot end a session, so the hook would
-    retry the stopped server at interpreter exit (for minutes without a network_timeout)."""
-    warehouse.close()
-    atexit.unregister(warehouse.session._close_at_exit)
-
-
-@pytest.fixture(scope="module")
-def fakesnow_server() -> Iterator[dict]:
-    """Connection kwargs of a fakesnow server on loopback (user, password, host, port, ...)."""
-    with fakesnow.server() as kwargs:
-        yield kwargs
-
-
 @pytest.fixture(scope="module")
 def sql_wh(fakesnow_server: dict) -> Iterator[SnowparkWarehouse]:
     """The backend over a real Snowpark Session talking to fakesnow, with database PODIUM, schema ML."""
@@ -61,7 +45,7 @@ def sql_wh(fakesnow_server: dict) -> Iterator[SnowparkWarehouse]:
     wh.execute("CREATE DATABASE IF NOT EXISTS PODIUM")
     wh.execute("CREATE SCHEMA IF NOT EXISTS PODIUM.ML")
     yield wh
-    release(wh)
+    wh.close()
 
 
 @pytest.fixture
@@ -354,4 +338,4 @@ def test_connect_from_environment(
         assert list(wh.columns("PODIUM.PUBLIC.CONNECTED")) == ["A"]
         assert SECRET not in caplog.text
     finally:
-        release(wh)
+        wh.close()
