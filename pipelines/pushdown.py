@@ -21,23 +21,25 @@ from typing import Any
 
 import pandas as pd
 from sklearn.base import BaseEstimator
-from snowflake.snowpark import Column, DataFrame, Session
-from snowflake.snowpark.functions import array_construct, col, lit, pandas_udf, when, when_matched, when_not_matched
+from snowflake.snowpark import Column, DataFrame
+from snowflake.snowpark.functions import array_construct, col, lit, pandas_udf, when
 from snowflake.snowpark.types import ArrayType, DoubleType, PandasSeriesType
 
 from pipelines.config import Spec
 from pipelines.warehouse.dialect import quote
+from pipelines.warehouse.snowpark import SnowparkWarehouse
 
 # What a model needs inside Snowflake; Snowflake resolves them from its Anaconda channel.
 PACKAGES = ["scikit-learn", "pandas", "numpy", "xgboost", "skops"]
 
 
 def score(
-    session: Session, spec: Spec, model: Any, estimator: BaseEstimator, batch_id: str,
+    warehouse: SnowparkWarehouse, spec: Spec, model: Any, estimator: BaseEstimator, batch_id: str,
     full: bool, start: date, end: date | None,
 ) -> tuple[int, int]:  # fmt: skip
     """Score the window inside Snowflake and merge it into the scoring table: (rows scored, rows written)."""
-    rows = _selection(session, spec, model.version, full, start, end)
+    session = warehouse.session
+    rows = _selection(warehouse, spec, model.version, full, start, end)
     udf = pandas_udf(
         handler(estimator, model.features, model.numeric),
         return_type=PandasSeriesType(ArrayType(DoubleType())),
@@ -50,7 +52,7 @@ def score(
     _scores(scored, spec, model, batch_id).write.save_as_table(staged_name, mode="overwrite", table_type="temporary")
     staged = session.table(staged_name)
     count = staged.count()
-    written = _merge(session, staged, spec) if count else 0
+    written = warehouse.merge_dataframe(staged, spec.scoring_table, [*spec.keys, "MODEL_VERSION"]) if count else 0
     session.table(staged_name).drop_table()
     return count, written
 
@@ -68,11 +70,14 @@ def handler(estimator: BaseEstimator, features: list[str], numeric: list[str]) -
     return predict
 
 
-def _selection(session: Session, spec: Spec, version: str, full: bool, start: date, end: date | None) -> DataFrame:
+def _selection(
+    warehouse: SnowparkWarehouse, spec: Spec, version: str, full: bool, start: date, end: date | None
+) -> DataFrame:
+    session = warehouse.session
     rows = session.table(quote(spec.table)).filter(col(spec.time) >= lit(start))
     if end:
         rows = rows.filter(col(spec.time) < lit(end))
-    if full or not _exists(session, spec.scoring_table):
+    if full or not warehouse.exists(spec.scoring_table):
         return rows
     done = session.table(quote(spec.scoring_table)).filter(col("MODEL_VERSION") == lit(version)).select(*spec.keys)
     return rows.join(done, on=spec.keys, how="leftanti")
@@ -100,27 +105,3 @@ def _argmax(probabilities: list[Column], classes: list[str]) -> Column:
         beats_later = reduce(operator.and_, [p >= q for q in probabilities[i + 1 :]])
         chosen = when(beats_later, lit(classes[i])) if chosen is None else chosen.when(beats_later, lit(classes[i]))
     return chosen.otherwise(lit(classes[-1]))
-
-
-def _merge(session: Session, staged: DataFrame, spec: Spec) -> int:
-    keys = [*spec.keys, "MODEL_VERSION"]
-    if not _exists(session, spec.scoring_table):
-        staged.write.save_as_table(quote(spec.scoring_table), mode="append")
-        return staged.count()
-    table = session.table(quote(spec.scoring_table))
-    on = reduce(operator.and_, [table[k] == staged[k] for k in keys])
-    values = {c: staged[c] for c in staged.columns}
-    result = table.merge(
-        staged,
-        on,
-        [when_matched().update({c: v for c, v in values.items() if c not in keys}), when_not_matched().insert(values)],
-    )
-    return int(result.rows_inserted + result.rows_updated)
-
-
-def _exists(session: Session, table: str) -> bool:
-    try:
-        session.table(quote(table)).schema  # noqa: B018 (resolves the table)
-    except Exception:
-        return False
-    return True

@@ -103,7 +103,7 @@ def main(
             from pipelines import pushdown
 
             read, written = pushdown.score(
-                warehouse.session, spec, model, estimator, batch_id, full, scoring.start, scoring.end
+                warehouse, spec, model, estimator, batch_id, full, scoring.start, scoring.end
             )
         else:
             read, written = _stream(warehouse, spec, scoring, model, estimator, batch_id, full, rows)

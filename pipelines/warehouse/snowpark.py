@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import operator
 import os
 from collections.abc import Iterator, Sequence
+from functools import reduce
 from typing import Any
 
 import pandas as pd
@@ -88,12 +90,12 @@ class SnowparkWarehouse:
         target = quote(table)
         try:
             staged = self.session.create_dataframe(_plain(df))
-            if mode == "replace" or (mode == "merge" and not self._exists(target)):
+            if mode == "replace":
                 staged.write.save_as_table(target, mode="overwrite")
             elif mode == "append":
                 staged.write.save_as_table(target, mode="append", column_order="name")
             else:
-                self._merge(staged, target, [check_identifier(k) for k in keys])
+                self.merge_dataframe(staged, table, keys)
         except (SnowparkSQLException, SnowparkClientException, ConnectorError) as exc:  # the upload is the connector's
             raise WarehouseError(f"writing {table} failed: {_first_line(exc)}") from None
         return len(df)
@@ -129,22 +131,24 @@ class SnowparkWarehouse:
         except SnowparkSQLException as exc:
             raise WarehouseError(_first_line(exc)) from None
 
-    def _exists(self, target: str) -> bool:
+    def exists(self, table: str) -> bool:
+        """Whether the table resolves in this session."""
         try:
-            self.session.table(target).schema  # noqa: B018 (resolves the table)
+            self.session.table(quote(table)).schema  # noqa: B018 (resolves the table)
         except SnowparkSQLException:
             return False
         return True
 
-    def _merge(self, staged, target: str, keys: list[str]) -> None:  # noqa: ANN001
-        """One MERGE: update rows whose keys match, insert the rest."""
-        table = self.session.table(target)
-        on = None
-        for key in keys:
-            clause = table[key] == staged[key]
-            on = clause if on is None else on & clause
+    def merge_dataframe(self, staged, table: str, keys: Sequence[str]) -> int:  # noqa: ANN001 (a Snowpark DataFrame)
+        """MERGE a Snowpark DataFrame already in Snowflake into `table` by `keys` (created if absent); rows written."""
+        target, keys = quote(table), [check_identifier(k) for k in keys]
+        if not self.exists(table):
+            staged.write.save_as_table(target, mode="overwrite")
+            return staged.count()
+        existing = self.session.table(target)
+        on = reduce(operator.and_, [existing[k] == staged[k] for k in keys])
         values = {c: staged[c] for c in staged.columns}
-        table.merge(
+        result = existing.merge(
             staged,
             on,
             [
@@ -152,6 +156,7 @@ class SnowparkWarehouse:
                 when_not_matched().insert(values),
             ],
         )
+        return int(result.rows_inserted + result.rows_updated)
 
 
 def _plain(df: pd.DataFrame) -> pd.DataFrame:

@@ -36,9 +36,9 @@ def test_pushdown_scores_like_the_local_engine_and_only_once(
     snowpark.write(rows, spec.table, mode="replace")
 
     run = (spec, model, estimator, "batch-1")
-    assert pushdown.score(snowpark.session, *run, False, spec.scoring.start, None) == (len(rows), len(rows))
-    assert pushdown.score(snowpark.session, *run, False, spec.scoring.start, None) == (0, 0)
-    assert pushdown.score(snowpark.session, *run, True, spec.scoring.start, None) == (len(rows), len(rows))
+    assert pushdown.score(snowpark, *run, False, spec.scoring.start, None) == (len(rows), len(rows))
+    assert pushdown.score(snowpark, *run, False, spec.scoring.start, None) == (0, 0)
+    assert pushdown.score(snowpark, *run, True, spec.scoring.start, None) == (len(rows), len(rows))
 
     inside = snowpark.session.table(spec.scoring_table).to_pandas().sort_values(spec.keys, ignore_index=True)
     local = score.predict(rows, spec, model, estimator, "batch-1").sort_values(spec.keys, ignore_index=True)
