@@ -24,7 +24,7 @@ from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 from pipelines.config import HitRateConfig, MonitoringConfig, Profile, Spec
 from pipelines.errors import ConfigError
 from pipelines.score import probability_column
-from pipelines.tracking import stage_run
+from pipelines.tracking import log_figures, stage_run
 from pipelines.tune import feature_columns
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.dialect import quote
@@ -177,14 +177,10 @@ def _warn(drift: pd.DataFrame, threshold: float) -> list[str]:
 
 def _log(rows: pd.DataFrame, drifting: list[str]) -> None:
     """The figures as MLflow metrics, the table as CSV, and monitoring over time as a plot."""
-    import matplotlib.pyplot as plt
-
     from pipelines import plots
 
     metrics = {f"v{r.MODEL_VERSION}.{r.PERIOD}.{r.METRIC}": r.VALUE for r in rows.itertuples() if np.isfinite(r.VALUE)}
     mlflow.log_metrics(metrics)
     mlflow.log_text(rows.to_csv(index=False), "monitoring.csv")
     mlflow.set_tag("podium.drifting", ",".join(drifting) or "none")
-    figure = plots.monitoring_figure(rows)
-    mlflow.log_figure(figure, "plots/monitoring.png")
-    plt.close(figure)
+    log_figures({"plots/monitoring.png": plots.monitoring_figure(rows)})

@@ -194,6 +194,15 @@ class StudyBridge:
         self.parent_id = earliest
 
 
+def log_figures(figures: dict[str, Any]) -> None:
+    """Log matplotlib figures to the active run as PNG artifacts at their paths, then close them."""
+    import matplotlib.pyplot as plt
+
+    for path, figure in figures.items():
+        mlflow.log_figure(figure, path)
+        plt.close(figure)
+
+
 def log_dataset(dataset: Dataset, context: str, attempts: int = 3) -> None:
     """`mlflow.log_input`, tolerant of another process registering the same dataset first.
 

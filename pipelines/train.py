@@ -34,7 +34,7 @@ from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
 from pipelines.metrics import METRICS, score
 from pipelines.models import build
-from pipelines.tracking import git_sha, log_dataset, nested_run, stage_run
+from pipelines.tracking import git_sha, log_dataset, log_figures, nested_run, stage_run
 from pipelines.tune import (
     TrainingData,
     encode_target,
@@ -255,15 +255,11 @@ def _log_plots(
     model: BaseEstimator, data: TrainingData, holdout: Holdout, proba: np.ndarray, classes: list[str], seed: int
 ) -> None:
     """Evaluation plots on the holdout; importances on the training window (no second look at the holdout)."""
-    import matplotlib.pyplot as plt
-
     figures = plots.evaluation_figures(holdout.y, proba, classes)
     values = plots.importance(model, data.X, data.y, seed)
     figures["plots/feature_importance.png"] = plots.importance_figure(values)
     mlflow.log_text(values.to_csv(header=["importance"]), "feature_importance.csv")
-    for path, figure in figures.items():
-        mlflow.log_figure(figure, path)
-        plt.close(figure)
+    log_figures(figures)
 
 
 def _version_tags(

@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sklearn.base import BaseEstimator, clone
 
+from pipelines import plots
 from pipelines.baselines import baselines
 from pipelines.config import Profile, Spec, TuningConfig
 from pipelines.errors import ConfigError, PodiumError
@@ -35,7 +36,7 @@ from pipelines.metrics import METRICS, score
 from pipelines.models import FACTORIES, build, read_spaces, suggest
 from pipelines.progress import counter
 from pipelines.splits import Fold, check_before_holdout, season_folds
-from pipelines.tracking import StudyBridge, git_sha, log_dataset, log_run, stage_run
+from pipelines.tracking import StudyBridge, git_sha, log_dataset, log_figures, log_run, stage_run
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.dialect import quote
 
@@ -104,6 +105,7 @@ def main(
             standings.append(_search(study, bridge, name, spaces[name], data, tuning, n_trials, timeout, n_jobs))
         board = pd.DataFrame([s.__dict__ for s in standings])
         mlflow.log_text(board.to_csv(index=False), "leaderboard.csv")
+        log_figures({"plots/leaderboard.png": plots.leaderboard_figure(board)})
     return TuneResult(standings)
 
 

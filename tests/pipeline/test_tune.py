@@ -105,7 +105,9 @@ def test_every_run_records_spec_split_digest_git_and_seed(built_profile: Profile
         "spec.json",
         "splits.json",
         "leaderboard.csv",
+        "plots",
     }
+    assert [a.path for a in MlflowClient().list_artifacts(top.info.run_id, "plots")] == ["plots/leaderboard.png"]
     assert top.inputs.dataset_inputs[0].dataset.digest == parents[0].data.tags["podium.data_digest"]
 
 
