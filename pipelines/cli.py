@@ -6,9 +6,12 @@ learns; env PODIUM_SPEC). Errors a user can cause print one line and exit 1.
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated
 
@@ -23,6 +26,7 @@ from pipelines import features as features_stage
 from pipelines import ingest as ingest_stage
 from pipelines import promote as promote_stage
 from pipelines import score as score_stage
+from pipelines import status as status_stage
 from pipelines import train as train_stage
 from pipelines import tune as tune_stage
 from pipelines.config import DEFAULT_PROFILE, Profile, Spec, load_profile, load_spec
@@ -30,9 +34,69 @@ from pipelines.errors import PodiumError
 from pipelines.tracking import stage_run
 from pipelines.warehouse import connect
 
+HELP = """Podium: MLflow-tracked experiments and a model registry over Snowflake (a DuckDB file offline).
+
+One command per stage, in pipeline order: [bold]ingest[/] raw files, build [bold]features[/] in SQL,
+[bold]tune[/] one Optuna study per model family, [bold]train[/] and register the best, [bold]promote[/] it
+through the spec's policy, [bold]score[/] rows back into the warehouse, [bold]evaluate[/] them against
+actuals. [bold]run[/] chains them all, [bold]status[/] shows where everything stands and [bold]sql[/]
+queries the warehouse. Every stage is an MLflow run: see them with `mlflow ui`.
+
+A [italic]spec[/] (experiments/NAME.yaml) says what is learned; a [italic]profile[/] (conf/NAME.yaml)
+says where it runs. `podium COMMAND --help` explains one command, with examples.
+"""
+
+EPILOG = """[bold]Examples[/]
+  podium run
+      the whole pipeline on the local DuckDB file (what `make demo` does)
+  podium status --format json
+      tables, studies, versions, latest scores and monitoring, for machines
+  podium tune --family xgboost --n-trials 50
+      fifty more xgboost trials: the study resumes
+
+[bold]Environment[/]
+  PODIUM_PROFILE, PODIUM_SPEC
+      defaults for --profile and --spec
+  MLFLOW_TRACKING_URI
+      the MLflow store; else the profile's tracking_uri, else sqlite:///mlflow.db
+  PODIUM_LOG_LEVEL
+      INFO (default), DEBUG or WARNING
+  PODIUM_ACTOR
+      who promotes, recorded in the audit table (default: the OS user)
+  SNOWFLAKE_ACCOUNT, SNOWFLAKE_USER, ...
+      Snowflake credentials, when the profile names no connection_name
+
+[bold]Files[/]
+  conf/NAME.yaml, experiments/NAME.yaml
+      profiles and specs
+  warehouse/podium.duckdb
+      the embedded warehouse of profile local
+  mlflow.db, mlruns/
+      MLflow's default store: runs, artifacts, registered models
+  optuna/studies.journal
+      the Optuna studies (the profile's optuna_storage)
+
+[bold]Exit status[/]
+  0 on success; 1 for a problem with your input, printed as one line
+  `error: ...` that names the fix; 2 for bad usage (an unknown option).
+"""
+
+
+def reflow(text: str) -> str:
+    """Unwrap prose for the terminal's width: a line joins the line before it unless either is indented."""
+    lines: list[str] = []
+    for line in inspect.cleandoc(text).splitlines():
+        if lines and lines[-1] and line and not line[0].isspace() and not lines[-1][0].isspace():
+            lines[-1] += " " + line
+        else:
+            lines.append(line)
+    return "\n".join(lines)
+
+
 app = typer.Typer(
     name="podium",
-    help="Podium: MLflow-tracked experiments and a model registry over Snowflake (DuckDB offline).",
+    help=reflow(HELP),
+    epilog=reflow(EPILOG),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -40,6 +104,12 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+
+
+def command(function: Callable[..., None]) -> Callable[..., None]:
+    """Register a command whose docstring is its manual: prose reflowed, examples kept line by line."""
+    return app.command(help=reflow(function.__doc__ or ""))(function)
+
 
 ProfileOption = Annotated[
     str, typer.Option("--profile", "-p", envvar="PODIUM_PROFILE", help="Profile name (conf/<name>.yaml) or path.")
@@ -60,28 +130,44 @@ class Format(StrEnum):
     json = "json"
 
 
-@app.command()
+@command
 def ingest(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") -> None:
-    """Load the spec's raw CSV files into the warehouse's RAW schema.
+    """Load the spec's raw CSV files into the warehouse, one table each, with declared types.
 
-    Example: [bold]podium ingest --profile local[/]
+    Reads `ingest.source`/tables.yaml (column types per CSV) and replaces each table
+    `<ingest.schema>.<TABLE>` atomically: a rerun never duplicates rows.
+
+    [bold]Examples[/]
+      podium ingest
+          the bundled data into the local DuckDB file
+      podium ingest --profile snowflake
+          the same tables into Snowflake
+      mlflow run . -e ingest --env-manager local
+          as an MLflow project run
     """
     result = ingest_stage.main(*_load(profile, spec))
     _print_counts("Ingested", result.rows)
 
 
-@app.command()
+@command
 def features(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") -> None:
-    """Build the feature table from the spec's SQL models and run its data-quality checks.
+    """Build the feature table from the spec's SQL models and check its data quality.
 
-    Example: [bold]podium features[/]
+    Runs `features.sql`/NN_name.sql in order (Snowflake dialect; translated for DuckDB), each
+    materialized as `<features.schema>.<NAME>`, then checks the spec's table: keys unique and
+    not null, target within the classes, row count within `expect_rows`. A failed check fails.
+
+    [bold]Examples[/]
+      podium features
+      podium sql "select count(*) from ML.F1_FEATURES"
+          look at the result
     """
     result = features_stage.main(*_load(profile, spec))
     _print_counts("Built", result.rows)
     _print_checks(result.checks)
 
 
-@app.command()
+@command
 def tune(
     profile: ProfileOption = DEFAULT_PROFILE,
     spec: SpecOption = "",
@@ -95,16 +181,25 @@ def tune(
 ) -> None:
     """Score the baselines, then run or resume one Optuna study per model family.
 
-    Rerunning resumes each study: trial numbers continue. Several processes may share one
-    study through a shared storage (e.g. PostgreSQL).
+    Trains on the training window only (the holdout is never read), with time-ordered CV.
+    Each family's study is `<spec>-<family>`; every trial is a child run under the family's
+    parent run. Rerunning resumes each study: trial numbers continue. Several processes,
+    on one machine or many, may share a study through a shared storage (e.g. PostgreSQL).
+    Ends with the leaderboard; the chart is the tune run's plots/leaderboard.png.
 
-    Example: [bold]podium tune --family xgboost --n-trials 50[/]
+    [bold]Examples[/]
+      podium tune
+          every family of the spec
+      podium tune --family xgboost --n-trials 50
+          fifty more xgboost trials
+      podium tune -j 2 --storage postgresql://u@host/optuna
+          a worker on a shared study
     """
     result = tune_stage.main(*_load(profile, spec), family, n_trials or None, timeout or None, n_jobs, storage or None)
     _print_leaderboard(result.leaderboard)
 
 
-@app.command()
+@command
 def train(
     profile: ProfileOption = DEFAULT_PROFILE,
     spec: SpecOption = "",
@@ -116,17 +211,26 @@ def train(
     ] = 1,
     storage: StorageOption = "",
 ) -> None:
-    """Refit the best family on the whole training window, evaluate it once on the holdout, register it.
+    """Refit the best family on the training window, evaluate it once on the holdout, register it.
 
-    The new version gets the alias [bold]challenger[/]; `podium promote` decides whether it becomes champion.
+    Takes each family's best trial from the studies; the best CV log loss wins. The model is
+    logged with a signature, pinned requirements, plots and a model card, registered as the
+    spec's model, and gets the alias [bold]challenger[/]. `podium promote` decides whether it
+    becomes champion. Ends with the champion against the baselines on the holdout.
 
-    Example: [bold]podium train --top-k 3[/]
+    [bold]Examples[/]
+      podium train
+          the best family
+      podium train --top-k 3
+          register the best three families, for comparison
+      podium train --family logreg
+          this family's best trial, whatever the leaderboard says
     """
     result = train_stage.main(*_load(profile, spec), family or None, top_k, storage or None)
     _print_trained(result)
 
 
-@app.command()
+@command
 def promote(
     profile: ProfileOption = DEFAULT_PROFILE,
     spec: SpecOption = "",
@@ -139,16 +243,28 @@ def promote(
         bool, typer.Option("--rollback", help="Return the alias/stage to its previous holder.")
     ] = False,
 ) -> None:
-    """Promote a registered version by alias and/or stage, through the spec's policy; audit every decision.
+    """Promote a registered version by alias and/or stage, through the spec's policy.
 
-    Example: [bold]podium promote --alias champion --stage Production --dry-run[/]
+    The challenger (or --version) must pass the spec's `promotion` gate: beat the current
+    holder by `min_improvement` on the same holdout, and pass the checks. Every decision,
+    promoted or refused, is appended to the audit table (`registry.audit_table`).
+
+    [bold]Examples[/]
+      podium promote --dry-run
+          what the policy would decide; changes nothing
+      podium promote --stage Production
+          alias champion and stage Production
+      podium promote --version 3 --force
+          skip the gate (audited as forced)
+      podium promote --rollback
+          give champion back to its previous holder
     """
     decisions = promote_stage.main(*_load(profile, spec), alias or None, stage or None, version or None,
                                    dry_run, force, rollback)  # fmt: skip
     _print_decisions(decisions)
 
 
-@app.command()
+@command
 def score(
     profile: ProfileOption = DEFAULT_PROFILE,
     spec: SpecOption = "",
@@ -163,26 +279,68 @@ def score(
         str, typer.Option(help="local: stream rows through Podium; warehouse: a vectorized UDF in Snowflake.")
     ] = "local",
 ) -> None:
-    """Score the spec's scoring window with a registered model and merge the scores into the scoring table.
+    """Score the spec's scoring window with a registered model, writing scores back to the warehouse.
 
-    Incremental by default: only rows this model version has not scored. At most one row per (keys, version).
+    Incremental by default: only rows this model version has not scored yet. Rows stream in
+    chunks; each chunk is merged into `scoring_table` by (keys, version) in one transaction,
+    so a crash loses no committed chunk and a rerun never duplicates. Ends with rows written.
 
-    Example: [bold]podium score --model models:/f1_podium@challenger[/]
+    [bold]Examples[/]
+      podium score
+          the champion (models:/NAME@champion)
+      podium score --model models:/f1_podium@challenger
+          another alias, a stage or a version
+      podium score --full --chunk-rows 10000
+          rescore the whole window
+      podium score --engine warehouse --profile snowflake
+          inside Snowflake, as a vectorized UDF
     """
     _print_scored(score_stage.main(*_load(profile, spec), model or None, full, chunk_rows, engine))
 
 
-@app.command()
+@command
 def evaluate(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") -> None:
-    """Judge written scores against the actual classes, per model version and period, and measure feature drift.
+    """Judge written scores against the actual classes, per model version and period; measure drift.
 
-    Example: [bold]podium evaluate[/]
+    Writes log loss, AUC, accuracy, rows (and the spec's top-k hit rate) per version and
+    period, and each feature's PSI against the training window, to `monitoring.table`;
+    warns when a PSI crosses `monitoring.psi_threshold`.
+
+    [bold]Examples[/]
+      podium evaluate
+      podium sql "select * from ML.F1_MONITORING where METRIC = 'log_loss'"
     """
     result = evaluate_stage.main(*_load(profile, spec))
     _print_monitoring(result)
 
 
-@app.command()
+@command
+def status(
+    profile: ProfileOption = DEFAULT_PROFILE,
+    spec: SpecOption = "",
+    storage: StorageOption = "",
+    format: Annotated[
+        Format, typer.Option("--format", "-f", help="table for people, json for machines (csv: not offered).")
+    ] = Format.table,
+) -> None:
+    """Show where the spec stands: tables, studies, registered versions, the latest scores and monitoring.
+
+    Changes nothing: the warehouse is opened read-only; what does not exist yet shows as missing.
+
+    [bold]Examples[/]
+      podium status
+      podium status --format json | jq '.versions[] | select(.aliases | index("champion"))'
+    """
+    if format is Format.csv:
+        raise PodiumError("status has no csv form: use --format table or --format json.")
+    result = status_stage.main(*_load(profile, spec), storage or None)
+    if format is Format.json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    else:
+        _print_status(result)
+
+
+@command
 def sql(
     query: Annotated[str, typer.Argument(help="One query in Snowflake dialect.")],
     profile: ProfileOption = DEFAULT_PROFILE,
@@ -190,9 +348,12 @@ def sql(
         Format, typer.Option("--format", "-f", help="table for people, csv or json for machines.")
     ] = Format.table,
 ) -> None:
-    """Run a Snowflake-dialect query on the profile's warehouse and print the rows.
+    """Run one Snowflake-dialect query on the profile's warehouse and print the rows.
 
-    Example: [bold]podium sql "select count(*) from ML.F1_FEATURES"[/]
+    [bold]Examples[/]
+      podium sql "select count(*) from ML.F1_FEATURES"
+      podium sql "select * from ML.F1_SCORES limit 5" --format csv
+      podium sql "select * from ML.MODEL_PROMOTIONS" --format json | jq .
     """
     with connect(load_profile(profile)) as warehouse:
         frame = warehouse.query(query)
@@ -207,11 +368,17 @@ def sql(
         out.print(table)
 
 
-@app.command()
+@command
 def run(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") -> None:
-    """Run the whole pipeline (ingest ... promote, score, evaluate), each stage a nested run under one `main` run.
+    """Run the whole pipeline: ingest, features, tune, train, promote, score, evaluate.
 
-    Example: [bold]podium run[/] (what `make demo` and `mlflow run . -e main` do)
+    Each stage is a nested MLflow run under one `main` run. Promote moves the alias champion
+    and the stage Production, if the policy agrees. This is what `make demo` and
+    `mlflow run . -e main` do.
+
+    [bold]Examples[/]
+      podium run
+      podium run --spec examples/store_demand/store_demand.yaml
     """
     loaded = _load(profile, spec)
     with stage_run(*loaded, "main"):
@@ -288,6 +455,50 @@ def _print_monitoring(result: evaluate_stage.EvaluateResult) -> None:
     out.print(table)
     drift = ", ".join(result.drifting) or "none"
     out.print(f"features drifting past the PSI threshold: {drift}", highlight=False)
+
+
+def _print_status(status: status_stage.Status) -> None:
+    out.print(f"[bold]{status.spec}[/] on profile [bold]{status.profile}[/] ({status.backend})", highlight=False)
+    tables = Table("table", "rows", title="Warehouse", title_justify="left")
+    for t in status.tables:
+        tables.add_row(t.table, "[dim]missing[/]" if t.rows is None else f"{t.rows:,}")
+    out.print(tables)
+    studies = Table("family", "complete", "pruned", "failed", "best log loss", "best trial",
+                    title=f"Optuna studies ({status.spec}-<family>)", title_justify="left")  # fmt: skip
+    for s in status.studies:
+        best = "" if s.best_value is None else f"{s.best_value:.4f}"
+        family = s.study.removeprefix(f"{status.spec}-")
+        studies.add_row(
+            family,
+            str(s.complete),
+            str(s.pruned),
+            str(s.failed),
+            best,
+            "" if s.best_trial is None else str(s.best_trial),
+        )
+    out.print(studies if status.studies else "[dim]no studies yet: podium tune[/]")
+    versions = Table("version", "aliases", "stage", "family", "holdout log loss",
+                     title=f"Registered model {status.model}", title_justify="left")  # fmt: skip
+    for v in status.versions:
+        loss = "" if v.holdout_log_loss is None else f"{v.holdout_log_loss:.4f}"
+        versions.add_row(v.version, ", ".join(v.aliases), v.stage, v.family or "", loss)
+    out.print(versions if status.versions else f"[dim]no versions of {status.model} yet: podium train[/]")
+    batch = status.latest_batch
+    if batch:
+        out.print(f"latest scoring batch {batch['batch_id']}: {batch['rows']:,} rows by {batch['model']} "
+                  f"v{batch['version']} ({batch['alias']}) at {batch['scored_at']}; {batch['total_rows']:,} "
+                  "scores in all", highlight=False)  # fmt: skip
+    else:
+        out.print("[dim]no scores yet: podium score[/]")
+    if status.monitoring:
+        metrics = [k for k in status.monitoring[0] if k not in ("version", "period")]
+        monitoring = Table("version", "period", *metrics, title="Latest monitoring", title_justify="left")
+        for row in status.monitoring:
+            figures = [f"{row[m]:,}" if m == "rows" else f"{row.get(m, float('nan')):.4f}" for m in metrics]
+            monitoring.add_row(row["version"], row["period"], *figures)
+        out.print(monitoring)
+    else:
+        out.print("[dim]no monitoring yet: podium evaluate[/]")
 
 
 def _print_checks(checks: list[features_stage.Check]) -> None:

@@ -34,6 +34,7 @@ from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
 from pipelines.metrics import METRICS, score
 from pipelines.models import build
+from pipelines.progress import progress
 from pipelines.tracking import git_sha, log_dataset, log_figures, nested_run, stage_run
 from pipelines.tune import (
     TrainingData,
@@ -105,7 +106,7 @@ def main(
     with stage_run(profile, spec, "train"):
         lineage = _record_windows(spec, data, holdout)
         reference = _score_baselines(spec, data, holdout)
-        trained = [_train_one(spec, c, data, holdout, reference, lineage) for c in candidates]
+        trained = [_train_one(spec, c, data, holdout, reference, lineage) for c in progress(candidates, "train")]
         MlflowClient().set_registered_model_alias(spec.model_name, CHALLENGER, trained[0].version)
         mlflow.set_tags({"podium.model": spec.model_name, "podium.challenger": trained[0].version})
     log.info("registered %s version %s as %s", spec.model_name, trained[0].version, CHALLENGER)

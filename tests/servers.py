@@ -105,7 +105,16 @@ def mlflow_server(root: Path, timeout: float = START_TIMEOUT) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     # no telemetry, and no background job runner (it is for GenAI jobs the pipeline never submits)
     env |= {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = root / "server.log"
+    with http_service(command, f"{url}/health", root, env, timeout):
+        yield url
+
+
+@contextmanager
+def http_service(
+    command: list[str], probe: str, root: Path, env: dict[str, str] | None = None, timeout: float = START_TIMEOUT
+) -> Iterator[None]:
+    """Run `command` in its own session (log in root/server.log) until `probe` answers 200; stop it afterwards."""
+    log, name = root / "server.log", " ".join(command[:4])
     with log.open("wb") as out:
         server = subprocess.Popen(
             command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -114,19 +123,19 @@ def mlflow_server(root: Path, timeout: float = START_TIMEOUT) -> Iterator[str]:
         deadline = time.monotonic() + timeout
         while True:
             if server.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {server.returncode} on start:\n{_tail(log)}")
+                raise RuntimeError(f"{name} exited with {server.returncode} on start:\n{_tail(log)}")
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                with urllib.request.urlopen(probe, timeout=2) as response:
                     if response.status == 200:
                         break
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not answer {url}/health within {timeout:.0f}s:\n{_tail(log)}")
+                raise RuntimeError(f"{name} did not answer {probe} within {timeout:.0f}s:\n{_tail(log)}")
             time.sleep(0.25)
-        yield url
+        yield
     finally:
-        # `mlflow server` execs uvicorn as a child; the session holds both
+        # a server may exec workers as children (`mlflow server` runs uvicorn); the session holds them all
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             try:

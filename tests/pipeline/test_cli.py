@@ -115,11 +115,27 @@ def test_sql_prints_csv_for_machines(
     assert 5000 <= int(n) <= 6500 and first.startswith("2010-")
 
 
-def test_help_lists_every_command(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+COMMANDS = [c.callback.__name__ for c in cli.app.registered_commands]
+
+
+def test_help_lists_every_command_and_reads_like_a_manual(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     code, out, _ = podium(["--help"], capsys, monkeypatch)
     assert code == 0
-    for command in ("ingest", "features", "sql", "run"):
-        assert command in out
+    assert len(COMMANDS) == 10 and all(re.search(rf"\b{c}\b", out) for c in COMMANDS)
+    for section in ("Examples", "Environment", "Files", "Exit status"):
+        assert section in out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_a_manual_with_an_example(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    code, out, _ = podium([command, "--help"], capsys, monkeypatch)
+    assert code == 0 and "Examples" in out
+    assert re.search(rf"^\s+podium {command}\b", out, re.MULTILINE), f"no example of `podium {command}`"
 
 
 def test_no_traceback_from_the_real_console_script(tmp_path: Path) -> None:

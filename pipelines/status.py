@@ -1,0 +1,216 @@
+"""Where a spec stands: its warehouse tables, studies, registered versions, scores and monitoring.
+
+Read-only: it opens the warehouse read-only, creates no Optuna storage and no MLflow store,
+and reports what does not exist yet as missing (None or empty) instead of failing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from pipelines import features, ingest
+from pipelines.config import Profile, Spec
+from pipelines.errors import PodiumError
+from pipelines.tracking import configure
+from pipelines.tune import open_storage
+from pipelines.warehouse import Warehouse, connect
+from pipelines.warehouse.dialect import quote
+
+
+@dataclass(frozen=True)
+class TableStatus:
+    table: str
+    rows: int | None  # None: the table does not exist yet
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    study: str
+    complete: int
+    pruned: int
+    failed: int
+    best_value: float | None
+    best_trial: int | None
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    version: str
+    aliases: list[str]
+    stage: str
+    family: str | None
+    holdout_log_loss: float | None
+    run_id: str
+
+
+@dataclass(frozen=True)
+class Status:
+    spec: str
+    profile: str
+    backend: str
+    tables: list[TableStatus]
+    studies: list[StudyStatus]
+    model: str
+    versions: list[VersionStatus]
+    latest_batch: dict[str, Any] | None
+    monitoring: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def main(profile: Profile, spec: Spec, storage: str | None = None) -> Status:
+    """Collect the status of `spec` on `profile`, touching nothing."""
+    tables = spec_tables(spec)
+    if _warehouse_missing(profile):
+        counts, batch, monitoring = [TableStatus(t, None) for t in tables], None, []
+    else:
+        with connect(profile, read_only=True) as warehouse:
+            counts = [TableStatus(t, row_count(warehouse, t)) for t in tables]
+            present = {c.table for c in counts if c.rows is not None}
+            batch = latest_batch(warehouse, spec.scoring_table) if spec.scoring_table in present else None
+            monitoring = (
+                latest_monitoring(warehouse, spec) if spec.monitoring and spec.monitoring.table in present else []
+            )
+    configure(profile)
+    return Status(
+        spec=spec.name,
+        profile=profile.name,
+        backend=profile.warehouse.backend,
+        tables=counts,
+        studies=studies(spec, storage or profile.optuna_storage),
+        model=spec.model_name,
+        versions=versions(spec.model_name),
+        latest_batch=batch,
+        monitoring=monitoring,
+    )
+
+
+def spec_tables(spec: Spec) -> list[str]:
+    """Every table the spec's stages write, in pipeline order, each once."""
+    tables: list[str] = []
+    if spec.ingest and (spec.ingest.source / "tables.yaml").is_file():
+        tables += [f"{spec.ingest.db_schema}.{t.upper()}" for t in ingest.read_manifest(spec.ingest.source)]
+    if spec.features:
+        tables += [m.table for m in features.discover_models(spec)]
+    tables += [spec.table, spec.registry.audit_table, spec.scoring_table]
+    if spec.monitoring:
+        tables.append(spec.monitoring.table)
+    return list(dict.fromkeys(tables))
+
+
+def row_count(warehouse: Warehouse, table: str) -> int | None:
+    """The table's row count, or None when it does not exist."""
+    try:
+        warehouse.columns(table)
+    except PodiumError:
+        return None
+    return int(warehouse.query(f"SELECT COUNT(*) AS N FROM {quote(table)}").iloc[0, 0])
+
+
+def studies(spec: Spec, storage: str) -> list[StudyStatus]:
+    """Trial counts and the best value of each of the spec's studies (`<spec>-<family>`)."""
+    if "://" not in storage and not Path(storage).is_file():
+        return []
+    opened = open_storage(storage)
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False))
+    return [_study(optuna.load_study(study_name=n, storage=opened)) for n in names if n.startswith(f"{spec.name}-")]
+
+
+def _study(study: optuna.Study) -> StudyStatus:
+    trials = study.get_trials(deepcopy=False)
+    count = lambda state: sum(t.state == state for t in trials)  # noqa: E731
+    complete = count(optuna.trial.TrialState.COMPLETE)
+    best = study.best_trial if complete else None
+    return StudyStatus(
+        study=study.study_name,
+        complete=complete,
+        pruned=count(optuna.trial.TrialState.PRUNED),
+        failed=count(optuna.trial.TrialState.FAIL),
+        best_value=best.value if best else None,
+        best_trial=best.number if best else None,
+    )
+
+
+def versions(model: str) -> list[VersionStatus]:
+    """The model's registered versions, newest first, with their aliases and stages."""
+    if _store_missing(mlflow.get_tracking_uri()):
+        return []
+    client = MlflowClient()
+    found = client.search_model_versions(f"name = '{model}'")
+    if not found:
+        return []
+    aliases = client.get_registered_model(model).aliases  # search results carry no aliases
+    ordered = sorted(found, key=lambda v: int(v.version), reverse=True)
+    return [
+        VersionStatus(
+            version=str(v.version),
+            aliases=sorted(a for a, held_by in aliases.items() if str(held_by) == str(v.version)),
+            stage=v.current_stage,
+            family=v.tags.get("podium.family"),
+            holdout_log_loss=_number(v.tags.get("podium.holdout_log_loss")),
+            run_id=v.run_id,
+        )
+        for v in ordered
+    ]
+
+
+def latest_batch(warehouse: Warehouse, table: str) -> dict[str, Any] | None:
+    """The most recent scoring batch: its id, model version, rows and time."""
+    batch = warehouse.query(
+        f"SELECT BATCH_ID, MODEL_NAME, MODEL_VERSION, MODEL_ALIAS, COUNT(*) AS ROWS, MAX(SCORED_AT) AS SCORED_AT "
+        f"FROM {quote(table)} GROUP BY BATCH_ID, MODEL_NAME, MODEL_VERSION, MODEL_ALIAS "
+        "ORDER BY SCORED_AT DESC LIMIT 1"
+    )
+    if batch.empty:
+        return None
+    row = batch.iloc[0]
+    return {
+        "batch_id": row["BATCH_ID"],
+        "model": row["MODEL_NAME"],
+        "version": str(row["MODEL_VERSION"]),
+        "alias": row["MODEL_ALIAS"],
+        "rows": int(row["ROWS"]),
+        "scored_at": pd.Timestamp(row["SCORED_AT"]).isoformat(),
+        "total_rows": int(warehouse.query(f"SELECT COUNT(*) AS N FROM {quote(table)}").iloc[0, 0]),
+    }
+
+
+def latest_monitoring(warehouse: Warehouse, spec: Spec) -> list[dict[str, Any]]:
+    """The per-period figures of the most recently evaluated model version, one dict per period.
+
+    (Drift rows, period `all`, are left out: `podium evaluate` reports them.)
+    """
+    table = quote(spec.monitoring.table)
+    rows = warehouse.query(
+        f"SELECT MODEL_VERSION, PERIOD, METRIC, VALUE FROM {table} "
+        f"WHERE MODEL_NAME = ? AND PERIOD <> 'all' AND MODEL_VERSION = (SELECT MODEL_VERSION FROM {table} "
+        "WHERE MODEL_NAME = ? ORDER BY EVALUATED_AT DESC LIMIT 1) ORDER BY PERIOD, METRIC",
+        [spec.model_name, spec.model_name],
+    )
+    return [
+        {"version": str(version), "period": str(period)}
+        | {m: int(v) if m == "rows" else float(v) for m, v in zip(group["METRIC"], group["VALUE"], strict=True)}
+        for (version, period), group in rows.groupby(["MODEL_VERSION", "PERIOD"], sort=True)
+    ]
+
+
+def _warehouse_missing(profile: Profile) -> bool:
+    """True when the embedded warehouse file has not been created yet (nothing ran)."""
+    return profile.warehouse.backend == "duckdb" and not Path(profile.warehouse.path).is_file()
+
+
+def _store_missing(uri: str) -> bool:
+    """True when the tracking store is a SQLite file that does not exist yet (nothing was tracked)."""
+    return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()
+
+
+def _number(text: str | None) -> float | None:
+    return float(text) if text not in (None, "") else None
