@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test ui clean
+.PHONY: help demo test ui docs clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-8s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,6 +28,9 @@ test: $(BIN)/podium ## Run the tests (pytest)
 
 ui: $(BIN)/podium ## Open the MLflow UI on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000
+
+docs: $(BIN)/podium ## Regenerate docs/*.png from the demo's MLflow store (after make demo)
+	$(BIN)/python docs/capture.py
 
 clean: ## Remove local state: warehouse, MLflow store, Optuna studies (keeps .venv)
 	rm -rf warehouse mlflow.db mlruns mlartifacts optuna

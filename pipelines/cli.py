@@ -15,10 +15,10 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from pipelines import evaluate as evaluate_stage
@@ -398,6 +398,9 @@ def _load(profile: str, spec: str) -> tuple[Profile, Spec]:
 
 
 def _print_counts(verb: str, rows: dict[str, int]) -> None:
+    if not rows:
+        out.print(f"[dim]{verb} no tables: the spec reads a ready-made table[/]")
+        return
     table = Table("table", "rows", title=f"{verb} {len(rows)} tables", title_justify="left")
     for name, n in rows.items():
         table.add_row(name, f"{n:,}")
@@ -508,30 +511,27 @@ def _print_checks(checks: list[features_stage.Check]) -> None:
     out.print(table)
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def _setup_logging() -> None:
     level = os.environ.get("PODIUM_LOG_LEVEL", "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise PodiumError(f"PODIUM_LOG_LEVEL={level} is not a log level: use one of {', '.join(LOG_LEVELS)}.")
     handler = RichHandler(console=err, show_path=False, show_time=False)
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
     logging.getLogger("pipelines").setLevel(level)
 
 
 def main() -> None:
-    """Console entry point: run the app, turning user errors into one line and exit 1."""
+    """Console entry point: user errors print one line and exit 1; usage errors, click's usage and exit 2."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no calls home: loopback only
-    _setup_logging()
     try:
-        app(standalone_mode=False)
+        _setup_logging()
+        app(prog_name="podium")  # standalone: click prints usage errors (exit 2) and exits after the command
     except PodiumError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err.print("aborted")
-        sys.exit(130)
 
 
 if __name__ == "__main__":

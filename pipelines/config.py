@@ -216,6 +216,11 @@ class Spec(Strict):
     def model_name(self) -> str:
         return self.registry.model_name or self.name
 
+    @property
+    def id_columns(self) -> list[str]:
+        """The keys, then the time column unless it is one of them: what identifies a scored row."""
+        return list(dict.fromkeys([*self.keys, self.time]))
+
     @model_validator(mode="after")
     def _window_is_ordered(self) -> Spec:
         if self.train_start >= self.holdout_start:
@@ -232,7 +237,7 @@ def load_profile(name: str = DEFAULT_PROFILE, root: Path | None = None) -> Profi
     """Load a profile by name (conf/<name>.yaml) or by path to a YAML file."""
     root = root or Path.cwd()
     path = _locate(name, root / "conf", "profile", "--profile / PODIUM_PROFILE")
-    data = _read_yaml(path)
+    data = read_yaml(path)
     data.setdefault("name", path.stem)
     profile = _validate(Profile, data, path)
     if "://" not in profile.optuna_storage:
@@ -247,7 +252,7 @@ def load_spec(name: str | None = None, root: Path | None = None) -> Spec:
     """Load an experiment spec by name (experiments/<name>.yaml) or path; none: the only one."""
     root = root or Path.cwd()
     path = _locate(name or _only_spec(root / "experiments"), root / "experiments", "spec", "--spec / PODIUM_SPEC")
-    spec = _validate(Spec, _read_yaml(path), path)
+    spec = _validate(Spec, read_yaml(path), path)
     if spec.ingest:
         spec = spec.model_copy(
             update={"ingest": spec.ingest.model_copy(update={"source": _under(root, spec.ingest.source)})}
@@ -286,18 +291,25 @@ def _locate(name: str, folder: Path, kind: str, option: str) -> Path:
     return path
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     """Parse a YAML mapping, turning syntax errors into one clear message."""
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}. Fix the file's syntax.") from None
+        raise malformed_yaml(path, exc) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level.")
+        raise ConfigError(
+            f"{path}: expected a mapping of keys to values at the top level: write one `key: value` per line."
+        )
     return data
+
+
+def malformed_yaml(path: Path, exc: yaml.YAMLError) -> ConfigError:
+    """A YAML syntax error as one line: the file, the line and column, the problem."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return ConfigError(f"{path}: malformed YAML{where}: {problem}. Fix the file's syntax.")
 
 
 def _validate(model: type[M], data: dict[str, Any], path: Path) -> M:
@@ -315,8 +327,9 @@ def _describe(error: Any) -> str:
         return f"unknown key {key!r}: remove it or fix its spelling"
     if error["type"] == "missing":
         return f"missing key {key!r}: add it"
-    message = error["msg"].removeprefix("Value error, ")
-    return f"{key}: {message}"
+    if error["type"] == "value_error":  # Podium's own validators: their message names the fix
+        return f"{key}: {error['msg'].removeprefix('Value error, ').rstrip('.')}"
+    return f"{key}: {error['msg']} (fix this value)"
 
 
 def _under(root: Path, path: Path) -> Path:

@@ -22,7 +22,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
 from pipelines.config import HitRateConfig, MonitoringConfig, Profile, Spec
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, PodiumError, WarehouseError
 from pipelines.score import probability_column
 from pipelines.tracking import log_figures, stage_run
 from pipelines.tune import feature_columns
@@ -50,7 +50,9 @@ def main(profile: Profile, spec: Spec) -> EvaluateResult:
     with connect(profile) as warehouse:
         joined = load_outcomes(warehouse, spec)
         reference = _training_window(warehouse, spec)
-        features = [c for group in feature_columns(spec, warehouse.columns(spec.table)) for c in group]
+        columns = warehouse.columns(spec.table)
+        check_hit_rate(spec, monitoring.hit_rate, columns)
+        features = [c for group in feature_columns(spec, columns) for c in group]
         with stage_run(profile, spec, "evaluate"):
             figures = performance(joined, spec, monitoring)
             drift = pd.DataFrame(
@@ -71,8 +73,30 @@ def require_monitoring(spec: Spec) -> MonitoringConfig:
     return spec.monitoring
 
 
+def check_hit_rate(spec: Spec, hit_rate: HitRateConfig | None, columns: dict[str, str]) -> None:
+    """The hit rate's class must be one of the spec's, and its group a column of the feature table."""
+    if hit_rate is None:
+        return
+    if hit_rate.target_class not in spec.classes:
+        raise ConfigError(
+            f"monitoring.hit_rate.class {hit_rate.target_class!r} is not one of the spec's classes {spec.classes}: "
+            "use one of them."
+        )
+    if hit_rate.group not in columns:
+        raise ConfigError(
+            f"monitoring.hit_rate.group {hit_rate.group} is not a column of {spec.table} "
+            f"(its columns: {', '.join(columns)}): name one of them."
+        )
+
+
 def load_outcomes(warehouse: Warehouse, spec: Spec) -> pd.DataFrame:
     """Scored rows whose actual class is known, with the model's features."""
+    try:
+        warehouse.columns(spec.scoring_table)
+    except WarehouseError:
+        raise PodiumError(
+            f"the scoring table {spec.scoring_table} does not exist yet: run `podium score` first."
+        ) from None
     match = " AND ".join(f"s.{quote(k)} = f.{quote(k)}" for k in spec.keys)
     target = quote(spec.target)
     probabilities = ", ".join(f"s.{quote(probability_column(c))}" for c in spec.classes)

@@ -3,7 +3,8 @@
 Inputs:  the raw tables; the spec's `features.sql` folder of `NN_name.sql` files, each one
          SELECT in Snowflake dialect, run in file-name order.
 Outputs: `<features.schema>.<NAME>` per model (`20_f1_features.sql` -> ML.F1_FEATURES);
-         one of them is the spec's `table`.
+         one of them is the spec's `table`. A spec without a `features` section names a
+         ready-made table: nothing is built, and the stage only checks that table.
 Checks:  keys unique and not null, target within the spec's classes, row count within
          `features.expect_rows`. A failed check fails the stage.
 MLflow:  a run `features` with `rows.<TABLE>` metrics and `check.<name>` metrics (1 = pass).
@@ -19,7 +20,7 @@ from pathlib import Path
 import mlflow
 
 from pipelines.config import Profile, Spec
-from pipelines.errors import ConfigError, DataQualityError
+from pipelines.errors import ConfigError, DataQualityError, WarehouseError
 from pipelines.progress import progress
 from pipelines.tracking import stage_run
 from pipelines.warehouse import Warehouse, connect
@@ -55,10 +56,11 @@ class FeaturesResult:
 
 
 def main(profile: Profile, spec: Spec) -> FeaturesResult:
-    """Build every model in order, then run the data-quality checks on the spec's table."""
-    models = discover_models(spec)
+    """Build every model in order (none without a `features` section), then check the spec's table."""
+    models = discover_models(spec) if spec.features else []
     with connect(profile) as warehouse, stage_run(profile, spec, "features"):
-        warehouse.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(spec.features.db_schema)}")
+        if spec.features:
+            warehouse.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(spec.features.db_schema)}")
         rows = {m.table: build(warehouse, m) for m in progress(models, "features", total=len(models))}
         checks = check_quality(warehouse, spec)
         mlflow.log_metrics(
@@ -84,7 +86,9 @@ def discover_models(spec: Spec) -> list[Model]:
     for path in files:
         match = MODEL_FILE.match(path.name)
         if not match:
-            raise ConfigError(f"{path}: SQL model files are named NN_name.sql (e.g. 10_features.sql).")
+            raise ConfigError(
+                f"{path}: SQL model files are named NN_name.sql (e.g. 10_features.sql): rename it, or move it out."
+            )
         models.append(Model(path, f"{schema}.{match.group(2).upper()}"))
     models.sort(key=lambda m: int(MODEL_FILE.match(m.path.name).group(1)))
     if spec.table not in {m.table for m in models}:
@@ -96,8 +100,11 @@ def discover_models(spec: Spec) -> list[Model]:
 
 
 def build(warehouse: Warehouse, model: Model) -> int:
-    """Materialize one model and return its row count."""
-    warehouse.execute(model.create_sql())
+    """Materialize one model and return its row count; a SQL error names the model's file."""
+    try:
+        warehouse.execute(model.create_sql())
+    except WarehouseError as exc:
+        raise WarehouseError(f"the SQL model {model.path} failed to build {model.table}: {exc}") from None
     rows = int(warehouse.query(f"SELECT COUNT(*) AS N FROM {quote(model.table)}").iloc[0, 0])
     log.info("built %s (%s rows) from %s", model.table, f"{rows:,}", model.path.name)
     return rows

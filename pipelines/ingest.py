@@ -3,7 +3,8 @@
 Inputs:  the spec's `ingest.source` folder: `tables.yaml` (table -> column -> type, in
          header order) and one `<table>.csv` or `<table>.csv.gz` per table.
 Outputs: `<ingest.schema>.<TABLE>` per table, columns in UPPER_SNAKE_CASE, each replaced
-         atomically; empty and `\\N` fields load as NULL.
+         atomically; empty and `\\N` fields load as NULL. A spec without an `ingest` section
+         reads a table that is already in the warehouse: nothing is loaded.
 MLflow:  a run `ingest` with `rows.<TABLE>` metrics.
 """
 
@@ -20,7 +21,7 @@ import pyarrow as pa
 import yaml
 from pyarrow import csv
 
-from pipelines.config import Profile, Spec
+from pipelines.config import Profile, Spec, malformed_yaml
 from pipelines.errors import ConfigError, PodiumError
 from pipelines.progress import progress
 from pipelines.tracking import stage_run
@@ -45,9 +46,10 @@ class IngestResult:
 
 
 def main(profile: Profile, spec: Spec) -> IngestResult:
-    """Load every table of the spec's manifest into the raw schema."""
+    """Load every table of the spec's manifest into the raw schema (nothing without an `ingest` section)."""
     if spec.ingest is None:
-        raise ConfigError(f"spec {spec.name} has no `ingest` section: nothing to load.")
+        log.info("spec %s has no `ingest` section: nothing to load, %s is read as it is", spec.name, spec.table)
+        return IngestResult({})
     source, schema = spec.ingest.source, spec.ingest.db_schema
     manifest = read_manifest(source)
     with connect(profile) as warehouse, stage_run(profile, spec, "ingest"):
@@ -65,14 +67,26 @@ def read_manifest(source: Path) -> dict[str, dict[str, str]]:
     path = source / "tables.yaml"
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: the ingest source needs a tables.yaml manifest.")
-    tables = (yaml.safe_load(path.read_text()) or {}).get("tables") or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise malformed_yaml(path, exc) from None
+    tables = (data.get("tables") if isinstance(data, dict) else None) or {}
+    if not isinstance(tables, dict) or not all(isinstance(columns, dict) for columns in tables.values()):
+        raise ConfigError(
+            f"{path}: `tables:` must map each table to its columns and their types, "
+            "e.g. `races: {raceId: INTEGER, name: VARCHAR}`."
+        )
     for table, columns in tables.items():
-        check_identifier(table)
+        try:
+            check_identifier(table)
+        except PodiumError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         unknown = {t for t in columns.values() if t not in TYPES}
         if unknown:
             raise ConfigError(f"{path}: table {table} uses unknown types {sorted(unknown)}; use {sorted(TYPES)}.")
     if not tables:
-        raise ConfigError(f"{path} lists no tables under `tables:`.")
+        raise ConfigError(f"{path} lists no tables under `tables:`: add each table with its columns and their types.")
     return tables
 
 
@@ -89,7 +103,10 @@ def read_csv(path: Path, columns: dict[str, str]) -> pd.DataFrame:
     """Parse a CSV with explicit types; column names become UPPER_SNAKE_CASE."""
     header = _header(path)
     if header != list(columns):
-        raise PodiumError(f"{path}: header {header} does not match the manifest columns {list(columns)}.")
+        raise PodiumError(
+            f"{path}: header {header} does not match the manifest columns {list(columns)}: "
+            "list the CSV's columns in tables.yaml in header order."
+        )
     options = csv.ConvertOptions(
         column_types={c: TYPES[t] for c, t in columns.items()},
         null_values=NULLS,
@@ -98,7 +115,13 @@ def read_csv(path: Path, columns: dict[str, str]) -> pd.DataFrame:
     try:
         table = csv.read_csv(path, convert_options=options)
     except pa.ArrowInvalid as exc:
-        raise PodiumError(f"{path}: a value does not match its declared type: {exc}") from None
+        if "CSV parse error" in str(exc):
+            raise _unreadable(path, exc) from None
+        raise PodiumError(
+            f"{path}: a value does not match its declared type: {exc}. Fix the value, or its type in tables.yaml."
+        ) from None
+    except OSError as exc:  # a .csv.gz that is corrupt past its first block
+        raise _unreadable(path, exc) from None
     frame = table.to_pandas(types_mapper=pd.ArrowDtype)
     frame.columns = [snake_upper(c) for c in frame.columns]
     return frame
@@ -117,5 +140,15 @@ def _find_file(source: Path, table: str) -> Path:
 
 
 def _header(path: Path) -> list[str]:
-    reader = csv.open_csv(path, read_options=csv.ReadOptions(block_size=1 << 16))
+    try:
+        reader = csv.open_csv(path, read_options=csv.ReadOptions(block_size=1 << 16))
+    except (pa.ArrowInvalid, OSError) as exc:  # empty, ragged, or not really gzip
+        raise _unreadable(path, exc) from None
     return reader.schema.names
+
+
+def _unreadable(path: Path, exc: Exception) -> PodiumError:
+    return PodiumError(
+        f"{path} is not a readable CSV: {str(exc).strip().splitlines()[0]}. Fix or re-export it: a header line, "
+        "then one line per row with as many fields (gzip-compressed if named .csv.gz)."
+    )

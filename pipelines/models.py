@@ -27,6 +27,7 @@ from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 from xgboost import XGBClassifier
 
+from pipelines.config import malformed_yaml
 from pipelines.errors import ConfigError
 
 Factory = Callable[[dict[str, Any], int], BaseEstimator]
@@ -105,15 +106,20 @@ def read_spaces(path: Path) -> dict[str, dict[str, Param]]:
     try:
         spaces = SPACES.validate_python(yaml.safe_load(path.read_text()) or {})
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+        raise malformed_yaml(path, exc) from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
         )
-        raise ConfigError(f"{path}: invalid search space: {problems}. Fix the range.") from None
+        raise ConfigError(
+            f"{path}: invalid search space: {problems}. Fix those entries "
+            "(experiments/search_spaces/default.yaml shows the format)."
+        ) from None
     unknown = sorted(set(spaces) - set(FACTORIES))
     if unknown:
-        raise ConfigError(f"{path}: no model factory for {unknown}; known families: {', '.join(FACTORIES)}.")
+        raise ConfigError(
+            f"{path}: no model factory for {unknown}: rename or remove them (known families: {', '.join(FACTORIES)})."
+        )
     return spaces
 
 

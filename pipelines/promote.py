@@ -38,7 +38,7 @@ from mlflow.tracking import MlflowClient
 from pipelines.config import Profile, PromotionPolicy, Spec
 from pipelines.errors import PodiumError, WarehouseError
 from pipelines.metrics import score
-from pipelines.tracking import configure, stage_run
+from pipelines.tracking import STORE_ERRORS, configure, stage_run, store_error
 from pipelines.train import CHALLENGER, load_holdout
 from pipelines.tune import load_training_data
 from pipelines.warehouse import Warehouse, connect
@@ -94,7 +94,10 @@ def main(
     """Decide (and unless dry-run, apply and audit) one promotion per requested target."""
     targets = _targets(alias, stage)
     configure(profile)
-    client = MlflowClient()
+    try:
+        client = MlflowClient()
+    except STORE_ERRORS as exc:
+        raise store_error(exc) from None
     _require_model(client, spec.model_name)
     with stage_run(profile, spec, "promote") as run, _exclusive(profile) as warehouse:
         decisions = []
@@ -141,7 +144,9 @@ def _targets(alias: str | None, stage: str | None) -> list[Target]:
 def _require_model(client: MlflowClient, name: str) -> None:
     try:
         client.get_registered_model(name)
-    except MlflowException:
+    except STORE_ERRORS as exc:
+        if not isinstance(exc, MlflowException) or exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise store_error(exc) from None
         known = [m.name for m in client.search_registered_models(max_results=50)]
         hint = f"registered models: {', '.join(known)}" if known else "no model is registered yet"
         raise PodiumError(

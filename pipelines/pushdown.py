@@ -47,7 +47,7 @@ def score(
         packages=PACKAGES,
         session=session,
     )
-    scored = rows.select(*spec.keys, spec.time, udf(array_construct(*[col(f) for f in model.features])).alias("P"))
+    scored = rows.select(*spec.id_columns, udf(array_construct(*[col(f) for f in model.features])).alias("P"))
     staged_name = f"PODIUM_SCORES_{uuid.uuid4().hex.upper()}"
     _scores(scored, spec, model, batch_id).write.save_as_table(staged_name, mode="overwrite", table_type="temporary")
     staged = session.table(staged_name)
@@ -90,7 +90,7 @@ def _scores(scored: DataFrame, spec: Spec, model: Any, batch_id: str) -> DataFra
     probabilities = [scored["P"][i].cast(DoubleType()) for i in range(len(spec.classes))]
     now = pd.Timestamp.now("UTC").tz_localize(None).to_pydatetime()
     return scored.select(
-        *spec.keys, spec.time, _argmax(probabilities, spec.classes).alias("PREDICTED_CLASS"),
+        *spec.id_columns, _argmax(probabilities, spec.classes).alias("PREDICTED_CLASS"),
         *[p.alias(probability_column(c)) for p, c in zip(probabilities, spec.classes, strict=True)],
         lit(model.name).alias("MODEL_NAME"), lit(model.version).alias("MODEL_VERSION"),
         lit(model.alias).alias("MODEL_ALIAS"), lit(model.run_id).alias("RUN_ID"), lit(now).alias("SCORED_AT"),

@@ -29,13 +29,14 @@ import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from mlflow.tracking import MlflowClient
 from sklearn.base import BaseEstimator
 
 from pipelines.config import Profile, ScoringConfig, Spec
 from pipelines.errors import ConfigError, PodiumError, WarehouseError
 from pipelines.progress import counter
-from pipelines.tracking import stage_run
+from pipelines.tracking import STORE_ERRORS, configure, stage_run, store_error
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.dialect import check_identifier, quote, split_table
 
@@ -90,6 +91,7 @@ def main(
             f"--engine warehouse runs the model inside Snowflake, but profile {profile.name} is "
             f"{profile.warehouse.backend}: use a Snowflake profile, or --engine local."
         )
+    configure(profile)  # the registry the URI names is the profile's
     model = resolve(model_uri or f"models:/{spec.model_name}@champion")
     estimator = mlflow.sklearn.load_model(f"models:/{model.name}/{model.version}")
     batch_id = uuid.uuid4().hex
@@ -129,7 +131,10 @@ def resolve(uri: str) -> ResolvedModel:
             f"model URI {uri!r} is not a registry URI: use models:/NAME@ALIAS, models:/NAME/STAGE or models:/NAME/N."
         )
     name, alias, ref = match["name"], match["alias"], match["ref"]
-    client = MlflowClient()
+    try:
+        client = MlflowClient()
+    except STORE_ERRORS as exc:
+        raise store_error(exc) from None
     try:
         if alias:
             version = client.get_model_version_by_alias(name, alias)
@@ -138,10 +143,14 @@ def resolve(uri: str) -> ResolvedModel:
         else:
             version = _latest_in_stage(client, name, ref)
     except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise store_error(exc) from None
         raise PodiumError(
             f"model URI {uri} does not resolve ({exc.message.splitlines()[0]}): check the name, alias, stage or "
             "version in the registry (`mlflow ui`), or train and promote first."
         ) from None
+    except STORE_ERRORS as exc:
+        raise store_error(exc) from None
     info = mlflow.models.get_model_info(f"models:/{name}/{version.version}")
     inputs = info.signature.inputs.inputs if info.signature else []
     numeric = [c.name for c in inputs if c.type.name in NUMERIC_TYPES]
@@ -152,7 +161,7 @@ def resolve(uri: str) -> ResolvedModel:
 def columns(spec: Spec, source: dict[str, str]) -> dict[str, str]:
     """The scoring table's explicit schema: keys and time typed as in the feature table, then the scores."""
     probabilities = {probability_column(c): "DOUBLE" for c in spec.classes}
-    ids = {name: source.get(name, "VARCHAR") for name in [*spec.keys, spec.time]}
+    ids = {name: source.get(name, "VARCHAR") for name in spec.id_columns}
     return ids | {"PREDICTED_CLASS": "VARCHAR"} | probabilities | LINEAGE
 
 
@@ -232,7 +241,7 @@ def predict(
     """One chunk's scores, in the scoring table's column order."""
     features = chunk[model.features] if model.features else chunk
     proba = estimator.predict_proba(_as_signature(features))
-    out = chunk[[*spec.keys, spec.time]].reset_index(drop=True)
+    out = chunk[spec.id_columns].reset_index(drop=True)
     out["PREDICTED_CLASS"] = np.asarray(spec.classes, dtype=object)[proba.argmax(axis=1)]
     for i, label in enumerate(spec.classes):
         out[probability_column(label)] = proba[:, i]
@@ -252,5 +261,5 @@ def _latest_in_stage(client: MlflowClient, name: str, stage: str) -> ModelVersio
         warnings.simplefilter("ignore", FutureWarning)
         found = client.get_latest_versions(name, stages=[stage])
     if not found:
-        raise MlflowException(f"no version of {name} is in stage {stage}")
+        raise MlflowException(f"no version of {name} is in stage {stage}", error_code=RESOURCE_DOES_NOT_EXIST)
     return found[0]

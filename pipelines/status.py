@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import features, ingest
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
-from pipelines.tracking import configure
+from pipelines.tracking import STORE_ERRORS, configure, store_error
 from pipelines.tune import open_storage
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.dialect import quote
@@ -143,11 +143,14 @@ def versions(model: str) -> list[VersionStatus]:
     """The model's registered versions, newest first, with their aliases and stages."""
     if _store_missing(mlflow.get_tracking_uri()):
         return []
-    client = MlflowClient()
-    found = client.search_model_versions(f"name = '{model}'")
-    if not found:
-        return []
-    aliases = client.get_registered_model(model).aliases  # search results carry no aliases
+    try:
+        client = MlflowClient()
+        found = client.search_model_versions(f"name = '{model}'")
+        if not found:
+            return []
+        aliases = client.get_registered_model(model).aliases  # search results carry no aliases
+    except STORE_ERRORS as exc:
+        raise store_error(exc) from None
     ordered = sorted(found, key=lambda v: int(v.version), reverse=True)
     return [
         VersionStatus(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import time
 import warnings
@@ -21,6 +22,7 @@ from typing import Any
 
 import mlflow
 import optuna
+import sqlalchemy
 from mlflow.data.dataset import Dataset
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -28,6 +30,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipelines.config import Profile, Spec
+from pipelines.errors import PodiumError
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +41,47 @@ def configure(profile: Profile) -> None:
         mlflow.set_tracking_uri(profile.tracking_uri)
 
 
+# What MLflow raises when its store cannot be used: an unsupported or unreachable URI, a missing DB driver.
+STORE_ERRORS = (MlflowException, ImportError, sqlalchemy.exc.SQLAlchemyError)
+
+
+def store_error(exc: Exception) -> PodiumError:
+    """A tracking store MLflow cannot use, as one clear error: its URI (password hidden), why, and the fix."""
+    text = " ".join(str(getattr(exc, "message", exc)).split()) or type(exc).__name__
+    refused = re.search(r"\[Errno -?\d+\][^\"')]*", text)  # a server that does not answer: say only that
+    detail = refused.group(0) if refused else text if len(text) <= 200 else text[:200].rsplit(". ", 1)[0]
+    uri = hide_password(mlflow.get_tracking_uri())
+    return PodiumError(
+        f"cannot use the MLflow tracking store {uri}: {detail.strip().rstrip('.')}. Fix MLFLOW_TRACKING_URI or "
+        "the profile's tracking_uri (e.g. sqlite:///mlflow.db), or start the server it names."
+    )
+
+
+def hide_password(url: str) -> str:
+    """A URL fit for an error message: scheme://user:***@host/db."""
+    return re.sub(r"//([^/:@]+):[^/@]*@", r"//\1:***@", url)
+
+
 @contextmanager
 def stage_run(profile: Profile, spec: Spec, stage: str) -> Iterator[mlflow.ActiveRun]:
     """Open the MLflow run of one stage; it ends FAILED if the block raises."""
     configure(profile)
-    if mlflow.active_run():
-        run = nested_run(stage)
-    elif os.environ.get("MLFLOW_RUN_ID"):
-        run = mlflow.start_run()
-    else:
-        run = mlflow.start_run(experiment_id=experiment_id(spec.name), run_name=stage)
+    resumed = os.environ.get("MLFLOW_RUN_ID")  # read first: start_run unsets it
+    try:
+        if mlflow.active_run():
+            run = nested_run(stage)
+        elif resumed:
+            run = mlflow.start_run()
+        else:
+            run = mlflow.start_run(experiment_id=experiment_id(spec.name), run_name=stage)
+    except STORE_ERRORS as exc:
+        if resumed and getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            raise PodiumError(
+                f"MLFLOW_RUN_ID {resumed} names no run in the MLflow tracking store "
+                f"{hide_password(mlflow.get_tracking_uri())}: unset it, or point MLFLOW_TRACKING_URI at the store "
+                "that holds that run."
+            ) from None
+        raise store_error(exc) from None
     with run:
         mlflow.set_tags(
             {

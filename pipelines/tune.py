@@ -36,7 +36,7 @@ from pipelines.metrics import METRICS, score
 from pipelines.models import FACTORIES, build, read_spaces, suggest
 from pipelines.progress import counter
 from pipelines.splits import Fold, check_before_holdout, season_folds
-from pipelines.tracking import StudyBridge, git_sha, log_dataset, log_figures, log_run, stage_run
+from pipelines.tracking import StudyBridge, git_sha, hide_password, log_dataset, log_figures, log_run, stage_run
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.dialect import quote
 
@@ -154,7 +154,8 @@ def load_training_data(warehouse: Warehouse, spec: Spec) -> TrainingData:
 def feature_columns(spec: Spec, columns: dict[str, str]) -> tuple[list[str], list[str]]:
     """(numeric, categorical) features: every column but keys, time, target and excluded ones."""
     named = {"target": [spec.target], "time": [spec.time], "keys": spec.keys,
-             "columns.categorical": spec.columns.categorical, "columns.exclude": spec.columns.exclude}  # fmt: skip
+             "columns.categorical": spec.columns.categorical, "columns.exclude": spec.columns.exclude,
+             "baseline.column": [spec.baseline.column] if spec.baseline else []}  # fmt: skip
     for field, names in named.items():
         absent = [n for n in names if n not in columns]
         if absent:
@@ -169,6 +170,11 @@ def feature_columns(spec: Spec, columns: dict[str, str]) -> tuple[list[str], lis
         raise ConfigError(
             f"columns {text} of {spec.table} are not numeric: list them in columns.categorical or columns.exclude."
         )
+    if spec.baseline and spec.baseline.column not in numeric + spec.columns.categorical:
+        raise ConfigError(
+            f"baseline.column {spec.baseline.column} is not a feature of {spec.table} (it is a key, the time, the "
+            "target or excluded): the heuristic baseline needs a feature column."
+        )
     return numeric, list(spec.columns.categorical)
 
 
@@ -177,8 +183,8 @@ def encode_target(target: pd.Series, spec: Spec) -> np.ndarray:
     unknown = sorted(set(target.dropna().unique()) - set(spec.classes))
     if unknown or target.isna().any():
         raise PodiumError(
-            f"{spec.target} holds values outside {spec.classes}: {unknown or ['NULL']}. "
-            "Fix the data or the spec's classes."
+            f"{spec.target} holds values outside {spec.classes}: {[str(v) for v in unknown] or ['NULL']}. "
+            "Fix the data or the spec's classes (classes are text: cast a numeric target to VARCHAR)."
         )
     return target.map({c: i for i, c in enumerate(spec.classes)}).to_numpy(dtype=int)
 
@@ -270,11 +276,19 @@ def _open_study(name: str, storage: str, seed: int, startup_trials: int) -> optu
 
 def open_storage(storage: str) -> optuna.storages.BaseStorage:
     """A database URL as an RDB storage; a plain path is a resumable journal file."""
-    if "://" in storage:
-        return _rdb_storage(storage)
-    path = Path(storage)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    try:
+        if "://" in storage:
+            return _rdb_storage(storage)
+        path = Path(storage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError) as exc:  # a bad URL or path, no server, no driver
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        raise PodiumError(
+            f"cannot open the Optuna storage {hide_password(storage)}: {detail}. Pass --storage (or set the profile's "
+            "optuna_storage) to a journal file path, or to a database URL that is reachable and whose driver is "
+            "installed (sqlite:///optuna.db, postgresql://user@host/db)."
+        ) from None
 
 
 def _rdb_storage(url: str, attempts: int = 3) -> optuna.storages.RDBStorage:
@@ -282,6 +296,8 @@ def _rdb_storage(url: str, attempts: int = 3) -> optuna.storages.RDBStorage:
     for attempt in range(attempts - 1):
         try:
             return optuna.storages.RDBStorage(url)
+        except sqlalchemy.exc.ArgumentError:  # a malformed URL or an unknown dialect: retrying cannot help
+            raise
         except sqlalchemy.exc.SQLAlchemyError as exc:  # the loser of the race finds the schema half made
             log.debug("creating the Optuna schema at %s raced another worker: %s", url.split("@")[-1], exc)
             time.sleep(0.5 * (attempt + 1))

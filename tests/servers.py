@@ -11,9 +11,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,144 @@ def http_service(
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
+
+
+# --- headless Chromium ----------------------------------------------------------------
+
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-quic", "--hide-scrollbars",
+)  # fmt: skip
+BROWSER_TIMEOUT = 120.0
+WINDOW = (1800, 1000)
+
+
+def chromium(
+    url: str, screenshot: Path | None = None, window: tuple[int, int] = WINDOW, budget_ms: int = 8000,
+    timeout: float = BROWSER_TIMEOUT,
+) -> str:  # fmt: skip
+    """The DOM of `url` once headless Chromium has run the page's JavaScript for `budget_ms` of virtual time.
+
+    Each call starts a fresh browser with a profile of its own; `screenshot` also saves the viewport as a
+    PNG. Virtual time stands still while a network fetch is pending, so a slow server delays the dump
+    instead of cutting the page's AJAX calls short.
+    """
+    binary = shutil.which("chromium")
+    if binary is None:
+        raise RuntimeError("chromium is not on PATH (Debian: apt-get install chromium)")
+    with tempfile.TemporaryDirectory(prefix="podium-chromium-", ignore_cleanup_errors=True) as profile:
+        command = [
+            binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={window[0]},{window[1]}",
+            f"--virtual-time-budget={budget_ms}", "--dump-dom", *([f"--screenshot={screenshot}"] if screenshot else []),
+            url,
+        ]  # fmt: skip
+        browser = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        try:
+            dom, errors = browser.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_session(browser.pid)
+            browser.communicate()
+            raise RuntimeError(f"chromium did not finish {url} within {timeout:.0f}s") from None
+        _kill_session(browser.pid)  # helpers (zygote, crashpad) that may outlive the browser
+    if browser.returncode:
+        raise RuntimeError(f"chromium exited with {browser.returncode} on {url}:\n{errors[-3000:]}")
+    return dom
+
+
+def _kill_session(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def rendered(
+    url: str, ready: Callable[[RenderedPage], bool], screenshot: Path | None = None,
+    window: tuple[int, int] = WINDOW, deadline: float = 180.0,
+) -> RenderedPage:  # fmt: skip
+    """Render `url` with `chromium` until `ready(page)`, doubling the virtual-time budget each try.
+
+    A browser that fails is tried again too. After `deadline` seconds the last page is returned either
+    way, so the caller's assertion reports what the browser did show; `screenshot` is the last try's.
+    """
+    start, budget = time.monotonic(), 8000
+    while True:
+        try:
+            page = RenderedPage(chromium(url, screenshot, window, budget))
+        except RuntimeError:
+            if time.monotonic() - start > deadline:
+                raise
+        else:
+            if ready(page) or time.monotonic() - start > deadline:
+                return page
+        budget = min(2 * budget, 64_000)
+
+
+class RenderedPage(HTMLParser):
+    """What a rendered DOM shows: its text, its links (href, text) and the text of each table row.
+
+    Rows are <tr> and role="row" elements. Scripts, styles and <noscript> are skipped; text nodes are
+    joined by a space and whitespace, &nbsp; included, collapses to single spaces.
+    """
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+    HIDDEN = {"script", "style", "noscript"}
+
+    def __init__(self, dom: str) -> None:
+        super().__init__()
+        self.dom = dom
+        self.links: list[tuple[str, str]] = []
+        self.rows: list[str] = []
+        self._open: list[tuple[str, str | None, list[str]]] = []  # (tag, "row" or a link's href, its text)
+        self._text: list[str] = []
+        self.feed(dom)
+        self.close()
+        self.text = " ".join(" ".join(self._text).split())
+
+    def href_text(self, href: str) -> list[str]:
+        """The texts of the links to `href` (compared without their query string)."""
+        return [text for link, text in self.links if link.split("?")[0] == href]
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.VOID:
+            return
+        attributes = dict(attrs)
+        kind = "row" if tag == "tr" or attributes.get("role") == "row" else None
+        self._open.append((tag, attributes.get("href") if tag == "a" else kind, []))
+
+    def handle_endtag(self, tag: str) -> None:
+        if not any(open_tag == tag for open_tag, _, _ in self._open):
+            return
+        while self._open:
+            open_tag, kind, chunks = self._open.pop()
+            text = " ".join(" ".join(chunks).split())
+            if kind == "row":
+                self.rows.append(text)
+            elif kind is not None:
+                self.links.append((kind, text))
+            if open_tag == tag:
+                return
+
+    def handle_data(self, data: str) -> None:
+        if any(tag in self.HIDDEN for tag, _, _ in self._open):
+            return
+        self._text.append(data)
+        for _, _, chunks in self._open:
+            chunks.append(data)
+
+
+def mlflow_page(url: str, route: str, **query: str) -> str:
+    """The address of a page of the MLflow UI served at `url`: a hash route (`/models/NAME`), "Model training" mode."""
+    return f"{url}/#{route}?{urllib.parse.urlencode({'workflowType': 'machine_learning', **query})}"
+
+
+# The query of the experiment page that lists every run but the trials, in the order they ended: the stage runs,
+# baselines and study parents in one flat list (sorted by creation, the UI nests the runs and shows the tree
+# collapsed at its roots; a row expands only on a click).
+PIPELINE_RUNS = {
+    "searchFilter": "tags.`podium.trial` IS NULL",
+    "orderByKey": "attributes.`end_time`",
+    "orderByAsc": "true",
+}

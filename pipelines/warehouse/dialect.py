@@ -61,5 +61,11 @@ def to_duckdb(sql: str) -> tuple[str, ...]:
     try:
         parsed = sqlglot.parse(sql, read="snowflake")
     except ParseError as exc:
-        raise WarehouseError(f"could not parse the SQL as Snowflake dialect: {exc}") from None
+        first = exc.errors[0] if exc.errors else {}
+        near = "".join(str(first.get(k) or "") for k in ("start_context", "highlight", "end_context")).strip()
+        where = f" near {near!r}" if near else ""
+        problem = str(exc).splitlines()[0].rstrip(".")
+        raise WarehouseError(
+            f"could not parse the SQL as Snowflake dialect: {problem}{where}. Fix the SQL's syntax."
+        ) from None
     return tuple(normalize_identifiers(e, dialect="snowflake").sql(dialect="duckdb") for e in parsed if e is not None)

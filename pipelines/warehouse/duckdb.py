@@ -21,14 +21,15 @@ class DuckDBWarehouse:
     backend = "duckdb"
 
     def __init__(self, path: Path | str, read_only: bool = False) -> None:
-        if str(path) != ":memory:" and not read_only:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
+            if str(path) != ":memory:" and not read_only:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._con = duckdb.connect(str(path), read_only=read_only)
-        except duckdb.Error as exc:
+        except (duckdb.Error, OSError) as exc:  # locked by another process, not built yet, or a bad path
             raise WarehouseError(
-                f"cannot open the DuckDB warehouse {path}: {_first_line(exc)} "
-                "Wait for the other process, or build the warehouse first (`podium ingest`)."
+                f"cannot open the DuckDB warehouse {path}: {_first_line(exc).rstrip('.')}. "
+                "Wait for the other process, build the warehouse first (`podium ingest`), "
+                "or fix warehouse.path in the profile."
             ) from None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -74,7 +75,10 @@ class DuckDBWarehouse:
             self._con.execute("COMMIT")
         except duckdb.Error as exc:
             self._con.execute("ROLLBACK")
-            raise WarehouseError(f"writing {table} failed: {_first_line(exc)}") from None
+            raise WarehouseError(
+                f"writing {table} failed: {_first_line(exc).rstrip('.')}. If {table} exists with other columns, "
+                "rename or drop it, or point the spec at another table."
+            ) from None
         finally:
             self._con.unregister(staged)
         return len(df)
@@ -98,7 +102,7 @@ class DuckDBWarehouse:
     def _single(self, sql: str) -> str:
         statements = to_duckdb(sql)
         if len(statements) != 1:
-            raise WarehouseError(f"expected exactly one query, got {len(statements)} statements.")
+            raise WarehouseError(f"expected exactly one query, got {len(statements)} statements: run one at a time.")
         return statements[0]
 
     def _run(

@@ -69,7 +69,10 @@ class SnowparkWarehouse:
         try:
             return cls(Session.builder.configs(params).create())
         except Exception as exc:  # the connector raises many kinds on a failed login
-            raise WarehouseError(f"could not connect to Snowflake: {_first_line(exc)}") from None
+            raise WarehouseError(
+                f"could not connect to Snowflake: {_first_line(exc).rstrip('.')}. Check the profile's connection_name "
+                "(or the SNOWFLAKE_* variables), the credentials and the network."
+            ) from None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run a statement in Snowflake."""
@@ -97,7 +100,10 @@ class SnowparkWarehouse:
             else:
                 self.merge_dataframe(staged, table, keys)
         except (SnowparkSQLException, SnowparkClientException, ConnectorError) as exc:  # the upload is the connector's
-            raise WarehouseError(f"writing {table} failed: {_first_line(exc)}") from None
+            raise WarehouseError(
+                f"writing {table} failed: {_first_line(exc).rstrip('.')}. If {table} exists with other columns, "
+                "rename or drop it, or point the spec at another table."
+            ) from None
         return len(df)
 
     def columns(self, table: str) -> dict[str, str]:

@@ -149,3 +149,47 @@ def test_no_traceback_from_the_real_console_script(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "malformed YAML" in done.stderr and "Traceback" not in done.stderr
+    usage = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", "--top-k", "0"], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert usage.returncode == 2 and "Invalid value for '--top-k'" in usage.stderr
+    assert "Traceback" not in usage.stderr
+
+
+def test_error_text_is_printed_verbatim_not_as_markup(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, _, stderr = podium(["ingest", "--spec", "experiments/[bold]/x.yaml"], capsys, monkeypatch)
+    assert code == 1 and "spec file experiments/[bold]/x.yaml does not exist" in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ingest", "--bad-option"], "No such option: --bad-option"),
+        (["tune", "--n-trials", "abc"], "Invalid value for '--n-trials'"),
+        (["sql"], "Missing argument 'query'"),
+        (["nocommand"], "No such command 'nocommand'"),
+    ],
+)
+def test_usage_errors_print_usage_and_exit_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, _, stderr = podium(args, capsys, monkeypatch)
+    assert code == 2 and "Usage: podium" in stderr and message in stderr and "Traceback" not in stderr
+
+
+def test_a_bad_log_level_is_one_clear_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PODIUM_LOG_LEVEL", "chatty")
+    code, _, stderr = podium(["status"], capsys, monkeypatch)
+    assert code == 1 and "PODIUM_LOG_LEVEL=CHATTY is not a log level" in stderr
+
+
+def test_a_broken_sql_model_is_named_in_the_error(
+    tmp_path: Path, profile: Profile, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = tmp_path / "sql"
+    models.mkdir()
+    (models / "10_f1_features.sql").write_text("SELECT NOPE FROM RAW.RACES")
+    spec = bad_spec(tmp_path, "sql: pipelines/sql/f1", f"sql: {models}")
+    code, _, stderr = podium(["features", "-p", profile_file(tmp_path, profile), "--spec", spec], capsys, monkeypatch)
+    assert code == 1 and f"the SQL model {models / '10_f1_features.sql'} failed to build ML.F1_FEATURES" in stderr

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import evaluate, promote, score, train
 from pipelines.config import Profile, Spec
+from pipelines.errors import PodiumError
 from pipelines.warehouse import connect
 from tests.conftest import REPO
 from tests.pipeline.test_cli import bad_spec, podium, profile_file
@@ -186,3 +187,8 @@ def test_scoring_needs_a_scoring_section(tmp_path: Path, profile: Profile, capsy
     spec = bad_spec(tmp_path, "scoring:", "unscored:")
     code, _, err = podium(["score", "--spec", spec, "--profile", profile_file(tmp_path, profile)], capsys, monkeypatch)
     assert code == 1 and "unknown key 'unscored'" in err
+
+
+def test_evaluate_before_score_names_the_stage_to_run(profile: Profile, spec: Spec) -> None:
+    with pytest.raises(PodiumError, match=r"scoring table ML.F1_SCORES does not exist yet: run `podium score` first"):
+        evaluate.main(profile, spec)

@@ -18,11 +18,13 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from pipelines import tune
 from pipelines.config import Profile, Spec
+from pipelines.errors import PodiumError
 from pipelines.models import build
 from pipelines.tracking import STATUS
 from pipelines.warehouse import connect
 from pipelines.warehouse.duckdb import DuckDBWarehouse
 from tests.conftest import REPO, connect_with
+from tests.pipeline.test_cli import podium, profile_file
 
 FAST_SPACE = """decision_tree:
   max_depth: {type: int, low: 2, high: 8}
@@ -268,3 +270,32 @@ def test_two_worker_processes_share_one_study_and_one_parent(
     assert len(parents) == 1
     assert len(children[parents[0].info.run_id]) == 10
     assert_children_mirror_trials(str(storage))
+
+
+@pytest.mark.parametrize(
+    ("storage", "detail"),
+    [
+        ("foo://podium:s3cret@host/db", "Can't load plugin"),
+        ("sqlite:///{tmp}/no/such/folder/optuna.db", "unable to open database file"),
+        ("{tmp}/a-file/studies.journal", "File exists"),
+        ("{tmp}", "Is a directory"),
+    ],
+)
+def test_an_unusable_optuna_storage_is_one_clear_error(storage: str, detail: str, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    storage = storage.format(tmp=tmp_path)
+    with pytest.raises(PodiumError) as caught:
+        tune.open_storage(storage)
+    message = str(caught.value)
+    assert message.startswith("cannot open the Optuna storage ") and detail in message
+    assert "Pass --storage (or set the profile's optuna_storage)" in message
+    assert "s3cret" not in message and "\n" not in message
+
+
+def test_train_with_a_bad_storage_prints_one_line(
+    profile: Profile, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["train", "--storage", "foo://bar", "--profile", profile_file(tmp_path, profile)]
+    code, _, err = podium(args, capsys, monkeypatch)
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().startswith("error: cannot open the Optuna storage foo://bar")

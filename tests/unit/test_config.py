@@ -104,6 +104,18 @@ def test_missing_key_is_named(tmp_path: Path) -> None:
         load_spec(str(write(tmp_path / "s.yaml", text)))
 
 
+def test_bad_value_is_named_with_its_key_and_fix(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.yaml", spec_text(classes="[podium]"))
+    with pytest.raises(ConfigError, match=r"classes: List should have at least 2 items.* \(fix this value\)"):
+        load_spec(str(path))
+
+
+def test_a_file_that_is_not_a_mapping_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.yaml", "- duckdb\n")
+    with pytest.raises(ConfigError, match="expected a mapping of keys to values at the top level: write one"):
+        load_profile(str(path))
+
+
 def test_missing_spec_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_spec(str(tmp_path / "nope.yaml"))

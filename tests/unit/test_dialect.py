@@ -61,3 +61,11 @@ def test_snowflake_sql_runs_on_duckdb(snowflake: str, expected: list[tuple]) -> 
 def test_unparseable_sql_is_a_clear_error() -> None:
     with pytest.raises(WarehouseError, match="could not parse"):
         to_duckdb("SELECT FROM WHERE (")
+
+
+def test_unparseable_sql_error_is_one_line_with_the_place_and_the_fix() -> None:
+    with pytest.raises(WarehouseError) as caught:
+        to_duckdb("selec 1 frm")
+    message = str(caught.value)
+    assert "\n" not in message and "\x1b" not in message
+    assert "Line 1, Col: 7 near 'selec 1 frm'. Fix the SQL's syntax." in message

@@ -76,11 +76,29 @@ def test_value_of_the_wrong_type_is_named(source: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"not gzip", "zlib inflate failed"),
+        (gzip.compress(b""), "Empty CSV file"),
+        (gzip.compress(b"driverId,dob,code,points\n1,2,3,4,5\n"), "Expected 4 columns, got 5"),
+    ],
+)
+def test_an_unreadable_csv_is_named(source: Path, content: bytes, message: str) -> None:
+    (source / "drivers.csv.gz").write_bytes(content)
+    with pytest.raises(PodiumError, match=f"drivers.csv.gz is not a readable CSV: .*{message}.*Fix or re-export it"):
+        ingest.read_csv(source / "drivers.csv.gz", ingest.read_manifest(source)["drivers"])
+
+
+@pytest.mark.parametrize(
     ("manifest", "message"),
     [
         ("tables: {}\n", "lists no tables"),
         ("tables:\n  t:\n    a: BLOB\n", "unknown types"),
-        ("tables:\n  't;x':\n    a: INTEGER\n", "not a valid"),
+        ("tables:\n  't;x':\n    a: INTEGER\n", "tables.yaml: 't;x' is not a valid"),
+        ("tables:\n  t: [a\n", r"tables.yaml: malformed YAML at line \d+"),
+        ("tables:\n  - t\n", "must map each table to its columns"),
+        ("tables:\n  t: [a, b]\n", "must map each table to its columns"),
+        ("- t\n", "lists no tables"),
     ],
 )
 def test_bad_manifest(source: Path, manifest: str, message: str) -> None:

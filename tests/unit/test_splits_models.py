@@ -63,6 +63,7 @@ def test_bundled_search_spaces_cover_every_family() -> None:
         ("svc:\n  C: {type: float, low: 0.0, high: 1.0, log: true}\n", "log-scale range needs low > 0"),
         ("svc:\n  C: {type: uniform, low: 0.1, high: 1.0}\n", "invalid search space"),
         ("lightgbm:\n  n_estimators: {type: int, low: 1, high: 5}\n", "no model factory for .'lightgbm'."),
+        ("knn:\n  n_neighbors: {type: int, low: 5\n", r"malformed YAML at line \d+, column \d+: .*Fix the file"),
     ],
 )
 def test_invalid_search_space_is_named(tmp_path: Path, entry: str, message: str) -> None:
