@@ -69,3 +69,17 @@ def rechunk(frames: Iterator[pd.DataFrame], rows: int) -> Iterator[pd.DataFrame]
             buffer, held = [rest], len(rest)
     if held:
         yield pd.concat(buffer, ignore_index=True)
+
+
+def first_line(exc: Exception) -> str:
+    """The first line of a driver's error, without a closing full stop (or the error's type when it says nothing)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
+
+
+def write_failed(table: str, exc: Exception) -> WarehouseError:
+    """A refused write, named with its table and the likely fix."""
+    return WarehouseError(
+        f"writing {table} failed: {first_line(exc)}. If {table} exists with other columns, "
+        "rename or drop it, or point the spec at another table."
+    )

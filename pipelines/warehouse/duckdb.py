@@ -11,7 +11,7 @@ import duckdb
 import pandas as pd
 
 from pipelines.errors import WarehouseError
-from pipelines.warehouse.base import WriteMode, check_write, rechunk
+from pipelines.warehouse.base import WriteMode, check_write, first_line, rechunk, write_failed
 from pipelines.warehouse.dialect import quote, split_table, to_duckdb
 
 
@@ -27,7 +27,7 @@ class DuckDBWarehouse:
             self._con = duckdb.connect(str(path), read_only=read_only)
         except (duckdb.Error, OSError) as exc:  # locked by another process, not built yet, or a bad path
             raise WarehouseError(
-                f"cannot open the DuckDB warehouse {path}: {_first_line(exc).rstrip('.')}. "
+                f"cannot open the DuckDB warehouse {path}: {first_line(exc)}. "
                 "Wait for the other process, build the warehouse first (`podium ingest`), "
                 "or fix warehouse.path in the profile."
             ) from None
@@ -51,7 +51,7 @@ class DuckDBWarehouse:
             relation = cursor.sql(self._single(sql), params=list(params) or None)
             yield from rechunk((batch.to_pandas() for batch in relation.to_arrow_reader(rows)), rows)
         except duckdb.Error as exc:
-            raise WarehouseError(_first_line(exc)) from None
+            raise WarehouseError(first_line(exc)) from None
         finally:
             cursor.close()
 
@@ -75,10 +75,7 @@ class DuckDBWarehouse:
             self._con.execute("COMMIT")
         except duckdb.Error as exc:
             self._con.execute("ROLLBACK")
-            raise WarehouseError(
-                f"writing {table} failed: {_first_line(exc).rstrip('.')}. If {table} exists with other columns, "
-                "rename or drop it, or point the spec at another table."
-            ) from None
+            raise write_failed(table, exc) from None
         finally:
             self._con.unregister(staged)
         return len(df)
@@ -112,15 +109,11 @@ class DuckDBWarehouse:
             return (cursor or self._con).execute(statement, list(params))
         except duckdb.CatalogException as exc:
             raise WarehouseError(
-                f"{_first_line(exc)} Check the name, or build it first (`podium ingest`, `podium features`)."
+                f"{first_line(exc)} Check the name, or build it first (`podium ingest`, `podium features`)."
             ) from None
         except duckdb.Error as exc:
-            raise WarehouseError(_first_line(exc)) from None
+            raise WarehouseError(first_line(exc)) from None
 
 
 def _match(keys: Sequence[str]) -> str:
     return " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in keys)
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0]

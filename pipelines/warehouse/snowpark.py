@@ -23,7 +23,7 @@ from snowflake.snowpark.functions import when_matched, when_not_matched
 
 from pipelines.config import SnowflakeConfig
 from pipelines.errors import WarehouseError
-from pipelines.warehouse.base import WriteMode, check_write, rechunk
+from pipelines.warehouse.base import WriteMode, check_write, first_line, rechunk, write_failed
 from pipelines.warehouse.dialect import check_identifier, quote
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class SnowparkWarehouse:
             return cls(Session.builder.configs(params).create())
         except Exception as exc:  # the connector raises many kinds on a failed login
             raise WarehouseError(
-                f"could not connect to Snowflake: {_first_line(exc).rstrip('.')}. Check the profile's connection_name "
+                f"could not connect to Snowflake: {first_line(exc)}. Check the profile's connection_name "
                 "(or the SNOWFLAKE_* variables), the credentials and the network."
             ) from None
 
@@ -100,10 +100,7 @@ class SnowparkWarehouse:
             else:
                 self.merge_dataframe(staged, table, keys)
         except (SnowparkSQLException, SnowparkClientException, ConnectorError) as exc:  # the upload is the connector's
-            raise WarehouseError(
-                f"writing {table} failed: {_first_line(exc).rstrip('.')}. If {table} exists with other columns, "
-                "rename or drop it, or point the spec at another table."
-            ) from None
+            raise write_failed(table, exc) from None
         return len(df)
 
     def columns(self, table: str) -> dict[str, str]:
@@ -113,7 +110,7 @@ class SnowparkWarehouse:
         except (SnowparkSQLException, SnowparkClientException) as exc:
             raise WarehouseError(
                 f"table {table} does not exist or is not readable: build it first (e.g. `podium features`). "
-                f"({_first_line(exc)})"
+                f"({first_line(exc)})"
             ) from None
         return {f.name.strip('"').upper(): str(f.datatype) for f in fields}
 
@@ -129,13 +126,13 @@ class SnowparkWarehouse:
         try:
             return self.session.sql(sql, params=list(params) or None)
         except SnowparkSQLException as exc:
-            raise WarehouseError(_first_line(exc)) from None
+            raise WarehouseError(first_line(exc)) from None
 
     def _fetch(self, thunk):  # noqa: ANN001, ANN202
         try:
             return thunk()
         except SnowparkSQLException as exc:
-            raise WarehouseError(_first_line(exc)) from None
+            raise WarehouseError(first_line(exc)) from None
 
     def exists(self, table: str) -> bool:
         """Whether the table resolves in this session."""
@@ -181,7 +178,3 @@ def _plain(df: pd.DataFrame) -> pd.DataFrame:
         else:
             out[c] = df[c].astype(object).where(df[c].notna(), None)
     return out
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
