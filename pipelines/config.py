@@ -43,6 +43,16 @@ def _table(value: str) -> str:
         raise ValueError(str(exc)) from None
 
 
+def _class_name(value: str) -> str:
+    try:
+        check_identifier(f"P_{value}")
+    except PodiumError:
+        raise ValueError(
+            f"{value!r} cannot name its probability column P_{value}: use letters, digits and _ (e.g. very_high)"
+        ) from None
+    return value
+
+
 Identifier = Annotated[str, AfterValidator(_identifier)]
 TableName = Annotated[str, AfterValidator(_table)]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
@@ -197,7 +207,7 @@ class Spec(Strict):
     keys: list[Identifier] = Field(min_length=1)
     time: Identifier
     target: Identifier
-    classes: list[str] = Field(min_length=2)
+    classes: list[Annotated[str, AfterValidator(_class_name)]] = Field(min_length=2)
     train_start: date
     holdout_start: date
     scoring_table: TableName

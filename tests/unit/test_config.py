@@ -92,6 +92,12 @@ def test_key_column_with_quote_is_refused(tmp_path: Path) -> None:
         load_spec(str(path))
 
 
+def test_a_class_that_cannot_name_a_score_column_is_refused_at_load(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.yaml", spec_text(classes="[podium, 'very high', none]"))
+    with pytest.raises(ConfigError, match=r"classes.1: 'very high' cannot name its probability column P_very high"):
+        load_spec(str(path))
+
+
 def test_holdout_must_follow_training_start(tmp_path: Path) -> None:
     path = write(tmp_path / "s.yaml", spec_text(holdout_start="2005-01-01"))
     with pytest.raises(ConfigError, match="train_start .* must be before holdout_start"):
