@@ -20,7 +20,6 @@ import json
 import os
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,14 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipelines.config import load_spec  # noqa: E402
-from tests.servers import CHROMIUM_FLAGS, RenderedPage, mlflow_page, mlflow_server, rendered  # noqa: E402
+from tests.servers import (  # noqa: E402
+    CHROMIUM_FLAGS,
+    RenderedPage,
+    kill_session,
+    mlflow_page,
+    mlflow_server,
+    rendered,
+)
 
 DOCS = Path(__file__).resolve().parent
 WIDTH = 1800
@@ -115,10 +121,7 @@ class DevTools:
         except (OSError, subprocess.TimeoutExpired):
             pass
         finally:
-            try:
-                os.killpg(self.browser.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_session(self.browser.pid)
             self.browser.wait()
             os.close(self.commands)
             os.close(self.answers)

@@ -74,8 +74,9 @@ def main(profile: Profile, spec: Spec, storage: str | None = None) -> Status:
     else:
         with connect(profile, read_only=True) as warehouse:
             counts = [TableStatus(t, row_count(warehouse, t)) for t in tables]
-            present = {c.table for c in counts if c.rows is not None}
-            batch = latest_batch(warehouse, spec.scoring_table) if spec.scoring_table in present else None
+            present = {c.table: c.rows for c in counts if c.rows is not None}
+            scored = present.get(spec.scoring_table)
+            batch = latest_batch(warehouse, spec.scoring_table, scored) if scored is not None else None
             monitoring = (
                 latest_monitoring(warehouse, spec) if spec.monitoring and spec.monitoring.table in present else []
             )
@@ -165,8 +166,8 @@ def versions(model: str) -> list[VersionStatus]:
     ]
 
 
-def latest_batch(warehouse: Warehouse, table: str) -> dict[str, Any] | None:
-    """The most recent scoring batch: its id, model version, rows and time."""
+def latest_batch(warehouse: Warehouse, table: str, total_rows: int) -> dict[str, Any] | None:
+    """The most recent scoring batch: its id, model version, rows and time; `total_rows`: the table's."""
     batch = warehouse.query(
         f"SELECT BATCH_ID, MODEL_NAME, MODEL_VERSION, MODEL_ALIAS, COUNT(*) AS ROWS, MAX(SCORED_AT) AS SCORED_AT "
         f"FROM {quote(table)} GROUP BY BATCH_ID, MODEL_NAME, MODEL_VERSION, MODEL_ALIAS "
@@ -182,7 +183,7 @@ def latest_batch(warehouse: Warehouse, table: str) -> dict[str, Any] | None:
         "alias": row["MODEL_ALIAS"],
         "rows": int(row["ROWS"]),
         "scored_at": pd.Timestamp(row["SCORED_AT"]).isoformat(),
-        "total_rows": int(warehouse.query(f"SELECT COUNT(*) AS N FROM {quote(table)}").iloc[0, 0]),
+        "total_rows": total_rows,
     }
 
 

@@ -182,16 +182,17 @@ def chromium(
         try:
             dom, errors = browser.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_session(browser.pid)
+            kill_session(browser.pid)
             browser.communicate()
             raise RuntimeError(f"chromium did not finish {url} within {timeout:.0f}s") from None
-        _kill_session(browser.pid)  # helpers (zygote, crashpad) that may outlive the browser
+        kill_session(browser.pid)  # helpers (zygote, crashpad) that may outlive the browser
     if browser.returncode:
         raise RuntimeError(f"chromium exited with {browser.returncode} on {url}:\n{errors[-3000:]}")
     return dom
 
 
-def _kill_session(pid: int) -> None:
+def kill_session(pid: int) -> None:
+    """SIGKILL every process of the session `pid` leads (a browser and its helpers), if any is left."""
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
