@@ -25,7 +25,9 @@ def table(rows: list[dict[str, object]]) -> str:
 
 def main() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {date.today()}"
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {date.today()}"
+    )
     p1 = _in_tmp(tune_overhead.measure)
     p2 = [row for rows in (100_000, 1_000_000) for row in _in_tmp(score_throughput.measure, rows)]
     p3 = _in_tmp(feature_build.measure)

@@ -18,9 +18,12 @@ def measure(root: Path) -> list[dict[str, object]]:
     """One row per stage, in the order `podium run` chains them, plus the total."""
     spec = load_spec("f1_podium")
     profile = Profile.model_validate(
-        {"name": "bench", "warehouse": {"backend": "duckdb", "path": root / "demo.duckdb"},
-         "optuna_storage": str(root / "demo.journal")}
-    )  # fmt: skip
+        {
+            "name": "bench",
+            "warehouse": {"backend": "duckdb", "path": root / "demo.duckdb"},
+            "optuna_storage": str(root / "demo.journal"),
+        }
+    )
     mlflow.set_tracking_uri(f"sqlite:///{root / 'demo.db'}")
     stages: dict[str, Callable[[], Any]] = {
         "ingest": lambda: ingest.main(profile, spec),

@@ -50,7 +50,7 @@ def driver_form_pandas(driver_races: pd.DataFrame) -> pd.DataFrame:
     def previous(column: str, window: int, how: object) -> pd.Series:
         return by_driver[column].transform(
             lambda s: s.shift(1).rolling(window, min_periods=1).apply(how, raw=True)
-        )  # fmt: skip
+        )
 
     by_circuit = dr.groupby(["DRIVER_ID", "CIRCUIT_ID"], sort=False)
     return pd.DataFrame(
@@ -64,12 +64,16 @@ def driver_form_pandas(driver_races: pd.DataFrame) -> pd.DataFrame:
             "DRIVER_PREV_FINISH": by_driver["FINISH_ORDER"].shift(1),
             "DRIVER_STARTS": by_driver.cumcount(),
             "DRIVER_CIRCUIT_STARTS": by_circuit.cumcount(),
-            "DRIVER_CIRCUIT_AVG_FINISH": by_circuit["FINISH_ORDER"].transform(lambda s: s.shift(1).expanding().mean()),
+            "DRIVER_CIRCUIT_AVG_FINISH": by_circuit["FINISH_ORDER"].transform(
+                lambda s: s.shift(1).expanding().mean()
+            ),
         }
     )
 
 
-def _compare(profile: Profile, spec: Spec, factor: int, results_rows: int, full_build: float) -> dict[str, object]:
+def _compare(
+    profile: Profile, spec: Spec, factor: int, results_rows: int, full_build: float
+) -> dict[str, object]:
     """Time the SQL model alone and the pandas version on the same input; check they agree."""
     sql = (spec.features.sql / "50_f1_driver_form.sql").read_text()
     with connect(profile) as warehouse:
@@ -83,10 +87,14 @@ def _compare(profile: Profile, spec: Spec, factor: int, results_rows: int, full_
     seconds = time.perf_counter() - started
     _assert_same(frame, expected)
     return {
-        "scale": factor, "RAW.RESULTS rows": f"{results_rows:,}", "driver-race rows": f"{len(driver_races):,}",
-        "DuckDB driver form (s)": f"{duck:.2f}", "pandas groupby + rolling apply (s)": f"{seconds:.1f}",
-        "pandas / DuckDB": f"{seconds / duck:.0f}x", "DuckDB full feature build (s)": f"{full_build:.2f}",
-    }  # fmt: skip
+        "scale": factor,
+        "RAW.RESULTS rows": f"{results_rows:,}",
+        "driver-race rows": f"{len(driver_races):,}",
+        "DuckDB driver form (s)": f"{duck:.2f}",
+        "pandas groupby + rolling apply (s)": f"{seconds:.1f}",
+        "pandas / DuckDB": f"{seconds / duck:.0f}x",
+        "DuckDB full feature build (s)": f"{full_build:.2f}",
+    }
 
 
 def _assert_same(frame: pd.DataFrame, expected: pd.DataFrame) -> None:
@@ -94,7 +102,9 @@ def _assert_same(frame: pd.DataFrame, expected: pd.DataFrame) -> None:
     keys = ["RACE_ID", "DRIVER_ID"]
     left = frame.sort_values(keys, ignore_index=True)
     right = expected[left.columns].sort_values(keys, ignore_index=True)
-    pd.testing.assert_frame_equal(left.astype("float64"), right.astype("float64"), check_exact=False, atol=1e-6)
+    pd.testing.assert_frame_equal(
+        left.astype("float64"), right.astype("float64"), check_exact=False, atol=1e-6
+    )
 
 
 def _unbounded(spec: Spec) -> Spec:

@@ -52,7 +52,7 @@ def _shift(column: str, kind: str) -> str | None:
 
 
 def tile_window(warehouse: Warehouse, spec: Spec, start: date, end: date | None, copies: int) -> int:
-    """Repeat the feature rows with time in [start, end) `copies` times under new race ids; return the rows now there.
+    """Repeat the rows with time in [start, end) `copies` times under new race ids; the rows now there.
 
     Tiling keeps the rows' shape and dates, so a window grows without changing what a model
     sees per row: more rows to fit (P1) or to score (P2).
@@ -61,7 +61,8 @@ def tile_window(warehouse: Warehouse, spec: Spec, start: date, end: date | None,
     params = [start, end] if end else [start]
     warehouse.execute(
         f"CREATE OR REPLACE TABLE ML.TILED AS SELECT f.* REPLACE (f.RACE_ID + c.I * {ID_OFFSET} AS RACE_ID) "
-        f"FROM {spec.table} AS f CROSS JOIN (SELECT SEQ4() AS I FROM TABLE(GENERATOR(ROWCOUNT => {copies}))) AS c "
+        f"FROM {spec.table} AS f CROSS JOIN (SELECT SEQ4() AS I FROM TABLE(GENERATOR(ROWCOUNT => "
+        f"{copies}))) AS c "
         f"WHERE f.{window}",
         params,
     )

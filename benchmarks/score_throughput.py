@@ -21,9 +21,9 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from benchmarks.generate import tile_window
-from pipelines import features, ingest, score, train, tune
+from pipelines import dataset, features, ingest, train, tune
 from pipelines.config import Profile, Spec, load_spec
-from pipelines.models import build
+from pipelines.models import make_estimator
 from pipelines.warehouse import connect
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +43,9 @@ PEAK = (
 def measure(root: Path, rows: int = TARGET_ROWS, chunk_rows: int = 50_000) -> list[dict[str, object]]:
     """One row per family: raw and end-to-end throughput, their ratio, peak memory."""
     spec = load_spec("f1_podium")
-    profile = Profile.model_validate({"name": "bench", "warehouse": {"backend": "duckdb", "path": root / "w.duckdb"}})
+    profile = Profile.model_validate(
+        {"name": "bench", "warehouse": {"backend": "duckdb", "path": root / "w.duckdb"}}
+    )
     uri = f"sqlite:///{root / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
@@ -52,7 +54,9 @@ def measure(root: Path, rows: int = TARGET_ROWS, chunk_rows: int = 50_000) -> li
     with connect(profile) as warehouse:
         data = tune.load_training_data(warehouse, spec)
         start = spec.scoring.start
-        n = int(warehouse.query(f"SELECT COUNT(*) AS N FROM {spec.table} WHERE {spec.time} >= ?", [start]).N[0])
+        n = int(
+            warehouse.query(f"SELECT COUNT(*) AS N FROM {spec.table} WHERE {spec.time} >= ?", [start]).N[0]
+        )
         tile_window(warehouse, spec, start, None, -(-rows // n))
         window = warehouse.query(f"SELECT * FROM {spec.table} WHERE {spec.time} >= ?", [start])
     results = []
@@ -60,31 +64,41 @@ def measure(root: Path, rows: int = TARGET_ROWS, chunk_rows: int = 50_000) -> li
         version = _register(spec, family, params, data)
         raw = _raw_seconds(f"models:/{spec.model_name}/{version}", window, chunk_rows)
         end_to_end, peak_mb = _score_in_child(root, spec, version, chunk_rows)
-        results.append({
-            "family": family, "rows": f"{len(window):,}", "chunk rows": f"{chunk_rows:,}",
-            "raw predict_proba (rows/s)": f"{len(window) / raw:,.0f}",
-            "end to end (rows/s)": f"{len(window) / end_to_end:,.0f}",
-            "end to end / raw": f"{raw / end_to_end:.0%}", "peak RSS (MB)": f"{peak_mb:,.0f}",
-        })  # fmt: skip
+        results.append(
+            {
+                "family": family,
+                "rows": f"{len(window):,}",
+                "chunk rows": f"{chunk_rows:,}",
+                "raw predict_proba (rows/s)": f"{len(window) / raw:,.0f}",
+                "end to end (rows/s)": f"{len(window) / end_to_end:,.0f}",
+                "end to end / raw": f"{raw / end_to_end:.0%}",
+                "peak RSS (MB)": f"{peak_mb:,.0f}",
+            }
+        )
     return results
 
 
 def _register(spec: Spec, family: str, params: dict, data: tune.TrainingData) -> str:
     """Fit one model on the training window and register it as train would (minus the plots)."""
-    model = build(family, params, data.numeric, data.categorical, seed=42).fit(data.X, data.y)
+    X, y = data.window.X, data.window.y
+    model = make_estimator(family, params, data.schema, seed=42).fit(X, y)
     mlflow.set_experiment("p2-scoring")
     with mlflow.start_run(run_name=f"bench-{family}"):
         info = mlflow.sklearn.log_model(
-            model, name="model", signature=infer_signature(data.X.head(100), model.predict_proba(data.X.head(100))),
-            pip_requirements=train.pip_requirements(family), pyfunc_predict_fn="predict_proba",
+            model,
+            name="model",
+            signature=infer_signature(X.head(100), model.predict_proba(X.head(100))),
+            pip_requirements=train.pip_requirements(family),
+            pyfunc_predict_fn="predict_proba",
             skops_trusted_types=train._trusted_types(model),
-        )  # fmt: skip
+        )
     return str(mlflow.register_model(info.model_uri, spec.model_name).version)
 
 
 def _raw_seconds(uri: str, window, chunk_rows: int) -> float:  # noqa: ANN001
     model = mlflow.sklearn.load_model(uri)
-    X = score._as_signature(window[list(model.feature_names_in_)])
+    features = window[list(model.feature_names_in_)]
+    X = dataset.model_input(features, list(features.select_dtypes(include="number").columns))
     started = time.perf_counter()
     for i in range(0, len(X), chunk_rows):
         model.predict_proba(X.iloc[i : i + chunk_rows])
@@ -95,12 +109,26 @@ def _score_in_child(root: Path, spec: Spec, version: str, chunk_rows: int) -> tu
     """Run `podium score` in a child; return the stage's own timing and the child's peak RSS in MB."""
     profile = root / "profile.yaml"
     profile.write_text(f"warehouse:\n  backend: duckdb\n  path: {root / 'w.duckdb'}\n")
-    command = [sys.executable, "-m", "pipelines.cli", "score", "--model", f"models:/{spec.model_name}/{version}",
-               "--chunk-rows", str(chunk_rows), "--profile", str(profile)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "score",
+        "--model",
+        f"models:/{spec.model_name}/{version}",
+        "--chunk-rows",
+        str(chunk_rows),
+        "--profile",
+        str(profile),
+    ]
     done = subprocess.run(
-        [sys.executable, "-c", PEAK, *command], cwd=REPO, check=True, capture_output=True, text=True,
+        [sys.executable, "-c", PEAK, *command],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
         env=os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true"},
-    )  # fmt: skip
+    )
     peak = int(done.stdout.strip().splitlines()[-1]) / 1024
     client = MlflowClient()
     (run,) = client.search_runs(

@@ -19,6 +19,7 @@ import optuna
 from benchmarks.generate import tile_window
 from pipelines import features, ingest, tune
 from pipelines.config import Profile, load_spec
+from pipelines.models import read_spaces
 from pipelines.tracking import StudyBridge
 from pipelines.warehouse import connect
 
@@ -36,7 +37,7 @@ def measure(
     """
     spec = load_spec("f1_podium")
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    spaces = tune.read_spaces(spec.tuning.search_space)
+    spaces = read_spaces(spec.tuning.search_space)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows = []
     for scale in scales:
@@ -50,7 +51,7 @@ def measure(
             data = tune.load_training_data(warehouse, spec)
         for name, n in families.items():
             row = _measure_family(f"{name}-x{scale}", name, n, spaces[name], data, spec, root)
-            rows.append({"scale": scale, "training rows": f"{len(data.X):,}"} | row)
+            rows.append({"scale": scale, "training rows": f"{len(data.window.X):,}"} | row)
     return rows
 
 
@@ -69,11 +70,11 @@ def _measure_family(
     try:
         mlflow.set_experiment("bench")
         with mlflow.start_run(run_name=f"bench-{study_name}") as top:
-            study = tune._open_study(f"bench-{study_name}", str(root / "studies.journal"), 42, n_trials + 1)
+            tuning = spec.tuning.model_copy(update={"seed": 42, "pruner_startup_trials": n_trials + 1})
+            study = tune._open_study(f"bench-{study_name}", str(root / "studies.journal"), tuning)
             bridge = StudyBridge.open(study.study_name, family, top.info.experiment_id, top.info.run_id, {})
             started = time.perf_counter()
-            untimed = spec.tuning.model_copy(update={"timeout": None})
-            tune._search(study, bridge, family, space, data, untimed, n_trials, None, 1)
+            tune._search(study, bridge, family, space, data, 42, tune.Budget(n_trials, None, 1))
             wall = time.perf_counter() - started
     finally:
         StudyBridge.log_trial = original
@@ -98,7 +99,8 @@ def _measure_family(
 def _fit_seconds(bridge: StudyBridge, number: int) -> float:
     runs = bridge.client.search_runs(
         [bridge.experiment_id],
-        filter_string=f"tags.`podium.trial` = '{number}' and tags.`mlflow.parentRunId` = '{bridge.parent_id}'",
+        filter_string=f"tags.`podium.trial` = '{number}' "
+        f"and tags.`mlflow.parentRunId` = '{bridge.parent_id}'",
     )
     return runs[0].data.metrics["fit_seconds"]
 

@@ -103,9 +103,14 @@ class DevTools:
 
         command = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile.name}", "--remote-debugging-pipe"]
         self.browser = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            close_fds=False, preexec_fn=child_fds, start_new_session=True,
-        )  # fmt: skip
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=False,
+            preexec_fn=child_fds,
+            start_new_session=True,
+        )
         os.close(commands)
         os.close(answers)
 
@@ -132,7 +137,13 @@ class DevTools:
         target = self.send("Target.createTarget", url="about:blank")["targetId"]
         self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         width, height = self.window
-        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         self.send("Page.navigate", url=url)
 
     def send(self, method: str, **params: Any) -> dict[str, Any]:
@@ -157,10 +168,12 @@ class DevTools:
                 return answer["result"]
 
     def _write(self, command: dict[str, Any]) -> None:
-        os.write(self.commands, json.dumps({k: v for k, v in command.items() if v is not None}).encode() + b"\0")
+        os.write(
+            self.commands, json.dumps({k: v for k, v in command.items() if v is not None}).encode() + b"\0"
+        )
 
     def evaluate(self, js: str) -> Any:
-        """The value of the JavaScript expression `js` in the tab (awaited if a promise); RuntimeError if it threw."""
+        """The value of the JavaScript expression `js` in the tab (promises awaited); raises if it threw."""
         result = self.send("Runtime.evaluate", expression=js, returnByValue=True, awaitPromise=True)
         if "exceptionDetails" in result:
             raise RuntimeError(f"{js} threw: {result['exceptionDetails']}")
@@ -176,7 +189,9 @@ class DevTools:
             except RuntimeError as error:
                 failure = error
             time.sleep(0.25)
-        raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({failure})" if failure else ""))
+        raise SystemExit(
+            f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({failure})" if failure else "")
+        )
 
     def screenshot(self) -> bytes:
         """The tab's viewport as a PNG."""
@@ -207,7 +222,7 @@ FIT_NAMES = """new Promise(done => {
 
 
 def run_tree(url: str, client: MlflowClient, experiment_id: str, family: str, path: Path) -> None:
-    """Screenshot the experiment's runs as a tree to `path`: the latest `main`, its `tune` and `family`'s study open."""
+    """Screenshot the run tree to `path`: the latest `main`, its `tune` and `family`'s study open."""
 
     def runs(condition: str) -> list[Run]:
         return client.search_runs([experiment_id], condition, max_results=1000, order_by=["start_time DESC"])
@@ -221,7 +236,9 @@ def run_tree(url: str, client: MlflowClient, experiment_id: str, family: str, pa
     child = "tags.`mlflow.parentRunId` = '{}'".format
     main = only("tags.`podium.stage` = 'main'", "`main` run")
     tune = only(f"tags.`podium.stage` = 'tune' AND {child(main.info.run_id)}", "`tune` run under `main`")
-    study = only(f"tags.`podium.family` = '{family}' AND {child(tune.info.run_id)}", f"{family} study under `tune`")
+    study = only(
+        f"tags.`podium.family` = '{family}' AND {child(tune.info.run_id)}", f"{family} study under `tune`"
+    )
     shown = [*runs("tags.`mlflow.parentRunId` IS NULL")]  # the roots, then the rows the clicks open
     for parent in (main, tune, study):
         shown += runs(child(parent.info.run_id))
@@ -230,23 +247,29 @@ def run_tree(url: str, client: MlflowClient, experiment_id: str, family: str, pa
     with DevTools((WIDTH, 320 + 32 * len(shown))) as browser:
         browser.open(address)
         for parent in (main, tune, study):
-            browser.wait_for(ROWS_SHOWN % json.dumps([parent.info.run_id]), f"the row of run {parent.info.run_name}")
+            browser.wait_for(
+                ROWS_SHOWN % json.dumps([parent.info.run_id]), f"the row of run {parent.info.run_name}"
+            )
             if not browser.evaluate(EXPAND % json.dumps(parent.info.run_id)):
                 raise SystemExit(f"the row of run {parent.info.run_name} has no expander to click")
-        browser.wait_for(ROWS_SHOWN % json.dumps([run.info.run_id for run in shown]), f"the {len(shown)} rows")
+        browser.wait_for(
+            ROWS_SHOWN % json.dumps([run.info.run_id for run in shown]), f"the {len(shown)} rows"
+        )
         browser.evaluate(FIT_NAMES)
         path.write_bytes(browser.screenshot())
     crop(path)
 
 
 def main(store: Path = Path("mlflow.db")) -> None:
-    """Write docs/run_tree.png, docs/leaderboard.png and docs/champion.png from the store in the working dir."""
+    """Write docs/run_tree.png, leaderboard.png and champion.png from the store in the working directory."""
     if not store.exists():
         raise SystemExit(f"no {store.resolve()}: run `make demo` first, then this from the same folder.")
     spec = load_spec(os.environ.get("PODIUM_SPEC"), root=ROOT)
     with tempfile.TemporaryDirectory(prefix="podium-docs-") as tmp:
         root = Path(tmp)
-        shutil.copyfile(store, root / "mlflow.db")  # the server and the UI may write; the demo's store stays as is
+        shutil.copyfile(
+            store, root / "mlflow.db"
+        )  # the server and the UI may write; the demo's store stays as is
         if Path("mlartifacts").is_dir():  # artifacts a server proxied: serve them from where they are
             (root / "artifacts").symlink_to(Path("mlartifacts").resolve())
         with mlflow_server(root) as url:
@@ -265,7 +288,9 @@ def main(store: Path = Path("mlflow.db")) -> None:
 
             address = mlflow_page(url, f"/models/{spec.model_name}/versions/{champion.version}")
             shown = [f"Version {champion.version}", "@ champion", "Intended use"]
-            screenshot(address, lambda page: all(s in page.text for s in shown), DOCS / "champion.png", height=668)
+            screenshot(
+                address, lambda page: all(s in page.text for s in shown), DOCS / "champion.png", height=668
+            )
     for name in ("run_tree.png", "leaderboard.png", "champion.png"):
         print(DOCS / name)
 

@@ -1,6 +1,8 @@
-"""Podium: MLflow-tracked experiments and a model registry over Snowflake.
+"""Podium: MLflow-tracked experiments and a model registry over Snowflake (a DuckDB file offline).
 
-Stages (one module each): ingest, features; later tune, train, promote, score, evaluate.
+Stages, one module each, declared in order in `pipelines.pipeline`: ingest, features, tune,
+train, promote, score, evaluate (and status, which only reads). A stage never imports another:
+what stages share lives in `dataset`, `registry`, `tracking`, `metrics`, `models`, `splits`.
 The warehouse seam (`pipelines.warehouse`) is the only code that knows which warehouse runs.
 """
 

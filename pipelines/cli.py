@@ -19,8 +19,8 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.table import Table
 
+from pipelines import display, pipeline
 from pipelines import evaluate as evaluate_stage
 from pipelines import features as features_stage
 from pipelines import ingest as ingest_stage
@@ -31,7 +31,7 @@ from pipelines import train as train_stage
 from pipelines import tune as tune_stage
 from pipelines.config import DEFAULT_PROFILE, Profile, Spec, load_profile, load_spec
 from pipelines.errors import PodiumError
-from pipelines.tracking import stage_run
+from pipelines.registry import CHAMPION
 from pipelines.warehouse import connect
 
 HELP = """Podium: MLflow-tracked experiments and a model registry over Snowflake (a DuckDB file offline).
@@ -102,7 +102,6 @@ app = typer.Typer(
     rich_markup_mode="rich",
     add_completion=False,
 )
-out = Console()
 err = Console(stderr=True)
 
 
@@ -112,16 +111,22 @@ def command(function: Callable[..., None]) -> Callable[..., None]:
 
 
 ProfileOption = Annotated[
-    str, typer.Option("--profile", "-p", envvar="PODIUM_PROFILE", help="Profile name (conf/<name>.yaml) or path.")
+    str,
+    typer.Option("--profile", "-p", envvar="PODIUM_PROFILE", help="Profile name (conf/<name>.yaml) or path."),
 ]
 SpecOption = Annotated[
     str,
     typer.Option(
-        "--spec", "-s", envvar="PODIUM_SPEC", help="Spec name (experiments/<name>.yaml) or path; default: the only one."
+        "--spec",
+        "-s",
+        envvar="PODIUM_SPEC",
+        help="Spec name (experiments/<name>.yaml) or path; default: the only one.",
     ),
 ]
 
-StorageOption = Annotated[str, typer.Option(help="Optuna storage URL or journal path (default: the profile's).")]
+StorageOption = Annotated[
+    str, typer.Option(help="Optuna storage URL or journal path (default: the profile's).")
+]
 
 
 class Format(StrEnum):
@@ -145,8 +150,7 @@ def ingest(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") -> N
       mlflow run . -e ingest --env-manager local
           as an MLflow project run
     """
-    result = ingest_stage.main(*_load(profile, spec))
-    _print_counts("Ingested", result.rows)
+    display.show(ingest_stage.main(*_load(profile, spec)))
 
 
 @command
@@ -162,21 +166,23 @@ def features(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") ->
       podium sql "select count(*) from ML.F1_FEATURES"
           look at the result
     """
-    result = features_stage.main(*_load(profile, spec))
-    _print_counts("Built", result.rows)
-    _print_checks(result.checks)
+    display.show(features_stage.main(*_load(profile, spec)))
 
 
 @command
 def tune(
     profile: ProfileOption = DEFAULT_PROFILE,
     spec: SpecOption = "",
-    family: Annotated[str, typer.Option("--family", "-f", help="One model family, or all of the spec's.")] = "all",
+    family: Annotated[
+        str, typer.Option("--family", "-f", help="One model family, or all of the spec's.")
+    ] = "all",
     n_trials: Annotated[
         int, typer.Option("--n-trials", "-n", min=0, help="Trials to add per family (0: the spec's).")
     ] = 0,
     timeout: Annotated[float, typer.Option(min=0, help="Seconds per family (0: the spec's).")] = 0,
-    n_jobs: Annotated[int, typer.Option("--n-jobs", "-j", min=1, help="Parallel trials in this process.")] = 1,
+    n_jobs: Annotated[
+        int, typer.Option("--n-jobs", "-j", min=1, help="Parallel trials in this process.")
+    ] = 1,
     storage: StorageOption = "",
 ) -> None:
     """Score the baselines, then run or resume one Optuna study per model family.
@@ -195,8 +201,8 @@ def tune(
       podium tune -j 2 --storage postgresql://u@host/optuna
           a worker on a shared study
     """
-    result = tune_stage.main(*_load(profile, spec), family, n_trials or None, timeout or None, n_jobs, storage or None)
-    _print_leaderboard(result.leaderboard)
+    loaded = _load(profile, spec)
+    display.show(tune_stage.main(*loaded, family, n_trials or None, timeout or None, n_jobs, storage or None))
 
 
 @command
@@ -226,19 +232,24 @@ def train(
       podium train --family logreg
           this family's best trial, whatever the leaderboard says
     """
-    result = train_stage.main(*_load(profile, spec), family or None, top_k, storage or None)
-    _print_trained(result)
+    display.show(train_stage.main(*_load(profile, spec), family or None, top_k, storage or None))
 
 
 @command
 def promote(
     profile: ProfileOption = DEFAULT_PROFILE,
     spec: SpecOption = "",
-    alias: Annotated[str, typer.Option(help="Alias to move to the version ('' for none).")] = "champion",
-    stage: Annotated[str, typer.Option(help="Stage to transition the version to: Staging or Production.")] = "",
-    version: Annotated[str, typer.Option("--version", "-v", help="Version to promote (default: the challenger).")] = "",
+    alias: Annotated[str, typer.Option(help="Alias to move to the version ('' for none).")] = CHAMPION,
+    stage: Annotated[
+        str, typer.Option(help="Stage to transition the version to: Staging or Production.")
+    ] = "",
+    version: Annotated[
+        str, typer.Option("--version", "-v", help="Version to promote (default: the challenger).")
+    ] = "",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the decision; change nothing.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Skip the gate; the audit records it as forced.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Skip the gate; the audit records it as forced.")
+    ] = False,
     rollback: Annotated[
         bool, typer.Option("--rollback", help="Return the alias/stage to its previous holder.")
     ] = False,
@@ -259,9 +270,10 @@ def promote(
       podium promote --rollback
           give champion back to its previous holder
     """
-    decisions = promote_stage.main(*_load(profile, spec), alias or None, stage or None, version or None,
-                                   dry_run, force, rollback)  # fmt: skip
-    _print_decisions(decisions)
+    loaded = _load(profile, spec)
+    display.show(
+        promote_stage.main(*loaded, alias or None, stage or None, version or None, dry_run, force, rollback)
+    )
 
 
 @command
@@ -271,7 +283,9 @@ def score(
     model: Annotated[
         str, typer.Option("--model", "-m", help="models:/NAME@ALIAS, models:/NAME/STAGE or models:/NAME/N.")
     ] = "",
-    full: Annotated[bool, typer.Option("--full", help="Rescore every row of the window, not only new ones.")] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="Rescore every row of the window, not only new ones.")
+    ] = False,
     chunk_rows: Annotated[
         int | None, typer.Option(help="Rows per read-predict-write chunk (default: the spec's).")
     ] = None,
@@ -295,7 +309,7 @@ def score(
       podium score --engine warehouse --profile snowflake
           inside Snowflake, as a vectorized UDF
     """
-    _print_scored(score_stage.main(*_load(profile, spec), model or None, full, chunk_rows, engine))
+    display.show(score_stage.main(*_load(profile, spec), model or None, full, chunk_rows, engine))
 
 
 @command
@@ -310,8 +324,7 @@ def evaluate(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") ->
       podium evaluate
       podium sql "select * from ML.F1_MONITORING where METRIC = 'log_loss'"
     """
-    result = evaluate_stage.main(*_load(profile, spec))
-    _print_monitoring(result)
+    display.show(evaluate_stage.main(*_load(profile, spec)))
 
 
 @command
@@ -337,7 +350,7 @@ def status(
     if format is Format.json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     else:
-        _print_status(result)
+        display.show(result)
 
 
 @command
@@ -362,10 +375,7 @@ def sql(
     elif format is Format.json:
         sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
     else:
-        table = Table(*[str(c) for c in frame.columns], show_lines=False)
-        for row in frame.itertuples(index=False):
-            table.add_row(*["" if v is None else str(v) for v in row])
-        out.print(table)
+        display.frame(frame)
 
 
 @command
@@ -380,135 +390,11 @@ def run(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") -> None
       podium run
       podium run --spec examples/store_demand/store_demand.yaml
     """
-    loaded = _load(profile, spec)
-    with stage_run(*loaded, "main"):
-        _print_counts("Ingested", ingest_stage.main(*loaded).rows)
-        built = features_stage.main(*loaded)
-        _print_counts("Built", built.rows)
-        _print_checks(built.checks)
-        _print_leaderboard(tune_stage.main(*loaded).leaderboard)
-        _print_trained(train_stage.main(*loaded))
-        _print_decisions(promote_stage.main(*loaded, alias="champion", stage="Production"))
-        _print_scored(score_stage.main(*loaded))
-        _print_monitoring(evaluate_stage.main(*loaded))
+    pipeline.run(*_load(profile, spec), show=display.show)
 
 
 def _load(profile: str, spec: str) -> tuple[Profile, Spec]:
     return load_profile(profile), load_spec(spec or None)
-
-
-def _print_counts(verb: str, rows: dict[str, int]) -> None:
-    if not rows:
-        out.print(f"[dim]{verb} no tables: the spec reads a ready-made table[/]")
-        return
-    table = Table("table", "rows", title=f"{verb} {len(rows)} tables", title_justify="left")
-    for name, n in rows.items():
-        table.add_row(name, f"{n:,}")
-    out.print(table)
-
-
-def _print_leaderboard(standings: list[tune_stage.Standing]) -> None:
-    table = Table(title="Leaderboard (lower log loss is better)", title_justify="left")
-    table.add_column("family", no_wrap=True, min_width=18)
-    for name in ("complete", "pruned", "failed", "CV log loss", "CV AUC", "seconds"):
-        table.add_column(name, justify="right")
-    for s in sorted(standings, key=lambda s: s.cv_log_loss):
-        style = "dim" if s.name.startswith("baseline") else ""
-        table.add_row(s.name, str(s.complete), str(s.pruned), str(s.failed), f"{s.cv_log_loss:.4f}", f"{s.cv_auc:.4f}",
-                      f"{s.seconds:.1f}", style=style)  # fmt: skip
-    out.print(table)
-
-
-def _print_trained(result: train_stage.TrainResult) -> None:
-    table = Table(title=f"Holdout: {result.model_name} vs baselines (evaluated once)", title_justify="left")
-    table.add_column("model", no_wrap=True, min_width=18)
-    for name in ("version", "log loss", "AUC", "balanced acc"):
-        table.add_column(name, justify="right")
-    rows = [(t.candidate.family, t.version, t.holdout, "") for t in result.trained]
-    rows += [(f"baseline:{name}", "", m, "dim") for name, m in result.baselines.items()]
-    for name, version, m, style in rows:
-        figures = (f"{m[k]:.4f}" for k in ("log_loss", "auc", "balanced_accuracy"))
-        table.add_row(name, version, *figures, style=style)
-    out.print(table)
-    out.print(f"version {result.champion.version} ({result.champion.candidate.family}) is now [bold]challenger[/]")
-
-
-def _print_decisions(decisions: list[promote_stage.Decision]) -> None:
-    for d in decisions:
-        colour = "green" if d.promoted else "yellow" if d.decision.startswith("dry-run") else "red"
-        holder = f"v{d.from_version}" if d.from_version else "nobody"
-        out.print(f"[bold {colour}]{d.decision}[/] {d.model} v{d.version} -> {d.target} (held by {holder}). {d.reason}",
-                  highlight=False)  # fmt: skip
-
-
-def _print_scored(result: score_stage.ScoreResult) -> None:
-    out.print(
-        f"scored [bold]{result.rows_written:,}[/] of {result.rows_read:,} rows read into {result.table} with "
-        f"{result.model.name} v{result.model.version} ({result.model.uri}); batch {result.batch_id}",
-        highlight=False,
-    )
-
-
-def _print_monitoring(result: evaluate_stage.EvaluateResult) -> None:
-    timed = result.rows[result.rows["PERIOD"] != "all"]
-    wide = timed.pivot_table(index=["MODEL_VERSION", "PERIOD"], columns="METRIC", values="VALUE").reset_index()
-    table = Table(*[str(c) for c in wide.columns], title=f"Monitoring ({result.table})", title_justify="left")
-    for row in wide.itertuples(index=False):
-        table.add_row(*[v if isinstance(v, str) else f"{v:.4f}" for v in row])
-    out.print(table)
-    drift = ", ".join(result.drifting) or "none"
-    out.print(f"features drifting past the PSI threshold: {drift}", highlight=False)
-
-
-def _print_status(status: status_stage.Status) -> None:
-    out.print(f"[bold]{status.spec}[/] on profile [bold]{status.profile}[/] ({status.backend})", highlight=False)
-    tables = Table("table", "rows", title="Warehouse", title_justify="left")
-    for t in status.tables:
-        tables.add_row(t.table, "[dim]missing[/]" if t.rows is None else f"{t.rows:,}")
-    out.print(tables)
-    studies = Table("family", "complete", "pruned", "failed", "best log loss", "best trial",
-                    title=f"Optuna studies ({status.spec}-<family>)", title_justify="left")  # fmt: skip
-    for s in status.studies:
-        best = "" if s.best_value is None else f"{s.best_value:.4f}"
-        family = s.study.removeprefix(f"{status.spec}-")
-        studies.add_row(
-            family,
-            str(s.complete),
-            str(s.pruned),
-            str(s.failed),
-            best,
-            "" if s.best_trial is None else str(s.best_trial),
-        )
-    out.print(studies if status.studies else "[dim]no studies yet: podium tune[/]")
-    versions = Table("version", "aliases", "stage", "family", "holdout log loss",
-                     title=f"Registered model {status.model}", title_justify="left")  # fmt: skip
-    for v in status.versions:
-        loss = "" if v.holdout_log_loss is None else f"{v.holdout_log_loss:.4f}"
-        versions.add_row(v.version, ", ".join(v.aliases), v.stage, v.family or "", loss)
-    out.print(versions if status.versions else f"[dim]no versions of {status.model} yet: podium train[/]")
-    batch = status.latest_batch
-    if batch:
-        out.print(f"latest scoring batch {batch['batch_id']}: {batch['rows']:,} rows by {batch['model']} "
-                  f"v{batch['version']} ({batch['alias']}) at {batch['scored_at']}; {batch['total_rows']:,} "
-                  "scores in all", highlight=False)  # fmt: skip
-    else:
-        out.print("[dim]no scores yet: podium score[/]")
-    if status.monitoring:
-        metrics = [k for k in status.monitoring[0] if k not in ("version", "period")]
-        monitoring = Table("version", "period", *metrics, title="Latest monitoring", title_justify="left")
-        for row in status.monitoring:
-            figures = [f"{row[m]:,}" if m == "rows" else f"{row.get(m, float('nan')):.4f}" for m in metrics]
-            monitoring.add_row(row["version"], row["period"], *figures)
-        out.print(monitoring)
-    else:
-        out.print("[dim]no monitoring yet: podium evaluate[/]")
-
-
-def _print_checks(checks: list[features_stage.Check]) -> None:
-    table = Table("check", "result", "detail", title="Data-quality checks", title_justify="left")
-    for check in checks:
-        table.add_row(check.name, "[green]pass[/]" if check.passed else "[red]FAIL[/]", check.detail)
-    out.print(table)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

@@ -48,7 +48,8 @@ def _class_name(value: str) -> str:
         check_identifier(f"P_{value}")
     except PodiumError:
         raise ValueError(
-            f"{value!r} cannot name its probability column P_{value}: use letters, digits and _ (e.g. very_high)"
+            f"{value!r} cannot name its probability column P_{value}: use letters, digits and _ (e.g. "
+            "very_high)"
         ) from None
     return value
 
@@ -161,7 +162,7 @@ class RegistryConfig(Strict):
     audit_table: TableName = "ML.MODEL_PROMOTIONS"
 
 
-Check = Literal["beats_baseline", "signature_matches"]
+PolicyCheck = Literal["beats_baseline", "signature_matches"]
 
 
 class PromotionPolicy(Strict):
@@ -169,7 +170,7 @@ class PromotionPolicy(Strict):
 
     metric: Literal["log_loss", "auc", "balanced_accuracy"] = "log_loss"
     min_improvement: float = Field(0.0, ge=0, description="over the current holder, on the same holdout")
-    checks: list[Check] = ["beats_baseline", "signature_matches"]
+    checks: list[PolicyCheck] = ["beats_baseline", "signature_matches"]
     baseline: str = Field("heuristic", description="the baseline `beats_baseline` compares with")
 
 
@@ -226,6 +227,13 @@ class Spec(Strict):
     def model_name(self) -> str:
         return self.registry.model_name or self.name
 
+    def require(self, section: str) -> Any:
+        """The named optional section (tuning, scoring, monitoring), or one clear error saying what to add."""
+        value = getattr(self, section)
+        if value is None:
+            raise ConfigError(f"spec {self.name} has no `{section}` section: add {SECTION_HINTS[section]}.")
+        return value
+
     @property
     def id_columns(self) -> list[str]:
         """The keys, then the time column unless it is one of them: what identifies a scored row."""
@@ -234,8 +242,17 @@ class Spec(Strict):
     @model_validator(mode="after")
     def _window_is_ordered(self) -> Spec:
         if self.train_start >= self.holdout_start:
-            raise ValueError(f"train_start ({self.train_start}) must be before holdout_start ({self.holdout_start})")
+            raise ValueError(
+                f"train_start ({self.train_start}) must be before holdout_start ({self.holdout_start})"
+            )
         return self
+
+
+SECTION_HINTS = {
+    "tuning": "search_space and families",
+    "scoring": "scoring.start (and optionally end)",
+    "monitoring": "monitoring.table",
+}
 
 
 # --- loading -------------------------------------------------------------------------
@@ -251,7 +268,9 @@ def load_profile(name: str = DEFAULT_PROFILE, root: Path | None = None) -> Profi
     data.setdefault("name", path.stem)
     profile = _validate(Profile, data, path)
     if "://" not in profile.optuna_storage:
-        profile = profile.model_copy(update={"optuna_storage": str(_under(root, Path(profile.optuna_storage)))})
+        profile = profile.model_copy(
+            update={"optuna_storage": str(_under(root, Path(profile.optuna_storage)))}
+        )
     if isinstance(profile.warehouse, DuckDBConfig):
         warehouse = profile.warehouse.model_copy(update={"path": _under(root, profile.warehouse.path)})
         profile = profile.model_copy(update={"warehouse": warehouse})
@@ -261,7 +280,9 @@ def load_profile(name: str = DEFAULT_PROFILE, root: Path | None = None) -> Profi
 def load_spec(name: str | None = None, root: Path | None = None) -> Spec:
     """Load an experiment spec by name (experiments/<name>.yaml) or path; none: the only one."""
     root = root or Path.cwd()
-    path = _locate(name or _only_spec(root / "experiments"), root / "experiments", "spec", "--spec / PODIUM_SPEC")
+    path = _locate(
+        name or _only_spec(root / "experiments"), root / "experiments", "spec", "--spec / PODIUM_SPEC"
+    )
     spec = _validate(Spec, read_yaml(path), path)
     if spec.ingest:
         spec = spec.model_copy(
@@ -296,7 +317,11 @@ def _locate(name: str, folder: Path, kind: str, option: str) -> Path:
     path = folder / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-        hint = f"known {kind}s: {', '.join(known)}" if known else f"no {folder} folder here: run from the project root"
+        hint = (
+            f"known {kind}s: {', '.join(known)}"
+            if known
+            else f"no {folder} folder here: run from the project root"
+        )
         raise ConfigError(f"unknown {kind} {name!r} ({hint}). Choose one with {option}.")
     return path
 

@@ -19,13 +19,12 @@ from datetime import UTC, datetime
 import mlflow
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
+from pipelines import dataset, plots
 from pipelines.config import HitRateConfig, MonitoringConfig, Profile, Spec
-from pipelines.errors import ConfigError, PodiumError, WarehouseError
-from pipelines.score import probability_column
+from pipelines.errors import ConfigError, PodiumError
+from pipelines.metrics import period_metrics, psi, top_k_hit_rate
 from pipelines.tracking import log_figures, stage_run
-from pipelines.tune import feature_columns
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.dialect import quote
 
@@ -34,7 +33,6 @@ log = logging.getLogger(__name__)
 KEYS = ["MODEL_NAME", "MODEL_VERSION", "PERIOD", "METRIC"]
 COLUMNS = ["MODEL_VERSION", "PERIOD", "METRIC", "VALUE", "ROWS"]
 PERIODS = {"year": "Y", "quarter": "Q", "month": "M"}
-EPSILON = 1e-4  # PSI's floor for an empty bin
 
 
 @dataclass(frozen=True)
@@ -46,17 +44,21 @@ class EvaluateResult:
 
 def main(profile: Profile, spec: Spec) -> EvaluateResult:
     """Score the scored rows against the actual classes per version and period; measure feature drift."""
-    monitoring = require_monitoring(spec)
+    monitoring: MonitoringConfig = spec.require("monitoring")
     with connect(profile) as warehouse:
         joined = load_outcomes(warehouse, spec)
-        reference = _training_window(warehouse, spec)
+        reference = dataset.read_training_rows(warehouse, spec)
         columns = warehouse.columns(spec.table)
         check_hit_rate(spec, monitoring.hit_rate, columns)
-        features = [c for group in feature_columns(spec, columns) for c in group]
+        features = dataset.feature_schema(spec, columns).columns
         with stage_run(profile, spec, "evaluate"):
             figures = performance(joined, spec, monitoring)
             drift = pd.DataFrame(
-                [row for _, group in joined.groupby("MODEL_VERSION") for row in psi_rows(group, reference, features)],
+                [
+                    row
+                    for _, group in joined.groupby("MODEL_VERSION")
+                    for row in psi_rows(group, reference, features)
+                ],
                 columns=COLUMNS,
             )
             rows = _finish(pd.concat([figures, drift], ignore_index=True), spec)
@@ -67,19 +69,14 @@ def main(profile: Profile, spec: Spec) -> EvaluateResult:
     return EvaluateResult(monitoring.table, rows, drifting)
 
 
-def require_monitoring(spec: Spec) -> MonitoringConfig:
-    if spec.monitoring is None:
-        raise ConfigError(f"spec {spec.name} has no `monitoring` section: add monitoring.table.")
-    return spec.monitoring
-
-
 def check_hit_rate(spec: Spec, hit_rate: HitRateConfig | None, columns: dict[str, str]) -> None:
     """The hit rate's class must be one of the spec's, and its group a column of the feature table."""
     if hit_rate is None:
         return
     if hit_rate.target_class not in spec.classes:
         raise ConfigError(
-            f"monitoring.hit_rate.class {hit_rate.target_class!r} is not one of the spec's classes {spec.classes}: "
+            f"monitoring.hit_rate.class {hit_rate.target_class!r} is not one of the spec's classes "
+            f"{spec.classes}: "
             "use one of them."
         )
     if hit_rate.group not in columns:
@@ -91,19 +88,16 @@ def check_hit_rate(spec: Spec, hit_rate: HitRateConfig | None, columns: dict[str
 
 def load_outcomes(warehouse: Warehouse, spec: Spec) -> pd.DataFrame:
     """Scored rows whose actual class is known, with the model's features."""
-    try:
-        warehouse.columns(spec.scoring_table)
-    except WarehouseError:
+    if not warehouse.exists(spec.scoring_table):
         raise PodiumError(
             f"the scoring table {spec.scoring_table} does not exist yet: run `podium score` first."
-        ) from None
+        )
     match = " AND ".join(f"s.{quote(k)} = f.{quote(k)}" for k in spec.keys)
-    target = quote(spec.target)
-    probabilities = ", ".join(f"s.{quote(probability_column(c))}" for c in spec.classes)
+    probabilities = ", ".join(f"s.{quote(c)}" for c in dataset.probability_columns(spec))
     return warehouse.query(
         f"SELECT s.MODEL_NAME, s.MODEL_VERSION, s.PREDICTED_CLASS, {probabilities}, f.* "
         f"FROM {quote(spec.scoring_table)} AS s JOIN {quote(spec.table)} AS f ON {match} "
-        f"WHERE f.{target} IS NOT NULL"
+        f"WHERE f.{quote(spec.target)} IS NOT NULL"
     )
 
 
@@ -113,53 +107,22 @@ def performance(joined: pd.DataFrame, spec: Spec, monitoring: MonitoringConfig) 
     rows = [
         {"MODEL_VERSION": version, "PERIOD": when, "METRIC": metric, "VALUE": value, "ROWS": len(group)}
         for (version, when), group in joined.groupby(["MODEL_VERSION", period])
-        for metric, value in period_metrics(group, spec, monitoring.hit_rate).items()
+        for metric, value in group_metrics(group, spec, monitoring.hit_rate).items()
     ]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def period_metrics(group: pd.DataFrame, spec: Spec, hit_rate: HitRateConfig | None) -> dict[str, float]:
-    """The figures of one (version, period) group."""
-    y = group[spec.target].map({c: i for i, c in enumerate(spec.classes)}).to_numpy()
-    proba = group[[probability_column(c) for c in spec.classes]].to_numpy()
-    labels = np.arange(len(spec.classes))
-    present = np.unique(y)
-    auc = (
-        float(roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=labels))
-        if len(present) == len(labels)
-        else float("nan")
-    )
-    out = {
-        "log_loss": float(log_loss(y, proba, labels=labels)),
-        "auc": auc,
-        "accuracy": float(accuracy_score(y, proba.argmax(axis=1))),
-        "rows": float(len(group)),
-    }
+def group_metrics(group: pd.DataFrame, spec: Spec, hit_rate: HitRateConfig | None) -> dict[str, float]:
+    """The figures of one (version, period) group of scored rows."""
+    y = dataset.encode_target(group[spec.target], spec)
+    out = period_metrics(y, group[dataset.probability_columns(spec)].to_numpy())
     if hit_rate:
-        out[f"hit_rate_top{hit_rate.k}_{hit_rate.target_class}"] = top_k_hit_rate(group, spec, hit_rate)
+        ranked_by = dataset.probability_column(hit_rate.target_class)
+        rate = top_k_hit_rate(
+            group, hit_rate.group, ranked_by, spec.target, hit_rate.target_class, hit_rate.k
+        )
+        out[f"hit_rate_top{hit_rate.k}_{hit_rate.target_class}"] = rate
     return out
-
-
-def top_k_hit_rate(group: pd.DataFrame, spec: Spec, hit_rate: HitRateConfig) -> float:
-    """Share of the k highest-P(class) rows per group that actually were that class."""
-    p = probability_column(hit_rate.target_class)
-    top = group.sort_values(p, ascending=False).groupby(hit_rate.group, sort=False).head(hit_rate.k)
-    return float((top[spec.target] == hit_rate.target_class).mean())
-
-
-def psi(expected: pd.Series, actual: pd.Series, bins: int = 10) -> float:
-    """Population stability index of `actual` against `expected`: deciles for numbers, levels otherwise."""
-    if pd.api.types.is_numeric_dtype(expected):
-        edges = np.unique(np.nanquantile(expected.astype(float), np.linspace(0, 1, bins + 1)))
-        edges[0], edges[-1] = -np.inf, np.inf
-        e = pd.cut(expected.astype(float), edges).value_counts(normalize=True, sort=False, dropna=False)
-        a = pd.cut(actual.astype(float), edges).value_counts(normalize=True, sort=False, dropna=False)
-    else:
-        e = expected.fillna("(missing)").value_counts(normalize=True)
-        a = actual.fillna("(missing)").value_counts(normalize=True)
-    e, a = e.align(a, fill_value=0.0)
-    e, a = np.clip(e.to_numpy(), EPSILON, None), np.clip(a.to_numpy(), EPSILON, None)
-    return float(np.sum((a - e) * np.log(a / e)))
 
 
 def psi_rows(scored: pd.DataFrame, reference: pd.DataFrame, features: list[str]) -> list[dict[str, object]]:
@@ -177,33 +140,31 @@ def psi_rows(scored: pd.DataFrame, reference: pd.DataFrame, features: list[str])
     ]
 
 
-def _training_window(warehouse: Warehouse, spec: Spec) -> pd.DataFrame:
-    time_col = quote(spec.time)
-    return warehouse.query(
-        f"SELECT * FROM {quote(spec.table)} WHERE {time_col} >= ? AND {time_col} < ?",
-        [spec.train_start, spec.holdout_start],
-    )
-
-
 def _finish(rows: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     now = datetime.now(UTC).replace(tzinfo=None)
     out = rows.assign(MODEL_NAME=spec.model_name, EVALUATED_AT=now)
-    out = out.astype({"MODEL_VERSION": str, "PERIOD": str, "METRIC": str, "VALUE": "float64", "ROWS": "int64"})
+    out = out.astype(
+        {"MODEL_VERSION": str, "PERIOD": str, "METRIC": str, "VALUE": "float64", "ROWS": "int64"}
+    )
     return out[["MODEL_NAME", "MODEL_VERSION", "PERIOD", "METRIC", "VALUE", "ROWS", "EVALUATED_AT"]]
 
 
 def _warn(drift: pd.DataFrame, threshold: float) -> list[str]:
     over = drift[drift["VALUE"] > threshold]
     for row in over.itertuples():
-        log.warning("drift: %s of v%s is %.3f (threshold %.2f)", row.METRIC, row.MODEL_VERSION, row.VALUE, threshold)
+        log.warning(
+            "drift: %s of v%s is %.3f (threshold %.2f)", row.METRIC, row.MODEL_VERSION, row.VALUE, threshold
+        )
     return sorted({m.removeprefix("psi.") for m in over["METRIC"]})
 
 
 def _log(rows: pd.DataFrame, drifting: list[str]) -> None:
     """The figures as MLflow metrics, the table as CSV, and monitoring over time as a plot."""
-    from pipelines import plots
-
-    metrics = {f"v{r.MODEL_VERSION}.{r.PERIOD}.{r.METRIC}": r.VALUE for r in rows.itertuples() if np.isfinite(r.VALUE)}
+    metrics = {
+        f"v{r.MODEL_VERSION}.{r.PERIOD}.{r.METRIC}": r.VALUE
+        for r in rows.itertuples()
+        if np.isfinite(r.VALUE)
+    }
     mlflow.log_metrics(metrics)
     mlflow.log_text(rows.to_csv(index=False), "monitoring.csv")
     mlflow.set_tag("podium.drifting", ",".join(drifting) or "none")

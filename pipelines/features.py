@@ -1,7 +1,8 @@
 """Features stage: build the spec's feature table from ordered SQL models, then check it.
 
 Inputs:  the raw tables; the spec's `features.sql` folder of `NN_name.sql` files, each one
-         SELECT in Snowflake dialect, run in file-name order.
+         SELECT in Snowflake dialect, run in file-name order. A model may bind the spec's
+         window as `:train_start` and `:holdout_start` (bound values, not text).
 Outputs: `<features.schema>.<NAME>` per model (`20_f1_features.sql` -> ML.F1_FEATURES);
          one of them is the spec's `table`. A spec without a `features` section names a
          ready-made table: nothing is built, and the stage only checks that table.
@@ -16,8 +17,11 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
+from sqlglot.dialects.dialect import Dialect
+from sqlglot.tokens import TokenType
 
 from pipelines.config import Profile, Spec
 from pipelines.errors import ConfigError, DataQualityError, WarehouseError
@@ -29,10 +33,11 @@ from pipelines.warehouse.dialect import quote
 log = logging.getLogger(__name__)
 
 MODEL_FILE = re.compile(r"^(\d+)_([A-Za-z_][A-Za-z0-9_]*)\.sql$")
+SPEC_VALUES = ("train_start", "holdout_start")  # what a SQL model may bind as :name
 
 
 @dataclass(frozen=True)
-class Model:
+class SqlModel:
     """One SQL model: a SELECT materialized as a table."""
 
     path: Path
@@ -43,7 +48,9 @@ class Model:
 
 
 @dataclass(frozen=True)
-class Check:
+class QualityCheck:
+    """One data-quality check on the spec's table, and what it found."""
+
     name: str
     passed: bool
     detail: str
@@ -52,7 +59,7 @@ class Check:
 @dataclass(frozen=True)
 class FeaturesResult:
     rows: dict[str, int]
-    checks: list[Check]
+    checks: list[QualityCheck]
 
 
 def main(profile: Profile, spec: Spec) -> FeaturesResult:
@@ -61,10 +68,13 @@ def main(profile: Profile, spec: Spec) -> FeaturesResult:
     with connect(profile) as warehouse, stage_run(profile, spec, "features"):
         if spec.features:
             warehouse.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(spec.features.db_schema)}")
-        rows = {m.table: build(warehouse, m) for m in progress(models, "features", total=len(models))}
+        rows = {
+            m.table: materialize(warehouse, m, spec) for m in progress(models, "features", total=len(models))
+        }
         checks = check_quality(warehouse, spec)
         mlflow.log_metrics(
-            {f"rows.{table}": n for table, n in rows.items()} | {f"check.{c.name}": float(c.passed) for c in checks}
+            {f"rows.{table}": n for table, n in rows.items()}
+            | {f"check.{c.name}": float(c.passed) for c in checks}
         )
         failed = [c for c in checks if not c.passed]
         if failed:
@@ -76,7 +86,12 @@ def main(profile: Profile, spec: Spec) -> FeaturesResult:
     return FeaturesResult(rows, checks)
 
 
-def discover_models(spec: Spec) -> list[Model]:
+def tables_written(spec: Spec) -> list[str]:
+    """The tables this stage builds for the spec, in build order."""
+    return [m.table for m in discover_models(spec)] if spec.features else []
+
+
+def discover_models(spec: Spec) -> list[SqlModel]:
     """The spec's SQL models in run order; the spec's table must be one of them."""
     if spec.features is None:
         raise ConfigError(f"spec {spec.name} has no `features` section: nothing to build.")
@@ -87,9 +102,10 @@ def discover_models(spec: Spec) -> list[Model]:
         match = MODEL_FILE.match(path.name)
         if not match:
             raise ConfigError(
-                f"{path}: SQL model files are named NN_name.sql (e.g. 10_features.sql): rename it, or move it out."
+                f"{path}: SQL model files are named NN_name.sql (e.g. 10_features.sql): rename it, or move "
+                "it out."
             )
-        models.append(Model(path, f"{schema}.{match.group(2).upper()}"))
+        models.append(SqlModel(path, f"{schema}.{match.group(2).upper()}"))
     models.sort(key=lambda m: int(MODEL_FILE.match(m.path.name).group(1)))
     if spec.table not in {m.table for m in models}:
         raise ConfigError(
@@ -99,10 +115,11 @@ def discover_models(spec: Spec) -> list[Model]:
     return models
 
 
-def build(warehouse: Warehouse, model: Model) -> int:
-    """Materialize one model and return its row count; a SQL error names the model's file."""
+def materialize(warehouse: Warehouse, model: SqlModel, spec: Spec) -> int:
+    """Build one model's table and return its row count; a SQL error names the model's file."""
+    sql, params = bind_spec_values(model.create_sql(), spec)
     try:
-        warehouse.execute(model.create_sql())
+        warehouse.execute(sql, params)
     except WarehouseError as exc:
         raise WarehouseError(f"the SQL model {model.path} failed to build {model.table}: {exc}") from None
     rows = int(warehouse.query(f"SELECT COUNT(*) AS N FROM {quote(model.table)}").iloc[0, 0])
@@ -110,7 +127,27 @@ def build(warehouse: Warehouse, model: Model) -> int:
     return rows
 
 
-def check_quality(warehouse: Warehouse, spec: Spec) -> list[Check]:
+def bind_spec_values(sql: str, spec: Spec) -> tuple[str, list[Any]]:
+    """Turn each `:train_start` / `:holdout_start` into a `?` placeholder; the spec's values, in order.
+
+    A colon right after a name (Snowflake's `column:field` path) is left alone, as are strings and comments.
+    """
+    pieces, params, done = [], [], 0
+    tokens = Dialect.get_or_raise("snowflake").tokenize(sql)
+    for colon, name in zip(tokens, tokens[1:], strict=False):
+        bindable = colon.token_type is TokenType.COLON and name.text.lower() in SPEC_VALUES
+        if (
+            bindable
+            and name.start == colon.end + 1
+            and (colon.start == 0 or sql[colon.start - 1] in " \t\n(,=")
+        ):
+            pieces.append(sql[done : colon.start] + "?")
+            params.append(getattr(spec, name.text.lower()))
+            done = name.end + 1
+    return "".join(pieces) + sql[done:], params
+
+
+def check_quality(warehouse: Warehouse, spec: Spec) -> list[QualityCheck]:
     """Keys unique and not null, target in the accepted classes, row count in bounds."""
     table, keys, target = quote(spec.table), [quote(k) for k in spec.keys], quote(spec.target)
     key_list = ", ".join(keys)
@@ -127,14 +164,16 @@ def check_quality(warehouse: Warehouse, spec: Spec) -> list[Check]:
     n_rows, bounds = int(stats["N_ROWS"]), spec.features.expect_rows if spec.features else None
     low, high = (bounds.min, bounds.max) if bounds else (1, None)
     return [
-        Check("keys_not_null", stats["N_NULL_KEYS"] == 0, f"{int(stats['N_NULL_KEYS'])} rows have a null key"),
-        Check("keys_unique", duplicates == 0, f"{int(duplicates)} key values appear more than once"),
-        Check(
+        QualityCheck(
+            "keys_not_null", stats["N_NULL_KEYS"] == 0, f"{int(stats['N_NULL_KEYS'])} rows have a null key"
+        ),
+        QualityCheck("keys_unique", duplicates == 0, f"{int(duplicates)} key values appear more than once"),
+        QualityCheck(
             "target_accepted",
             stats["N_BAD_TARGET"] == 0,
             f"{int(stats['N_BAD_TARGET'])} rows have {spec.target} outside {spec.classes}",
         ),
-        Check(
+        QualityCheck(
             "row_count",
             n_rows >= low and (high is None or n_rows <= high),
             f"{n_rows} rows, expected between {low} and {high if high is not None else 'any'}",

@@ -48,7 +48,9 @@ class IngestResult:
 def main(profile: Profile, spec: Spec) -> IngestResult:
     """Load every table of the spec's manifest into the raw schema (nothing without an `ingest` section)."""
     if spec.ingest is None:
-        log.info("spec %s has no `ingest` section: nothing to load, %s is read as it is", spec.name, spec.table)
+        log.info(
+            "spec %s has no `ingest` section: nothing to load, %s is read as it is", spec.name, spec.table
+        )
         return IngestResult({})
     source, schema = spec.ingest.source, spec.ingest.db_schema
     manifest = read_manifest(source)
@@ -60,6 +62,13 @@ def main(profile: Profile, spec: Spec) -> IngestResult:
         mlflow.log_params({"source": str(source), "schema": schema})
         mlflow.log_metrics({f"rows.{name}": n for name, n in rows.items()})
     return IngestResult(rows)
+
+
+def tables_written(spec: Spec) -> list[str]:
+    """The raw tables this stage loads for the spec (none without an `ingest` section or a manifest yet)."""
+    if spec.ingest is None or not (spec.ingest.source / "tables.yaml").is_file():
+        return []
+    return [f"{spec.ingest.db_schema}.{table.upper()}" for table in read_manifest(spec.ingest.source)]
 
 
 def read_manifest(source: Path) -> dict[str, dict[str, str]]:
@@ -84,9 +93,13 @@ def read_manifest(source: Path) -> dict[str, dict[str, str]]:
             raise ConfigError(f"{path}: {exc}") from None
         unknown = {t for t in columns.values() if t not in TYPES}
         if unknown:
-            raise ConfigError(f"{path}: table {table} uses unknown types {sorted(unknown)}; use {sorted(TYPES)}.")
+            raise ConfigError(
+                f"{path}: table {table} uses unknown types {sorted(unknown)}; use {sorted(TYPES)}."
+            )
     if not tables:
-        raise ConfigError(f"{path} lists no tables under `tables:`: add each table with its columns and their types.")
+        raise ConfigError(
+            f"{path} lists no tables under `tables:`: add each table with its columns and their types."
+        )
     return tables
 
 
@@ -118,7 +131,8 @@ def read_csv(path: Path, columns: dict[str, str]) -> pd.DataFrame:
         if "CSV parse error" in str(exc):
             raise _unreadable(path, exc) from None
         raise PodiumError(
-            f"{path}: a value does not match its declared type: {exc}. Fix the value, or its type in tables.yaml."
+            f"{path}: a value does not match its declared type: {exc}. Fix the value, or its type in "
+            "tables.yaml."
         ) from None
     except OSError as exc:  # a .csv.gz that is corrupt past its first block
         raise _unreadable(path, exc) from None
@@ -136,7 +150,9 @@ def _find_file(source: Path, table: str) -> Path:
     for candidate in (source / f"{table}.csv", source / f"{table}.csv.gz"):
         if candidate.is_file():
             return candidate
-    raise PodiumError(f"no {table}.csv or {table}.csv.gz in {source}: add the file or drop it from tables.yaml.")
+    raise PodiumError(
+        f"no {table}.csv or {table}.csv.gz in {source}: add the file or drop it from tables.yaml."
+    )
 
 
 def _header(path: Path) -> list[str]:
@@ -149,6 +165,7 @@ def _header(path: Path) -> list[str]:
 
 def _unreadable(path: Path, exc: Exception) -> PodiumError:
     return PodiumError(
-        f"{path} is not a readable CSV: {str(exc).strip().splitlines()[0]}. Fix or re-export it: a header line, "
+        f"{path} is not a readable CSV: {str(exc).strip().splitlines()[0]}. Fix or re-export it: a header "
+        "line, "
         "then one line per row with as many fields (gzip-compressed if named .csv.gz)."
     )

@@ -28,6 +28,7 @@ from sklearn.tree import DecisionTreeClassifier
 from xgboost import XGBClassifier
 
 from pipelines.config import malformed_yaml
+from pipelines.dataset import FeatureSchema
 from pipelines.errors import ConfigError
 
 Factory = Callable[[dict[str, Any], int], BaseEstimator]
@@ -35,7 +36,9 @@ Factory = Callable[[dict[str, Any], int], BaseEstimator]
 FACTORIES: dict[str, Factory] = {
     "logreg": lambda p, seed: LogisticRegression(max_iter=2000, random_state=seed, **p),
     "knn": lambda p, seed: KNeighborsClassifier(**p),
-    "svc": lambda p, seed: CalibratedClassifierCV(SVC(random_state=seed, **p), method="sigmoid", ensemble=False),
+    "svc": lambda p, seed: CalibratedClassifierCV(
+        SVC(random_state=seed, **p), method="sigmoid", ensemble=False
+    ),
     "decision_tree": lambda p, seed: DecisionTreeClassifier(random_state=seed, **p),
     "random_forest": lambda p, seed: RandomForestClassifier(random_state=seed, n_jobs=1, **p),
     "xgboost": lambda p, seed: XGBClassifier(
@@ -118,7 +121,8 @@ def read_spaces(path: Path) -> dict[str, dict[str, Param]]:
     unknown = sorted(set(spaces) - set(FACTORIES))
     if unknown:
         raise ConfigError(
-            f"{path}: no model factory for {unknown}: rename or remove them (known families: {', '.join(FACTORIES)})."
+            f"{path}: no model factory for {unknown}: rename or remove them (known families: "
+            f"{', '.join(FACTORIES)})."
         )
     return spaces
 
@@ -128,8 +132,8 @@ def suggest(trial: optuna.Trial, space: dict[str, Param]) -> dict[str, Any]:
     return {name: param.suggest(trial, name) for name, param in space.items()}
 
 
-def build(family: str, params: dict[str, Any], numeric: list[str], categorical: list[str], seed: int) -> Pipeline:
-    """The family's full pipeline: preprocessing fitted with the estimator, per fold."""
+def make_estimator(family: str, params: dict[str, Any], schema: FeatureSchema, seed: int) -> Pipeline:
+    """The family's full sklearn Pipeline: preprocessing fitted with the estimator, per fold."""
     numeric_steps = [SimpleImputer(strategy="median", add_indicator=True)]
     if family in SCALED:
         numeric_steps.append(StandardScaler())
@@ -138,7 +142,10 @@ def build(family: str, params: dict[str, Any], numeric: list[str], categorical: 
         OneHotEncoder(handle_unknown="ignore", sparse_output=False),
     )
     prep = ColumnTransformer(
-        [("numeric", make_pipeline(*numeric_steps), numeric), ("categorical", categorical_steps, categorical)],
+        [
+            ("numeric", make_pipeline(*numeric_steps), schema.numeric),
+            ("categorical", categorical_steps, schema.categorical),
+        ],
         remainder="drop",
     )
     return Pipeline([("prep", prep), ("model", FACTORIES[family](params, seed))])

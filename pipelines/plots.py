@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 BASELINE_COLOR, MODEL_COLOR = "tab:gray", "tab:blue"
 
 
-def _axes(title: str, xlabel: str = "", ylabel: str = "", size: tuple[float, float] = (6, 5)) -> tuple[Figure, Axes]:
+def _axes(
+    title: str, xlabel: str = "", ylabel: str = "", size: tuple[float, float] = (6, 5)
+) -> tuple[Figure, Axes]:
     """A new figure with one titled axes, on the non-interactive Agg backend."""
     import matplotlib
 
@@ -49,7 +51,7 @@ def _one_vs_rest(y: np.ndarray, classes: list[str]) -> list[tuple[int, str, np.n
 
 
 def evaluation_figures(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, Figure]:
-    """Artifact path -> figure: confusion matrix, and one-vs-rest ROC, precision-recall and reliability per class.
+    """Artifact path -> figure: confusion matrix; one-vs-rest ROC, precision-recall, reliability per class.
 
     `y` holds class indices 0..K-1 and `proba` one column per class, in the order of `classes`.
     A class never (or always) seen in `y` gets no curve. The caller closes the figures.
@@ -57,17 +59,27 @@ def evaluation_figures(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> 
     y = np.asarray(y)
     fig_cm, ax = _axes("Confusion matrix")
     ConfusionMatrixDisplay.from_predictions(
-        y, proba.argmax(axis=1), labels=list(range(len(classes))), display_labels=classes, ax=ax, colorbar=False
+        y,
+        proba.argmax(axis=1),
+        labels=list(range(len(classes))),
+        display_labels=classes,
+        ax=ax,
+        colorbar=False,
     )
     fig_roc, ax_roc = _axes("ROC (one-vs-rest)", "false positive rate", "true positive rate")
     fig_pr, ax_pr = _axes("Precision-recall (one-vs-rest)", "recall", "precision")
-    fig_cal, ax_cal = _axes("Calibration (10 quantile bins)", "mean predicted probability", "observed frequency")
+    fig_cal, ax_cal = _axes(
+        "Calibration (10 quantile bins)", "mean predicted probability", "observed frequency"
+    )
     for k, name, pos in _one_vs_rest(y, classes):
         fpr, tpr, _ = roc_curve(pos, proba[:, k])
         ax_roc.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(pos, proba[:, k]):.3f})")
         precision, recall, _ = precision_recall_curve(pos, proba[:, k])
         ax_pr.step(
-            recall, precision, where="post", label=f"{name} (AP {average_precision_score(pos, proba[:, k]):.3f})"
+            recall,
+            precision,
+            where="post",
+            label=f"{name} (AP {average_precision_score(pos, proba[:, k]):.3f})",
         )
         observed, predicted = calibration_curve(pos, proba[:, k], n_bins=10, strategy="quantile")
         ax_cal.plot(predicted, observed, marker="o", label=name)
@@ -98,7 +110,9 @@ def importance(model: Pipeline, X: pd.DataFrame, y: np.ndarray, seed: int, max_r
         scores = pd.Series(values, index=model[:-1].get_feature_names_out(), name="native")
     else:
         rows = np.random.default_rng(seed).permutation(len(X))[:max_rows]
-        scorer = make_scorer(log_loss, greater_is_better=False, response_method="predict_proba", labels=model.classes_)
+        scorer = make_scorer(
+            log_loss, greater_is_better=False, response_method="predict_proba", labels=model.classes_
+        )
         result = permutation_importance(
             model, X.iloc[rows], np.asarray(y)[rows], scoring=scorer, n_repeats=3, random_state=seed
         )
@@ -107,9 +121,11 @@ def importance(model: Pipeline, X: pd.DataFrame, y: np.ndarray, seed: int, max_r
 
 
 def importance_figure(values: pd.Series, top: int = 20) -> Figure:
-    """Horizontal bar chart of the `top` features, largest on top; the title names the method. Caller closes it."""
+    """Bar chart of the `top` features, largest on top; the title names the method. The caller closes it."""
     shown = values.sort_values(ascending=False).head(top)
-    fig, ax = _axes(f"Feature importance ({values.name or 'unknown'})", "importance", size=(7, 1 + 0.3 * len(shown)))
+    fig, ax = _axes(
+        f"Feature importance ({values.name or 'unknown'})", "importance", size=(7, 1 + 0.3 * len(shown))
+    )
     ax.barh(range(len(shown)), shown.to_numpy(), color=MODEL_COLOR, tick_label=[str(i) for i in shown.index])
     ax.invert_yaxis()
     fig.tight_layout()
@@ -124,7 +140,9 @@ def leaderboard_figure(board: pd.DataFrame, metric: str = "cv_log_loss") -> Figu
     ranked = board.sort_values(metric, kind="stable").reset_index(drop=True)
     colors = [BASELINE_COLOR if str(n).startswith("baseline") else MODEL_COLOR for n in ranked["name"]]
     fig, ax = _axes(f"Leaderboard ({metric}, lower is better)", metric, size=(7, 1 + 0.4 * len(ranked)))
-    bars = ax.barh(range(len(ranked)), ranked[metric].to_numpy(), color=colors, tick_label=ranked["name"].astype(str))
+    bars = ax.barh(
+        range(len(ranked)), ranked[metric].to_numpy(), color=colors, tick_label=ranked["name"].astype(str)
+    )
     ax.bar_label(bars, fmt="%.4f", padding=3)
     ax.invert_yaxis()
     ax.margins(x=0.15)
@@ -133,7 +151,7 @@ def leaderboard_figure(board: pd.DataFrame, metric: str = "cv_log_loss") -> Figu
 
 
 def monitoring_figure(rows: pd.DataFrame, metrics: tuple[str, ...] = ("log_loss", "accuracy")) -> Figure:
-    """Each model version's `metrics` over the periods of a monitoring table (long format); the caller closes it."""
+    """Each version's `metrics` over the periods of a monitoring table (long format); the caller closes it."""
     timed = rows[(rows["PERIOD"] != "all") & rows["METRIC"].isin(metrics)]
     fig, ax = _axes("Scored rows against actuals, per period", "period", "value", size=(7, 4))
     for (version, metric), group in timed.groupby(["MODEL_VERSION", "METRIC"]):

@@ -13,13 +13,10 @@ from typing import Any
 import mlflow
 import optuna
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
-from pipelines import features, ingest
+from pipelines import pipeline, registry
 from pipelines.config import Profile, Spec
-from pipelines.errors import PodiumError
-from pipelines.tracking import STORE_ERRORS, configure, store_error
-from pipelines.tune import open_storage
+from pipelines.tracking import STORE_ERRORS, configure, open_storage, store_error, trial_counts
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.dialect import quote
 
@@ -33,6 +30,7 @@ class TableStatus:
 @dataclass(frozen=True)
 class StudyStatus:
     study: str
+    family: str
     complete: int
     pruned: int
     failed: int
@@ -68,7 +66,7 @@ class Status:
 
 def main(profile: Profile, spec: Spec, storage: str | None = None) -> Status:
     """Collect the status of `spec` on `profile`, touching nothing."""
-    tables = spec_tables(spec)
+    tables = pipeline.tables_written(spec)
     if _warehouse_missing(profile):
         counts, batch, monitoring = [TableStatus(t, None) for t in tables], None, []
     else:
@@ -78,7 +76,9 @@ def main(profile: Profile, spec: Spec, storage: str | None = None) -> Status:
             scored = present.get(spec.scoring_table)
             batch = latest_batch(warehouse, spec.scoring_table, scored) if scored is not None else None
             monitoring = (
-                latest_monitoring(warehouse, spec) if spec.monitoring and spec.monitoring.table in present else []
+                latest_monitoring(warehouse, spec)
+                if spec.monitoring and spec.monitoring.table in present
+                else []
             )
     configure(profile)
     return Status(
@@ -94,24 +94,9 @@ def main(profile: Profile, spec: Spec, storage: str | None = None) -> Status:
     )
 
 
-def spec_tables(spec: Spec) -> list[str]:
-    """Every table the spec's stages write, in pipeline order, each once."""
-    tables: list[str] = []
-    if spec.ingest and (spec.ingest.source / "tables.yaml").is_file():
-        tables += [f"{spec.ingest.db_schema}.{t.upper()}" for t in ingest.read_manifest(spec.ingest.source)]
-    if spec.features:
-        tables += [m.table for m in features.discover_models(spec)]
-    tables += [spec.table, spec.registry.audit_table, spec.scoring_table]
-    if spec.monitoring:
-        tables.append(spec.monitoring.table)
-    return list(dict.fromkeys(tables))
-
-
 def row_count(warehouse: Warehouse, table: str) -> int | None:
     """The table's row count, or None when it does not exist."""
-    try:
-        warehouse.columns(table)
-    except PodiumError:
+    if not warehouse.exists(table):
         return None
     return int(warehouse.query(f"SELECT COUNT(*) AS N FROM {quote(table)}").iloc[0, 0])
 
@@ -122,19 +107,21 @@ def studies(spec: Spec, storage: str) -> list[StudyStatus]:
         return []
     opened = open_storage(storage)
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False))
-    return [_study(optuna.load_study(study_name=n, storage=opened)) for n in names if n.startswith(f"{spec.name}-")]
+    prefix = registry.study_prefix(spec)
+    return [
+        _study(optuna.load_study(study_name=n, storage=opened), prefix) for n in names if n.startswith(prefix)
+    ]
 
 
-def _study(study: optuna.Study) -> StudyStatus:
-    trials = study.get_trials(deepcopy=False)
-    count = lambda state: sum(t.state == state for t in trials)  # noqa: E731
-    complete = count(optuna.trial.TrialState.COMPLETE)
-    best = study.best_trial if complete else None
+def _study(study: optuna.Study, prefix: str) -> StudyStatus:
+    counts = trial_counts(study)
+    best = study.best_trial if counts["COMPLETE"] else None
     return StudyStatus(
         study=study.study_name,
-        complete=complete,
-        pruned=count(optuna.trial.TrialState.PRUNED),
-        failed=count(optuna.trial.TrialState.FAIL),
+        family=study.study_name.removeprefix(prefix),
+        complete=counts["COMPLETE"],
+        pruned=counts["PRUNED"],
+        failed=counts["FAIL"],
         best_value=best.value if best else None,
         best_trial=best.number if best else None,
     )
@@ -145,7 +132,7 @@ def versions(model: str) -> list[VersionStatus]:
     if _store_missing(mlflow.get_tracking_uri()):
         return []
     try:
-        client = MlflowClient()
+        client = registry.client()
         found = client.search_model_versions(f"name = '{model}'")
         if not found:
             return []
@@ -169,7 +156,8 @@ def versions(model: str) -> list[VersionStatus]:
 def latest_batch(warehouse: Warehouse, table: str, total_rows: int) -> dict[str, Any] | None:
     """The most recent scoring batch: its id, model version, rows and time; `total_rows`: the table's."""
     batch = warehouse.query(
-        f"SELECT BATCH_ID, MODEL_NAME, MODEL_VERSION, MODEL_ALIAS, COUNT(*) AS ROWS, MAX(SCORED_AT) AS SCORED_AT "
+        "SELECT BATCH_ID, MODEL_NAME, MODEL_VERSION, MODEL_ALIAS, COUNT(*) AS ROWS, MAX(SCORED_AT) AS "
+        "SCORED_AT "
         f"FROM {quote(table)} GROUP BY BATCH_ID, MODEL_NAME, MODEL_VERSION, MODEL_ALIAS "
         "ORDER BY SCORED_AT DESC LIMIT 1"
     )
@@ -201,7 +189,10 @@ def latest_monitoring(warehouse: Warehouse, spec: Spec) -> list[dict[str, Any]]:
     )
     return [
         {"version": str(version), "period": str(period)}
-        | {m: int(v) if m == "rows" else float(v) for m, v in zip(group["METRIC"], group["VALUE"], strict=True)}
+        | {
+            m: int(v) if m == "rows" else float(v)
+            for m, v in zip(group["METRIC"], group["VALUE"], strict=True)
+        }
         for (version, period), group in rows.groupby(["MODEL_VERSION", "PERIOD"], sort=True)
     ]
 

@@ -1,4 +1,4 @@
-"""MLflow plumbing shared by the stages: where runs go and what every run records.
+"""Tracking plumbing shared by the stages: MLflow runs, the Optuna <-> MLflow bridge, Optuna storages.
 
 A stage's run nests under an active run (so `podium run` / `-e main` shows one tree),
 resumes the run that `mlflow run` created (MLFLOW_RUN_ID), or starts a new run in the
@@ -14,10 +14,12 @@ import re
 import subprocess
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -52,7 +54,8 @@ def store_error(exc: Exception) -> PodiumError:
     detail = refused.group(0) if refused else text if len(text) <= 200 else text[:200].rsplit(". ", 1)[0]
     uri = hide_password(mlflow.get_tracking_uri())
     return PodiumError(
-        f"cannot use the MLflow tracking store {uri}: {detail.strip().rstrip('.')}. Fix MLFLOW_TRACKING_URI or "
+        f"cannot use the MLflow tracking store {uri}: {detail.strip().rstrip('.')}. Fix "
+        "MLFLOW_TRACKING_URI or "
         "the profile's tracking_uri (e.g. sqlite:///mlflow.db), or start the server it names."
     )
 
@@ -78,7 +81,8 @@ def stage_run(profile: Profile, spec: Spec, stage: str) -> Iterator[mlflow.Activ
         if resumed and getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
             raise PodiumError(
                 f"MLFLOW_RUN_ID {resumed} names no run in the MLflow tracking store "
-                f"{hide_password(mlflow.get_tracking_uri())}: unset it, or point MLFLOW_TRACKING_URI at the store "
+                f"{hide_password(mlflow.get_tracking_uri())}: unset it, or point MLFLOW_TRACKING_URI at "
+                "the store "
                 "that holds that run."
             ) from None
         raise store_error(exc) from None
@@ -121,7 +125,9 @@ def experiment_id(name: str) -> str:
 def git_sha() -> str | None:
     """The current commit, if the project is a git checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -144,9 +150,14 @@ class StudyBridge:
     """
 
     def __init__(
-        self, client: MlflowClient, experiment_id: str, parent_id: str, study_name: str, family: str,
+        self,
+        client: MlflowClient,
+        experiment_id: str,
+        parent_id: str,
+        study_name: str,
+        family: str,
         tags: dict[str, str],
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.client, self.experiment_id, self.parent_id = client, experiment_id, parent_id
         self.study_name, self.family, self.tags = study_name, family, tags
 
@@ -158,8 +169,12 @@ class StudyBridge:
         client = MlflowClient()
         parent = _parent_runs(client, experiment_id, study_name)
         if not parent:
-            run_tags = tags | {"podium.role": ROLE_STUDY, "podium.study": study_name, "podium.family": family,
-                               MLFLOW_RUN_NAME: family}  # fmt: skip
+            run_tags = tags | {
+                "podium.role": ROLE_STUDY,
+                "podium.study": study_name,
+                "podium.family": family,
+                MLFLOW_RUN_NAME: family,
+            }
             if top_run_id:
                 run_tags[MLFLOW_PARENT_RUN_ID] = top_run_id
             mine = client.create_run(experiment_id, tags=run_tags).info.run_id
@@ -170,8 +185,14 @@ class StudyBridge:
             client.update_run(parent[0], status="RUNNING")
         return cls(client, experiment_id, parent[0], study_name, family, tags)
 
-    def log_trial(self, trial: optuna.Trial, state: str, params: dict[str, Any], metrics: dict[str, float],
-                  error: str | None = None) -> None:  # fmt: skip
+    def log_trial(
+        self,
+        trial: optuna.Trial,
+        state: str,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        error: str | None = None,
+    ) -> None:
         """Record one finished trial as a child run whose status mirrors Optuna's state."""
         started = trial.datetime_start or datetime.now()
         tags = self.tags | {
@@ -194,8 +215,8 @@ class StudyBridge:
         Best params are tags (`best.<name>`), not params: a resumed study may find a new best.
         """
         self._settle()
-        trials = study.get_trials(deepcopy=False)
-        metrics = {f"trials.{state.name.lower()}": float(sum(t.state == state for t in trials)) for state in STATES}
+        counts = trial_counts(study)
+        metrics = {f"trials.{state.name.lower()}": float(counts[state.name]) for state in STATES}
         tags: dict[str, str] = {}
         if metrics["trials.complete"]:
             best = study.best_trial
@@ -220,7 +241,9 @@ class StudyBridge:
         if earliest == self.parent_id:
             return
         mine = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_id}'", max_results=50000
+            [self.experiment_id],
+            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_id}'",
+            max_results=50000,
         )
         for child in mine:
             self.client.set_tag(child.info.run_id, MLFLOW_PARENT_RUN_ID, earliest)
@@ -254,9 +277,15 @@ def log_dataset(dataset: Dataset, context: str, attempts: int = 3) -> None:
 
 
 def log_run(
-    client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str], metrics: dict[str, float],
-    params: dict[str, Any] | None = None, status: str = "FINISHED", started: datetime | None = None,
-) -> str:  # fmt: skip
+    client: MlflowClient,
+    experiment_id: str,
+    name: str,
+    tags: dict[str, str],
+    metrics: dict[str, float],
+    params: dict[str, Any] | None = None,
+    status: str = "FINISHED",
+    started: datetime | None = None,
+) -> str:
     """A finished run in three calls: create it, one `log_batch`, end it with `status`."""
     start_ms = int((started.timestamp() if started else time.time()) * 1000)
     run_id = client.create_run(experiment_id, start_time=start_ms, tags={MLFLOW_RUN_NAME: name}).info.run_id
@@ -301,3 +330,46 @@ def _log_plots(client: MlflowClient, run_id: str, study: optuna.Study) -> None:
             return
         client.log_figure(run_id, ax.figure, "plots/param_importances.png")
         plt.close(ax.figure)
+
+
+def trial_counts(study: optuna.Study) -> Counter[str]:
+    """How many of the study's trials are in each state, by state name (COMPLETE, PRUNED, FAIL, ...)."""
+    return Counter(t.state.name for t in study.get_trials(deepcopy=False))
+
+
+# --- Optuna storages ---------------------------------------------------------------------
+
+
+def open_storage(storage: str) -> optuna.storages.BaseStorage:
+    """A database URL as an RDB storage; a plain path is a resumable journal file."""
+    try:
+        if "://" in storage:
+            return _rdb_storage(storage)
+        path = Path(storage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    except (
+        sqlalchemy.exc.SQLAlchemyError,
+        ImportError,
+        OSError,
+    ) as exc:  # a bad URL or path, no server, no driver
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        raise PodiumError(
+            f"cannot open the Optuna storage {hide_password(storage)}: {detail}. Pass --storage (or set the "
+            "profile's optuna_storage) to a journal file path, or to a database URL that is reachable and "
+            "whose "
+            "driver is installed (sqlite:///optuna.db, postgresql://user@host/db)."
+        ) from None
+
+
+def _rdb_storage(url: str, attempts: int = 3) -> optuna.storages.RDBStorage:
+    """Open (on first use, create) an Optuna database; workers starting together race to create its schema."""
+    for attempt in range(attempts - 1):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except sqlalchemy.exc.ArgumentError:  # a malformed URL or an unknown dialect: retrying cannot help
+            raise
+        except sqlalchemy.exc.SQLAlchemyError as exc:  # the loser of the race finds the schema half made
+            log.debug("creating the Optuna schema at %s raced another worker: %s", url.split("@")[-1], exc)
+            time.sleep(0.5 * (attempt + 1))
+    return optuna.storages.RDBStorage(url)

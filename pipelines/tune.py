@@ -14,45 +14,48 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import optuna
 import pandas as pd
-import sqlalchemy
-from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sklearn.base import BaseEstimator, clone
 
-from pipelines import plots
+from pipelines import dataset, plots
 from pipelines.baselines import baselines
 from pipelines.config import Profile, Spec, TuningConfig
+from pipelines.dataset import FeatureSchema, Window
 from pipelines.errors import ConfigError, PodiumError
-from pipelines.metrics import METRICS, score
-from pipelines.models import FACTORIES, build, read_spaces, suggest
+from pipelines.metrics import METRICS, classification_metrics
+from pipelines.models import FACTORIES, make_estimator, read_spaces, suggest
 from pipelines.progress import counter
-from pipelines.splits import Fold, check_before_holdout, season_folds
-from pipelines.tracking import StudyBridge, git_sha, hide_password, log_dataset, log_figures, log_run, stage_run
+from pipelines.registry import study_name
+from pipelines.splits import Fold, season_folds
+from pipelines.tracking import (
+    StudyBridge,
+    git_sha,
+    log_dataset,
+    log_figures,
+    log_run,
+    open_storage,
+    stage_run,
+    trial_counts,
+)
 from pipelines.warehouse import Warehouse, connect
-from pipelines.warehouse.dialect import quote
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainingData:
-    """The training window, ready for CV: features, class indices and folds."""
+    """The training window cut into season folds, with its feature schema."""
 
-    X: pd.DataFrame
-    y: np.ndarray
-    times: pd.Series
+    window: Window
     folds: list[Fold]
-    numeric: list[str]
-    categorical: list[str]
+    schema: FeatureSchema
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,15 @@ class TuneResult:
     leaderboard: list[Standing]
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How much one call spends per family: trials, seconds and parallel trials."""
+
+    n_trials: int
+    timeout: float | None
+    n_jobs: int
+
+
 def main(
     profile: Profile,
     spec: Spec,
@@ -83,7 +95,7 @@ def main(
     storage: str | None = None,
 ) -> TuneResult:
     """Score the baselines, then run (or resume) one study per family."""
-    tuning = require_tuning(spec)
+    tuning: TuningConfig = spec.require("tuning")
     families = resolve_families(tuning, family)
     spaces = read_spaces(tuning.search_space)
     missing = [f for f in families if f not in spaces]
@@ -91,28 +103,20 @@ def main(
         raise ConfigError(f"{tuning.search_space} has no search space for {missing}: add one per family.")
     with connect(profile, read_only=True) as warehouse:
         data = load_training_data(warehouse, spec)
+    budget = Budget(n_trials or tuning.n_trials, timeout or tuning.timeout, n_jobs)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with stage_run(profile, spec, "tune") as top:
         tags = _record_context(spec, data, top.info.run_id)
-        standings = [
-            _score_baseline(name, est, data, top, tags) for name, est in baselines(_baseline_column(spec)).items()
-        ]
+        column = spec.baseline.column if spec.baseline else None
+        standings = [_score_baseline(name, est, data, top, tags) for name, est in baselines(column).items()]
         for name in families:
-            study = _open_study(
-                f"{spec.name}-{name}", storage or profile.optuna_storage, tuning.seed, tuning.pruner_startup_trials
-            )
+            study = _open_study(study_name(spec, name), storage or profile.optuna_storage, tuning)
             bridge = StudyBridge.open(study.study_name, name, top.info.experiment_id, top.info.run_id, tags)
-            standings.append(_search(study, bridge, name, spaces[name], data, tuning, n_trials, timeout, n_jobs))
+            standings.append(_search(study, bridge, name, spaces[name], data, tuning.seed, budget))
         board = pd.DataFrame([s.__dict__ for s in standings])
         mlflow.log_text(board.to_csv(index=False), "leaderboard.csv")
         log_figures({"plots/leaderboard.png": plots.leaderboard_figure(board)})
     return TuneResult(standings)
-
-
-def require_tuning(spec: Spec) -> TuningConfig:
-    if spec.tuning is None:
-        raise ConfigError(f"spec {spec.name} has no `tuning` section: add search_space and families.")
-    return spec.tuning
 
 
 def resolve_families(tuning: TuningConfig, family: str) -> list[str]:
@@ -126,77 +130,22 @@ def resolve_families(tuning: TuningConfig, family: str) -> list[str]:
 
 def load_training_data(warehouse: Warehouse, spec: Spec) -> TrainingData:
     """Read the training window (never the holdout) and cut it into season folds."""
-    columns = warehouse.columns(spec.table)
-    numeric, categorical = feature_columns(spec, columns)
-    time_col, keys = quote(spec.time), ", ".join(quote(k) for k in spec.keys)
-    frame = warehouse.query(
-        f"SELECT * FROM {quote(spec.table)} WHERE {time_col} >= ? AND {time_col} < ? ORDER BY {time_col}, {keys}",
-        [spec.train_start, spec.holdout_start],
-    )
-    check_before_holdout(frame[spec.time], spec.holdout_start)
-    if frame.empty:
-        raise PodiumError(
-            f"the training window is empty: {spec.table} has no rows with {spec.time} in "
-            f"[{spec.train_start}, {spec.holdout_start}). Build the features, or fix train_start / holdout_start."
-        )
-    X = frame[numeric + categorical].copy()
-    X[numeric] = X[numeric].astype("float64")
-    return TrainingData(
-        X,
-        encode_target(frame[spec.target], spec),
-        frame[spec.time],
-        season_folds(frame[spec.time], spec.cv.folds, spec.cv.gap),
-        numeric,
-        categorical,
-    )
-
-
-def feature_columns(spec: Spec, columns: dict[str, str]) -> tuple[list[str], list[str]]:
-    """(numeric, categorical) features: every column but keys, time, target and excluded ones."""
-    named = {"target": [spec.target], "time": [spec.time], "keys": spec.keys,
-             "columns.categorical": spec.columns.categorical, "columns.exclude": spec.columns.exclude,
-             "baseline.column": [spec.baseline.column] if spec.baseline else []}  # fmt: skip
-    for field, names in named.items():
-        absent = [n for n in names if n not in columns]
-        if absent:
-            raise ConfigError(
-                f"spec {field} names {absent}, which {spec.table} does not have "
-                f"(its columns: {', '.join(columns)}). Fix the spec or rebuild the features."
-            )
-    reserved = {spec.target, spec.time, *spec.keys, *spec.columns.exclude, *spec.columns.categorical}
-    numeric = [c for c in columns if c not in reserved]
-    text = [c for c in numeric if any(t in columns[c].upper() for t in ("CHAR", "TEXT", "STRING", "DATE", "TIME"))]
-    if text:
-        raise ConfigError(
-            f"columns {text} of {spec.table} are not numeric: list them in columns.categorical or columns.exclude."
-        )
-    if spec.baseline and spec.baseline.column not in numeric + spec.columns.categorical:
-        raise ConfigError(
-            f"baseline.column {spec.baseline.column} is not a feature of {spec.table} (it is a key, the time, the "
-            "target or excluded): the heuristic baseline needs a feature column."
-        )
-    return numeric, list(spec.columns.categorical)
-
-
-def encode_target(target: pd.Series, spec: Spec) -> np.ndarray:
-    """Class labels -> indices in the spec's class order."""
-    unknown = sorted(set(target.dropna().unique()) - set(spec.classes))
-    if unknown or target.isna().any():
-        raise PodiumError(
-            f"{spec.target} holds values outside {spec.classes}: {[str(v) for v in unknown] or ['NULL']}. "
-            "Fix the data or the spec's classes (classes are text: cast a numeric target to VARCHAR)."
-        )
-    return target.map({c: i for i, c in enumerate(spec.classes)}).to_numpy(dtype=int)
+    schema = dataset.read_schema(warehouse, spec)
+    window = dataset.load_training(warehouse, spec, schema)
+    return TrainingData(window, season_folds(window.times, spec.cv.folds, spec.cv.gap), schema)
 
 
 def cross_validate(
     estimator: BaseEstimator, data: TrainingData, trial: optuna.Trial | None = None
 ) -> list[dict[str, float]]:
     """Fit a fresh copy on each fold's training part, score its season; report to the pruner."""
+    X, y = data.window.X, data.window.y
     scores: list[dict[str, float]] = []
     for fold in data.folds:
-        model = clone(estimator).fit(data.X.iloc[fold.train_rows], data.y[fold.train_rows])
-        scores.append(score(data.y[fold.valid_rows], model.predict_proba(data.X.iloc[fold.valid_rows])))
+        model = clone(estimator).fit(X.iloc[fold.train_rows], y[fold.train_rows])
+        scores.append(
+            classification_metrics(y[fold.valid_rows], model.predict_proba(X.iloc[fold.valid_rows]))
+        )
         if trial is not None:
             trial.report(float(np.mean([s["log_loss"] for s in scores])), fold.index)
             if trial.should_prune():
@@ -213,9 +162,14 @@ def summarize(scores: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _search(
-    study: optuna.Study, bridge: StudyBridge, family: str, space: dict, data: TrainingData,
-    tuning: TuningConfig, n_trials: int | None, timeout: float | None, n_jobs: int,
-) -> Standing:  # fmt: skip
+    study: optuna.Study,
+    bridge: StudyBridge,
+    family: str,
+    space: dict,
+    data: TrainingData,
+    seed: int,
+    budget: Budget,
+) -> Standing:
     """Run trials of one family's study; each trial is logged once through the bridge."""
 
     def objective(trial: optuna.Trial) -> float:
@@ -223,7 +177,7 @@ def _search(
         scores: list[dict[str, float]] = []
         started = time.perf_counter()
         try:
-            estimator = build(family, params, data.numeric, data.categorical, tuning.seed)
+            estimator = make_estimator(family, params, data.schema, seed)
             scores = cross_validate(estimator, data, trial)
         except optuna.TrialPruned:
             bridge.log_trial(trial, "PRUNED", params, summarize(scores) | _fit_time(started))
@@ -236,13 +190,16 @@ def _search(
         bridge.log_trial(trial, "COMPLETE", params, metrics | _fit_time(started))
         return metrics["cv_log_loss"]
 
-    trials = n_trials or tuning.n_trials
     started = time.perf_counter()
-    with counter(f"tune {family}", trials) as advance:
+    with counter(f"tune {family}", budget.n_trials) as advance:
         study.optimize(
-            objective, n_trials=trials, timeout=timeout or tuning.timeout, n_jobs=n_jobs,
-            catch=(Exception,), callbacks=[lambda *_: advance()],
-        )  # fmt: skip
+            objective,
+            n_trials=budget.n_trials,
+            timeout=budget.timeout,
+            n_jobs=budget.n_jobs,
+            catch=(Exception,),
+            callbacks=[lambda *_: advance()],
+        )
     bridge.finish(study)
     return _standing(family, study, time.perf_counter() - started)
 
@@ -253,83 +210,46 @@ def _fit_time(started: float) -> dict[str, float]:
 
 def _standing(name: str, study: optuna.Study, seconds: float) -> Standing:
     """A family's leaderboard row: trial counts and its best trial's CV metrics."""
-    states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    states = trial_counts(study)
     best = study.best_trial.user_attrs.get("metrics", {}) if states["COMPLETE"] else {}
     nan = float("nan")
     return Standing(
-        name, states["COMPLETE"], states["PRUNED"], states["FAIL"], best.get("log_loss", nan), best.get("auc", nan),
+        name,
+        states["COMPLETE"],
+        states["PRUNED"],
+        states["FAIL"],
+        best.get("log_loss", nan),
+        best.get("auc", nan),
         round(seconds, 1),
-    )  # fmt: skip
+    )
 
 
-def _open_study(name: str, storage: str, seed: int, startup_trials: int) -> optuna.Study:
+def _open_study(name: str, storage: str, tuning: TuningConfig) -> optuna.Study:
     """Create or resume a study: seeded TPE, a median pruner over per-fold reports."""
     return optuna.create_study(
         study_name=name,
         storage=open_storage(storage),
         direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=1),
+        sampler=optuna.samplers.TPESampler(seed=tuning.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=tuning.pruner_startup_trials, n_warmup_steps=1),
         load_if_exists=True,
-    )
-
-
-def open_storage(storage: str) -> optuna.storages.BaseStorage:
-    """A database URL as an RDB storage; a plain path is a resumable journal file."""
-    try:
-        if "://" in storage:
-            return _rdb_storage(storage)
-        path = Path(storage)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError) as exc:  # a bad URL or path, no server, no driver
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
-        raise PodiumError(
-            f"cannot open the Optuna storage {hide_password(storage)}: {detail}. Pass --storage (or set the profile's "
-            "optuna_storage) to a journal file path, or to a database URL that is reachable and whose driver is "
-            "installed (sqlite:///optuna.db, postgresql://user@host/db)."
-        ) from None
-
-
-def _rdb_storage(url: str, attempts: int = 3) -> optuna.storages.RDBStorage:
-    """Open (and on first use create) an Optuna database; workers starting together race to create its schema."""
-    for attempt in range(attempts - 1):
-        try:
-            return optuna.storages.RDBStorage(url)
-        except sqlalchemy.exc.ArgumentError:  # a malformed URL or an unknown dialect: retrying cannot help
-            raise
-        except sqlalchemy.exc.SQLAlchemyError as exc:  # the loser of the race finds the schema half made
-            log.debug("creating the Optuna schema at %s raced another worker: %s", url.split("@")[-1], exc)
-            time.sleep(0.5 * (attempt + 1))
-    return optuna.storages.RDBStorage(url)
-
-
-def _baseline_column(spec: Spec) -> str | None:
-    return spec.baseline.column if spec.baseline else None
-
-
-def window_dataset(spec: Spec, X: pd.DataFrame, y: np.ndarray, name: str) -> PandasDataset:
-    """A window of rows as an `mlflow.data` dataset (features and class labels), digested for lineage."""
-    return mlflow.data.from_pandas(
-        X.assign(**{spec.target: np.asarray(spec.classes)[y]}), name=name, targets=spec.target
     )
 
 
 def _record_context(spec: Spec, data: TrainingData, run_id: str) -> dict[str, str]:
     """Log the training window and folds on the top run; return the tags every run carries."""
-    dataset = window_dataset(spec, data.X, data.y, f"{spec.table}[{spec.train_start}:{spec.holdout_start})")
-    log_dataset(dataset, context="training")
+    lineage = dataset.lineage_dataset(spec, data.window, dataset.training_name(spec))
+    log_dataset(lineage, context="training")
     folds = [f.describe() for f in data.folds]
-    mlflow.log_dict(
-        {"train_start": str(spec.train_start), "holdout_start": str(spec.holdout_start), "folds": folds}, "splits.json"
-    )
-    mlflow.log_params({"train_start": spec.train_start, "holdout_start": spec.holdout_start, "cv_folds": len(folds),
-                       "seed": spec.tuning.seed if spec.tuning else None, "rows": len(data.X)})  # fmt: skip
+    bounds = {"train_start": str(spec.train_start), "holdout_start": str(spec.holdout_start)}
+    mlflow.log_dict(bounds | {"folds": folds}, "splits.json")
+    seed = spec.tuning.seed if spec.tuning else None
+    mlflow.log_params(bounds | {"cv_folds": len(folds), "seed": seed, "rows": len(data.window.X)})
     return {
         "podium.spec": spec.name,
-        "podium.data_digest": dataset.digest,
+        "podium.data_digest": lineage.digest,
         "podium.git_sha": git_sha() or "unknown",
-        "podium.seed": str(spec.tuning.seed if spec.tuning else ""),
+        "podium.seed": str(seed if seed is not None else ""),
         "podium.cv": " ".join(f"{f['train']}>{f['valid']}" for f in folds),
         "podium.top_run_id": run_id,
     }
@@ -341,10 +261,13 @@ def _score_baseline(
     """Cross-validate one baseline and log it as a child run with the same metric names."""
     started = time.perf_counter()
     metrics = summarize(cross_validate(estimator, data))
-    tags = tags | {MLFLOW_PARENT_RUN_ID: top.info.run_id, "podium.role": "baseline",
-                   "podium.family": f"baseline:{name}", "podium.baseline": name}  # fmt: skip
+    tags = tags | {
+        MLFLOW_PARENT_RUN_ID: top.info.run_id,
+        "podium.role": "baseline",
+        "podium.family": f"baseline:{name}",
+        "podium.baseline": name,
+    }
     log_run(MlflowClient(), top.info.experiment_id, f"baseline-{name}", tags, metrics)
     log.info("baseline %s: CV log loss %.4f", name, metrics["cv_log_loss"])
-    return Standing(
-        f"baseline:{name}", 1, 0, 0, metrics["cv_log_loss"], metrics["cv_auc"], round(time.perf_counter() - started, 1)
-    )
+    seconds = round(time.perf_counter() - started, 1)
+    return Standing(f"baseline:{name}", 1, 0, 0, metrics["cv_log_loss"], metrics["cv_auc"], seconds)

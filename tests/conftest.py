@@ -7,24 +7,17 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import pytest
 
 from pipelines import features, ingest
 from pipelines.config import Profile, Spec, load_spec
+from tests.helpers import REPO, duckdb_profile, tracking_store
 
-REPO = Path(__file__).resolve().parent.parent
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"  # tests talk to loopback only
-
-
-def duckdb_profile(path: Path) -> Profile:
-    """A profile whose warehouse is a DuckDB file at `path`."""
-    return Profile.model_validate({"name": "test", "warehouse": {"backend": "duckdb", "path": path}})
 
 
 @pytest.fixture(scope="session")
@@ -52,23 +45,6 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
         mlflow.end_run()
 
 
-def connect_with(warehouse_class: type) -> Callable[..., Iterator[Any]]:
-    """A stand-in for `pipelines.warehouse.connect` that opens the DuckDB file with `warehouse_class`.
-
-    Tests pass it a subclass of the real DuckDB backend that records what it hands out.
-    """
-
-    @contextmanager
-    def connect(profile: Profile, read_only: bool = False) -> Iterator[Any]:
-        warehouse = warehouse_class(profile.warehouse.path, read_only)
-        try:
-            yield warehouse
-        finally:
-            warehouse.close()
-
-    return connect
-
-
 @pytest.fixture(scope="session")
 def fakesnow_server() -> Iterator[dict]:
     """Connection kwargs of one fakesnow HTTP server on loopback, shared by the session's Snowpark tests.
@@ -79,20 +55,6 @@ def fakesnow_server() -> Iterator[dict]:
 
     with fakesnow.server() as kwargs:
         yield kwargs
-
-
-@contextmanager
-def tracking_store(uri: str) -> Iterator[None]:
-    """Point MLflow at `uri` for a block (session fixtures run outside the per-test store)."""
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +77,9 @@ logreg:
 
 
 @pytest.fixture(scope="session")
-def tuned(tmp_path_factory: pytest.TempPathFactory, built_profile: Profile, spec: Spec) -> tuple[Profile, Spec]:
+def tuned(
+    tmp_path_factory: pytest.TempPathFactory, built_profile: Profile, spec: Spec
+) -> tuple[Profile, Spec]:
     """(profile, spec) whose Optuna journal holds small finished studies of decision_tree and logreg."""
     from pipelines import tune
 

@@ -66,7 +66,19 @@ def postgres_server(root: Path, database: str = "podium") -> Iterator[str]:
             raise RuntimeError(f"{Path(command[0]).name} failed:\n{done.stdout}{done.stderr}{server_log}")
 
     try:
-        run(bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync")
+        run(
+            bindir / "initdb",
+            "-D",
+            data,
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        )
         with (data / "postgresql.conf").open("a") as conf:
             conf.write(
                 f"listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{home}'\n"
@@ -94,16 +106,26 @@ def _tail(path: Path, chars: int = 4000) -> str:
 
 @contextmanager
 def mlflow_server(root: Path, timeout: float = START_TIMEOUT) -> Iterator[str]:
-    """`mlflow server` on a free loopback port, SQLite backend, artifacts proxied to a folder; yields its URL."""
+    """`mlflow server` on a free loopback port, SQLite backend, artifacts proxied to a folder; its URL."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     # no telemetry, and no background job runner (it is for GenAI jobs the pipeline never submits)
     env |= {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -113,9 +135,13 @@ def mlflow_server(root: Path, timeout: float = START_TIMEOUT) -> Iterator[str]:
 
 @contextmanager
 def http_service(
-    command: list[str], probe: str, root: Path, env: dict[str, str] | None = None, timeout: float = START_TIMEOUT
+    command: list[str],
+    probe: str,
+    root: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = START_TIMEOUT,
 ) -> Iterator[None]:
-    """Run `command` in its own session (log in root/server.log) until `probe` answers 200; stop it afterwards."""
+    """Run `command` in its own session (log: root/server.log) until `probe` answers 200; stop it after."""
     log, name = root / "server.log", " ".join(command[:4])
     with log.open("wb") as out:
         server = subprocess.Popen(
@@ -150,17 +176,27 @@ def http_service(
 # --- headless Chromium ----------------------------------------------------------------
 
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-quic", "--hide-scrollbars",
-)  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--hide-scrollbars",
+)
 BROWSER_TIMEOUT = 120.0
 WINDOW = (1800, 1000)
 
 
 def chromium(
-    url: str, screenshot: Path | None = None, window: tuple[int, int] = WINDOW, budget_ms: int = 8000,
+    url: str,
+    screenshot: Path | None = None,
+    window: tuple[int, int] = WINDOW,
+    budget_ms: int = 8000,
     timeout: float = BROWSER_TIMEOUT,
-) -> str:  # fmt: skip
+) -> str:
     """The DOM of `url` once headless Chromium has run the page's JavaScript for `budget_ms` of virtual time.
 
     Each call starts a fresh browser with a profile of its own; `screenshot` also saves the viewport as a
@@ -172,10 +208,15 @@ def chromium(
         raise RuntimeError("chromium is not on PATH (Debian: apt-get install chromium)")
     with tempfile.TemporaryDirectory(prefix="podium-chromium-", ignore_cleanup_errors=True) as profile:
         command = [
-            binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={window[0]},{window[1]}",
-            f"--virtual-time-budget={budget_ms}", "--dump-dom", *([f"--screenshot={screenshot}"] if screenshot else []),
+            binary,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--window-size={window[0]},{window[1]}",
+            f"--virtual-time-budget={budget_ms}",
+            "--dump-dom",
+            *([f"--screenshot={screenshot}"] if screenshot else []),
             url,
-        ]  # fmt: skip
+        ]
         browser = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
         )
@@ -200,9 +241,12 @@ def kill_session(pid: int) -> None:
 
 
 def rendered(
-    url: str, ready: Callable[[RenderedPage], bool], screenshot: Path | None = None,
-    window: tuple[int, int] = WINDOW, deadline: float = 180.0,
-) -> RenderedPage:  # fmt: skip
+    url: str,
+    ready: Callable[[RenderedPage], bool],
+    screenshot: Path | None = None,
+    window: tuple[int, int] = WINDOW,
+    deadline: float = 180.0,
+) -> RenderedPage:
     """Render `url` with `chromium` until `ready(page)`, doubling the virtual-time budget each try.
 
     A browser that fails is tried again too. After `deadline` seconds the last page is returned either
@@ -228,7 +272,21 @@ class RenderedPage(HTMLParser):
     joined by a space and whitespace, &nbsp; included, collapses to single spaces.
     """
 
-    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+    VOID = {
+        "area",
+        "base",
+        "br",
+        "col",
+        "embed",
+        "hr",
+        "img",
+        "input",
+        "link",
+        "meta",
+        "source",
+        "track",
+        "wbr",
+    }
     HIDDEN = {"script", "style", "noscript"}
 
     def __init__(self, dom: str) -> None:
@@ -275,11 +333,11 @@ class RenderedPage(HTMLParser):
 
 
 def mlflow_page(url: str, route: str, **query: str) -> str:
-    """The address of a page of the MLflow UI served at `url`: a hash route (`/models/NAME`), "Model training" mode."""
+    """An MLflow UI page's address at `url`: a hash route (`/models/NAME`), "Model training" mode."""
     return f"{url}/#{route}?{urllib.parse.urlencode({'workflowType': 'machine_learning', **query})}"
 
 
-# The query of the experiment page that lists every run but the trials, in the order they ended: the stage runs,
+# The experiment page's query listing every run but the trials, in the order they ended: the stage runs,
 # baselines and study parents in one flat list (sorted by creation, the UI nests the runs and shows the tree
 # collapsed at its roots; a row expands only on a click).
 PIPELINE_RUNS = {

@@ -50,8 +50,20 @@ STORES = [  # (id, name, region, format, base weekly units)
     (107, "Park View", "east", "super", 2100),
     (108, "Kings Cross", "west", "express", 1000),
 ]
-HEADER = ["store_id", "week_start", "store_name", "region", "store_format", "promo_depth", "price_index",
-          "temperature", "holiday_week", "sales_last_week", "units_sold", "demand_class"]  # fmt: skip
+HEADER = [
+    "store_id",
+    "week_start",
+    "store_name",
+    "region",
+    "store_format",
+    "promo_depth",
+    "price_index",
+    "temperature",
+    "holiday_week",
+    "sales_last_week",
+    "units_sold",
+    "demand_class",
+]
 DEFAULT_OUT = Path(__file__).resolve().parent / "data" / "weekly_demand.csv.gz"
 
 
@@ -68,7 +80,9 @@ def rows(seed: int = SEED) -> list[list[object]]:
             holiday = int(week.isocalendar().week in HOLIDAY_WEEKS)
             promo = rng.choices([0, 10, 20, 30], weights=[60, 20, 12, 8])[0]
             price = 1.0 - promo / 250 + rng.gauss(0, 0.03)
-            momentum = 0.6 * momentum + rng.gauss(0, 0.35)  # local demand swings, visible in last week's sales
+            momentum = 0.6 * momentum + rng.gauss(
+                0, 0.35
+            )  # local demand swings, visible in last week's sales
             demand = (
                 (0.045 + FORMATS[store_format] / 20) * promo
                 + 0.9 * holiday
@@ -79,9 +93,22 @@ def rows(seed: int = SEED) -> list[list[object]]:
             )
             index = 100 * math.exp(0.18 * demand)
             label = "high" if demand > 1.1 else "low" if demand < -0.1 else "normal"
-            out.append([store_id, week.isoformat(), name, region, store_format, promo, f"{price:.3f}",
-                        f"{temperature:.1f}", holiday, "" if last_index is None else f"{last_index:.1f}",
-                        round(base * index / 100), label])  # fmt: skip
+            out.append(
+                [
+                    store_id,
+                    week.isoformat(),
+                    name,
+                    region,
+                    store_format,
+                    promo,
+                    f"{price:.3f}",
+                    f"{temperature:.1f}",
+                    holiday,
+                    "" if last_index is None else f"{last_index:.1f}",
+                    round(base * index / 100),
+                    label,
+                ]
+            )
             last_index, week = index, week + timedelta(weeks=1)
     return out
 

@@ -7,15 +7,45 @@ bulk (Arrow / pandas), never row by row.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import pandas as pd
 
 from pipelines.errors import WarehouseError
+from pipelines.warehouse.dialect import quote, split_table
 
 WriteMode = Literal["append", "replace", "merge"]
 WRITE_MODES: tuple[str, ...] = ("append", "replace", "merge")
+
+
+@dataclass(frozen=True)
+class ScoringJob:
+    """Scoring done inside the warehouse: which rows, which model, and where the scores go.
+
+    The backend selects the rows of `source` with `start <= time < end` (without those
+    `version` has already scored in `table`, unless `full`), calls `predict` on their
+    `features`, and merges keys, `PREDICTED_CLASS`, one probability column per class and
+    the constant `lineage` columns into `table` by (keys, MODEL_VERSION).
+    """
+
+    source: str
+    time: str
+    start: date
+    end: date | None
+    full: bool
+    version: str
+    keys: list[str]
+    id_columns: list[str]
+    features: list[str]
+    predict: Callable[[pd.DataFrame], np.ndarray]
+    classes: list[str]
+    probability_columns: list[str]
+    lineage: dict[str, Any]
+    table: str
 
 
 class Warehouse(Protocol):
@@ -38,8 +68,31 @@ class Warehouse(Protocol):
     def columns(self, table: str) -> dict[str, str]:
         """Column names (upper case) and types of an existing table."""
 
+    def exists(self, table: str) -> bool:
+        """Whether the table exists."""
+
+    def ensure_table(self, table: str, columns: Mapping[str, str]) -> dict[str, str]:
+        """Create the table (and its schema) with these column types unless it exists; its columns."""
+
+    def score_in_warehouse(self, job: ScoringJob) -> tuple[int, int]:
+        """Run a scoring job where the rows live: (rows scored, rows written)."""
+
     def close(self) -> None:
         """Release the connection."""
+
+
+class TableOps:
+    """What both backends do alike on top of `execute`, `exists` and `columns`."""
+
+    def ensure_table(self, table: str, columns: Mapping[str, str]) -> dict[str, str]:
+        """Create the table (and its schema) with explicit column types unless it exists; its columns."""
+        if not self.exists(table):
+            schema, _ = split_table(table)
+            if schema:
+                self.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+            ddl = ", ".join(f"{quote(name)} {kind}" for name, kind in columns.items())
+            self.execute(f"CREATE TABLE IF NOT EXISTS {quote(table)} ({ddl})")
+        return self.columns(table)
 
 
 def check_write(df: pd.DataFrame, table: str, mode: str, keys: Sequence[str]) -> None:
@@ -72,7 +125,7 @@ def rechunk(frames: Iterator[pd.DataFrame], rows: int) -> Iterator[pd.DataFrame]
 
 
 def first_line(exc: Exception) -> str:
-    """The first line of a driver's error, without a closing full stop (or the error's type when it says nothing)."""
+    """The first line of a driver's error without its full stop (or the error's type when it says nothing)."""
     text = str(exc).strip()
     return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
 

@@ -68,4 +68,6 @@ def to_duckdb(sql: str) -> tuple[str, ...]:
         raise WarehouseError(
             f"could not parse the SQL as Snowflake dialect: {problem}{where}. Fix the SQL's syntax."
         ) from None
-    return tuple(normalize_identifiers(e, dialect="snowflake").sql(dialect="duckdb") for e in parsed if e is not None)
+    return tuple(
+        normalize_identifiers(e, dialect="snowflake").sql(dialect="duckdb") for e in parsed if e is not None
+    )

@@ -11,11 +11,19 @@ import duckdb
 import pandas as pd
 
 from pipelines.errors import WarehouseError
-from pipelines.warehouse.base import WriteMode, check_write, first_line, rechunk, write_failed
+from pipelines.warehouse.base import (
+    ScoringJob,
+    TableOps,
+    WriteMode,
+    check_write,
+    first_line,
+    rechunk,
+    write_failed,
+)
 from pipelines.warehouse.dialect import quote, split_table, to_duckdb
 
 
-class DuckDBWarehouse:
+class DuckDBWarehouse(TableOps):
     """Warehouse seam over one DuckDB database file (or `:memory:`)."""
 
     backend = "duckdb"
@@ -82,6 +90,25 @@ class DuckDBWarehouse:
 
     def columns(self, table: str) -> dict[str, str]:
         """Column names and DuckDB types of a table, in order."""
+        found = self._columns(table)
+        if not found:
+            raise WarehouseError(f"table {table} does not exist: build it first (e.g. `podium features`).")
+        return found
+
+    def exists(self, table: str) -> bool:
+        """Whether the table exists in this database file."""
+        return bool(self._columns(table))
+
+    def score_in_warehouse(self, job: ScoringJob) -> tuple[int, int]:
+        """DuckDB has no in-warehouse model runtime: Podium scores its rows itself (`--engine local`)."""
+        raise WarehouseError(
+            f"scoring inside the warehouse needs Snowflake: score {job.table} with --engine local."
+        )
+
+    def close(self) -> None:
+        self._con.close()
+
+    def _columns(self, table: str) -> dict[str, str]:
         schema, name = split_table(table)
         rows = self._con.execute(
             "SELECT column_name, data_type FROM information_schema.columns "
@@ -89,17 +116,14 @@ class DuckDBWarehouse:
             "ORDER BY ordinal_position",
             [name, schema, schema],
         ).fetchall()
-        if not rows:
-            raise WarehouseError(f"table {table} does not exist: build it first (e.g. `podium features`).")
         return {column.upper(): dtype for column, dtype in rows}
-
-    def close(self) -> None:
-        self._con.close()
 
     def _single(self, sql: str) -> str:
         statements = to_duckdb(sql)
         if len(statements) != 1:
-            raise WarehouseError(f"expected exactly one query, got {len(statements)} statements: run one at a time.")
+            raise WarehouseError(
+                f"expected exactly one query, got {len(statements)} statements: run one at a time."
+            )
         return statements[0]
 
     def _run(

@@ -13,7 +13,7 @@ import operator
 import os
 from collections.abc import Iterator, Sequence
 from functools import reduce
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from snowflake.connector.errors import Error as ConnectorError
@@ -21,18 +21,41 @@ from snowflake.snowpark import Session
 from snowflake.snowpark.exceptions import SnowparkClientException, SnowparkSQLException
 from snowflake.snowpark.functions import when_matched, when_not_matched
 
-from pipelines.config import SnowflakeConfig
 from pipelines.errors import WarehouseError
-from pipelines.warehouse.base import WriteMode, check_write, first_line, rechunk, write_failed
+from pipelines.warehouse import snowpark_scoring
+from pipelines.warehouse.base import (
+    ScoringJob,
+    TableOps,
+    WriteMode,
+    check_write,
+    first_line,
+    rechunk,
+    write_failed,
+)
 from pipelines.warehouse.dialect import check_identifier, quote
+
+if TYPE_CHECKING:
+    from pipelines.config import SnowflakeConfig
 
 log = logging.getLogger(__name__)
 
 # SNOWFLAKE_<KEY> environment variables read into the connection, as Snowflake's own tools do.
 ENV_KEYS = (
-    "account", "user", "password", "authenticator", "private_key_file", "private_key_file_pwd",
-    "token", "role", "warehouse", "database", "schema", "host", "port", "protocol",
-)  # fmt: skip
+    "account",
+    "user",
+    "password",
+    "authenticator",
+    "private_key_file",
+    "private_key_file_pwd",
+    "token",
+    "role",
+    "warehouse",
+    "database",
+    "schema",
+    "host",
+    "port",
+    "protocol",
+)
 
 
 def connection_parameters(config: SnowflakeConfig, environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -41,7 +64,9 @@ def connection_parameters(config: SnowflakeConfig, environ: dict[str, str] | Non
     params: dict[str, Any] = {
         key: value for key in ("database", "role", "warehouse") if (value := getattr(config, key)) is not None
     }
-    params |= {key: environ[f"SNOWFLAKE_{key.upper()}"] for key in ENV_KEYS if f"SNOWFLAKE_{key.upper()}" in environ}
+    params |= {
+        key: environ[f"SNOWFLAKE_{key.upper()}"] for key in ENV_KEYS if f"SNOWFLAKE_{key.upper()}" in environ
+    }
     name = config.connection_name or environ.get("SNOWFLAKE_DEFAULT_CONNECTION_NAME")
     if name:
         params["connection_name"] = name
@@ -54,7 +79,7 @@ def connection_parameters(config: SnowflakeConfig, environ: dict[str, str] | Non
     return params
 
 
-class SnowparkWarehouse:
+class SnowparkWarehouse(TableOps):
     """Warehouse seam over a Snowpark Session (a real account, fakesnow, or local testing)."""
 
     backend = "snowflake"
@@ -99,7 +124,11 @@ class SnowparkWarehouse:
                 staged.write.save_as_table(target, mode="append", column_order="name")
             else:
                 self.merge_dataframe(staged, table, keys)
-        except (SnowparkSQLException, SnowparkClientException, ConnectorError) as exc:  # the upload is the connector's
+        except (
+            SnowparkSQLException,
+            SnowparkClientException,
+            ConnectorError,
+        ) as exc:  # the upload is the connector's
             raise write_failed(table, exc) from None
         return len(df)
 
@@ -142,8 +171,12 @@ class SnowparkWarehouse:
             return False
         return True
 
+    def score_in_warehouse(self, job: ScoringJob) -> tuple[int, int]:
+        """Score inside Snowflake with the model as a vectorized UDF (see `snowpark_scoring`)."""
+        return snowpark_scoring.run_job(self, job)
+
     def merge_dataframe(self, staged, table: str, keys: Sequence[str]) -> int:  # noqa: ANN001 (a Snowpark DataFrame)
-        """MERGE a Snowpark DataFrame already in Snowflake into `table` by `keys` (created if absent); rows written."""
+        """MERGE a Snowpark DataFrame into `table` by `keys` (created if absent); the rows written."""
         target, keys = quote(table), [check_identifier(k) for k in keys]
         if not self.exists(table):
             staged.write.save_as_table(target, mode="overwrite")

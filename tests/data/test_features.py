@@ -16,7 +16,7 @@ from pipelines import features
 from pipelines.config import Profile, Spec
 from pipelines.warehouse import connect
 from pipelines.warehouse.dialect import to_duckdb
-from tests.conftest import duckdb_profile
+from tests.helpers import duckdb_profile
 
 CUTOFF = date(2016, 1, 1)
 
@@ -34,7 +34,9 @@ def known_before_race(profile: Profile, spec: Spec, cutoff: date) -> pd.DataFram
     """
     keys = ", ".join(spec.keys)
     first = f"(SELECT MIN({spec.time}) FROM {spec.table} WHERE {spec.time} >= ?)"
-    rows = frame(profile, f"SELECT * FROM {spec.table} WHERE {spec.time} <= {first} ORDER BY {keys}", [cutoff])
+    rows = frame(
+        profile, f"SELECT * FROM {spec.table} WHERE {spec.time} <= {first} ORDER BY {keys}", [cutoff]
+    )
     is_cutoff_race = rows[spec.time] >= pd.Timestamp(cutoff)
     rows[spec.target] = rows[spec.target].where(~is_cutoff_race, None)
     return rows
@@ -51,7 +53,8 @@ def rebuild_after_changing_results(source: Profile, spec: Spec, cutoff: date, tm
     later = "SELECT RACE_ID FROM RAW.RACES WHERE DATE >= ?"
     with connect(changed) as warehouse:
         warehouse.execute(
-            "UPDATE RAW.RESULTS SET POSITION = IFF(POSITION IS NULL, 1, NULL), POSITION_ORDER = 30 - POSITION_ORDER, "
+            "UPDATE RAW.RESULTS SET POSITION = IFF(POSITION IS NULL, 1, NULL), POSITION_ORDER = 30 - "
+            "POSITION_ORDER, "
             f"POINTS = POINTS * 3 + 7, STATUS_ID = IFF(STATUS_ID = 1, 5, 1) WHERE RACE_ID IN ({later})",
             [cutoff],
         )
@@ -71,20 +74,28 @@ def with_sql(spec: Spec, edit: str, by: str, tmp: Path) -> Spec:
 
 
 @pytest.mark.parametrize(
-    "model", sorted((Path(__file__).parents[2] / "pipelines" / "sql" / "f1").glob("*.sql")), ids=lambda p: p.name
+    "model",
+    sorted((Path(__file__).parents[2] / "pipelines" / "sql" / "f1").glob("*.sql")),
+    ids=lambda p: p.name,
 )
-def test_every_sql_model_transpiles_and_runs_on_duckdb(built_profile: Profile, model: Path) -> None:
-    assert isinstance(sqlglot.parse_one(model.read_text(), read="snowflake"), exp.Query), "one SELECT per model"
-    (statement,) = to_duckdb(model.read_text())
+def test_every_sql_model_transpiles_and_runs_on_duckdb(
+    built_profile: Profile, spec: Spec, model: Path
+) -> None:
+    assert isinstance(sqlglot.parse_one(model.read_text(), read="snowflake"), exp.Query), (
+        "one SELECT per model"
+    )
+    sql, params = features.bind_spec_values(model.read_text(), spec)
+    (statement,) = to_duckdb(sql)
     with duckdb.connect(str(built_profile.warehouse.path), read_only=True) as con:
-        counted = con.execute(f"SELECT COUNT(*) FROM ({statement})").fetchone()[0]
+        counted = con.execute(f"SELECT COUNT(*) FROM ({statement})", params).fetchone()[0]
     assert counted > 0
 
 
 def test_one_row_per_race_and_driver_since_2010(built_profile: Profile, spec: Spec) -> None:
     stats = frame(
         built_profile,
-        f"SELECT COUNT(*) AS N, COUNT(DISTINCT RACE_ID, DRIVER_ID) AS KEYS, MIN(RACE_DATE) AS FIRST FROM {spec.table}",
+        "SELECT COUNT(*) AS N, COUNT(DISTINCT RACE_ID, DRIVER_ID) AS KEYS, MIN(RACE_DATE) AS FIRST FROM "
+        f"{spec.table}",
     ).iloc[0]
     results = frame(
         built_profile,
@@ -133,7 +144,8 @@ def test_at_least_twelve_features_besides_keys_time_and_target(built_profile: Pr
 def test_standings_come_from_the_previous_round(built_profile: Profile, spec: Spec) -> None:
     first_rounds = frame(
         built_profile,
-        f"SELECT COUNT(*) AS N, COUNT(CHAMPIONSHIP_POSITION_BEFORE) AS KNOWN, SUM(CHAMPIONSHIP_POINTS_BEFORE) AS PTS "
+        "SELECT COUNT(*) AS N, COUNT(CHAMPIONSHIP_POSITION_BEFORE) AS KNOWN, "
+        "SUM(CHAMPIONSHIP_POINTS_BEFORE) AS PTS "
         f"FROM {spec.table} WHERE ROUND = 1",
     ).iloc[0]
     assert first_rounds.N > 200 and first_rounds.KNOWN == 0 and first_rounds.PTS == 0
@@ -147,7 +159,9 @@ def test_standings_come_from_the_previous_round(built_profile: Profile, spec: Sp
     assert len(sprint_free) / len(leader_before_final) > 0.95
 
 
-def test_later_results_leave_earlier_features_unchanged(built_profile: Profile, spec: Spec, tmp_path: Path) -> None:
+def test_later_results_leave_earlier_features_unchanged(
+    built_profile: Profile, spec: Spec, tmp_path: Path
+) -> None:
     before = known_before_race(built_profile, spec, CUTOFF)
     changed = rebuild_after_changing_results(built_profile, spec, CUTOFF, tmp_path)
     pd.testing.assert_frame_equal(known_before_race(changed, spec, CUTOFF), before)

@@ -28,7 +28,7 @@ from pipelines import features, ingest
 from pipelines.config import Profile, Spec
 from pipelines.warehouse import connect
 from pipelines.warehouse.snowpark import ENV_KEYS, SnowparkWarehouse
-from tests.conftest import tracking_store
+from tests.helpers import tracking_store
 
 DATABASE = "PODIUM"
 FEATURE_ROWS = 5_517  # the DuckDB build of the bundled data
@@ -81,7 +81,9 @@ def snowpark_build(
             "SCHEMA": spec.features.db_schema,  # Snowpark's session objects land in the current schema
         }.items():
             mp.setenv(f"SNOWFLAKE_{key}", value)
-        profile = Profile.model_validate({"name": "snow", "warehouse": {"backend": "snowflake", "database": DATABASE}})
+        profile = Profile.model_validate(
+            {"name": "snow", "warehouse": {"backend": "snowflake", "database": DATABASE}}
+        )
         with connect(profile) as warehouse:
             warehouse.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
             warehouse.execute(f"CREATE SCHEMA IF NOT EXISTS {DATABASE}.{spec.ingest.db_schema}")
@@ -121,7 +123,9 @@ def test_features_stage_passes_its_checks(snowpark_build: dict, spec: Spec) -> N
     assert result.rows[spec.table] == FEATURE_ROWS
 
 
-def test_feature_table_matches_the_duckdb_build(snowpark_build: dict, built_profile: Profile, spec: Spec) -> None:
+def test_feature_table_matches_the_duckdb_build(
+    snowpark_build: dict, built_profile: Profile, spec: Spec
+) -> None:
     sql = f"SELECT * FROM {spec.table}"
     on_snowpark, on_duckdb = frame(snowpark_build["profile"], sql), frame(built_profile, sql)
     assert len(on_snowpark) == len(on_duckdb) == FEATURE_ROWS
@@ -130,14 +134,18 @@ def test_feature_table_matches_the_duckdb_build(snowpark_build: dict, built_prof
     pd.testing.assert_frame_equal(comparable(on_snowpark, spec.keys), comparable(on_duckdb, spec.keys))
 
 
-def test_aggregates_agree_with_the_duckdb_build(snowpark_build: dict, built_profile: Profile, spec: Spec) -> None:
+def test_aggregates_agree_with_the_duckdb_build(
+    snowpark_build: dict, built_profile: Profile, spec: Spec
+) -> None:
     sql = (
         f"SELECT {spec.target}, COUNT(*) AS N, SUM(GRID) AS GRID, ROUND(SUM(DRIVER_POINTS_LAST5), 2) AS PTS, "
         f"COUNT(QUALI_POSITION) AS QUALI FROM {spec.table} GROUP BY 1 ORDER BY 1"
     )
     on_snowpark, on_duckdb = frame(snowpark_build["profile"], sql), frame(built_profile, sql)
     assert on_snowpark[spec.target].tolist() == sorted(spec.classes)
-    pd.testing.assert_frame_equal(comparable(on_snowpark, [spec.target]), comparable(on_duckdb, [spec.target]))
+    pd.testing.assert_frame_equal(
+        comparable(on_snowpark, [spec.target]), comparable(on_duckdb, [spec.target])
+    )
 
 
 def test_every_model_table_has_the_duckdb_row_count(snowpark_build: dict, built_profile: Profile) -> None:

@@ -17,11 +17,12 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import evaluate, features, ingest, promote, score, train, tune
+from pipelines import dataset, evaluate, features, ingest, promote, score, tracking, train, tune
 from pipelines.config import Profile, Spec, load_spec
+from pipelines.dataset import FeatureSchema
 from pipelines.errors import ConfigError
 from pipelines.warehouse import connect
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 EXAMPLE = REPO / "examples" / "store_demand"
 DATA = EXAMPLE / "data" / "weekly_demand.csv.gz"
@@ -29,7 +30,7 @@ DATA = EXAMPLE / "data" / "weekly_demand.csv.gz"
 
 @pytest.fixture(scope="module")
 def example_spec() -> Spec:
-    """The example's real spec file, loaded the way `--spec examples/store_demand/store_demand.yaml` loads it."""
+    """The example's real spec file, loaded as `--spec examples/store_demand/store_demand.yaml` loads it."""
     return load_spec(str(EXAMPLE / "store_demand.yaml"), root=REPO)
 
 
@@ -56,11 +57,15 @@ def test_the_example_runs_every_stage_from_its_spec(
     )
 
     board = {s.name: s for s in tune.main(profile, spec, n_trials=3).leaderboard}
-    storage = tune.open_storage(profile.optuna_storage)
+    storage = tracking.open_storage(profile.optuna_storage)
     studies = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
     assert studies == {f"store_demand-{f}": 3 for f in spec.tuning.families}
     best = min(spec.tuning.families, key=lambda f: board[f].cv_log_loss)
-    assert board[best].cv_log_loss < board["baseline:heuristic"].cv_log_loss < board["baseline:prior"].cv_log_loss
+    assert (
+        board[best].cv_log_loss
+        < board["baseline:heuristic"].cv_log_loss
+        < board["baseline:prior"].cv_log_loss
+    )
 
     trained = train.main(profile, spec)
     assert trained.model_name == "store_demand" and trained.champion.version == "1"
@@ -104,18 +109,29 @@ def test_a_spec_without_ingest_reads_its_table_as_it_is(example_spec: Spec, prof
 
 
 def test_heuristic_and_hit_rate_misconfigurations_are_one_clear_error(example_spec: Spec) -> None:
-    columns = {"STORE_ID": "BIGINT", "WEEK_START": "DATE", "STORE_NAME": "VARCHAR", "REGION": "VARCHAR",
-               "STORE_FORMAT": "VARCHAR", "PROMO_DEPTH": "BIGINT", "UNITS_SOLD": "BIGINT",
-               "DEMAND_CLASS": "VARCHAR"}  # fmt: skip
-    assert tune.feature_columns(example_spec, columns) == (["PROMO_DEPTH"], ["REGION", "STORE_FORMAT"])
+    columns = {
+        "STORE_ID": "BIGINT",
+        "WEEK_START": "DATE",
+        "STORE_NAME": "VARCHAR",
+        "REGION": "VARCHAR",
+        "STORE_FORMAT": "VARCHAR",
+        "PROMO_DEPTH": "BIGINT",
+        "UNITS_SOLD": "BIGINT",
+        "DEMAND_CLASS": "VARCHAR",
+    }
+    assert dataset.feature_schema(example_spec, columns) == FeatureSchema(
+        ["PROMO_DEPTH"], ["REGION", "STORE_FORMAT"]
+    )
 
     def with_baseline(column: str) -> Spec:
-        return example_spec.model_copy(update={"baseline": example_spec.baseline.model_copy(update={"column": column})})
+        return example_spec.model_copy(
+            update={"baseline": example_spec.baseline.model_copy(update={"column": column})}
+        )
 
     with pytest.raises(ConfigError, match=r"spec baseline.column names \['PROMO'\]"):
-        tune.feature_columns(with_baseline("PROMO"), columns)
+        dataset.feature_schema(with_baseline("PROMO"), columns)
     with pytest.raises(ConfigError, match="baseline.column UNITS_SOLD is not a feature"):
-        tune.feature_columns(with_baseline("UNITS_SOLD"), columns)
+        dataset.feature_schema(with_baseline("UNITS_SOLD"), columns)
 
     hit_rate = example_spec.monitoring.hit_rate
     evaluate.check_hit_rate(example_spec, hit_rate, columns)

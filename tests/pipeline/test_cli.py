@@ -11,34 +11,7 @@ import pytest
 
 from pipelines import cli
 from pipelines.config import Profile
-from tests.conftest import REPO
-
-
-def podium(
-    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> tuple[int, str, str]:
-    """Run the console entry point in-process from the repo root: (exit code, stdout, stderr)."""
-    monkeypatch.chdir(REPO)
-    monkeypatch.setattr(sys, "argv", ["podium", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return int(exit_info.value.code or 0), captured.out, captured.err
-
-
-def profile_file(tmp_path: Path, profile: Profile) -> str:
-    path = tmp_path / "profile.yaml"
-    path.write_text(f"warehouse:\n  backend: duckdb\n  path: {profile.warehouse.path}\n")
-    return str(path)
-
-
-def bad_spec(tmp_path: Path, replace: str, by: str) -> str:
-    path = tmp_path / f"spec_{len(list(tmp_path.glob('spec_*')))}.yaml"
-    text = (REPO / "experiments" / "f1_podium.yaml").read_text()
-    assert replace in text
-    path.write_text(text.replace(replace, by))
-    return str(path)
+from tests.helpers import REPO, bad_spec, podium, profile_file
 
 
 @pytest.mark.parametrize(
@@ -64,7 +37,13 @@ def test_user_errors_are_one_clear_line(
     local = profile_file(tmp_path, profile)
     args = {
         "unknown profile": ["ingest", "--profile", "prod"],
-        "unknown spec key": ["ingest", "-p", local, "--spec", bad_spec(tmp_path, "holdout_start:", "holdout_strat:")],
+        "unknown spec key": [
+            "ingest",
+            "-p",
+            local,
+            "--spec",
+            bad_spec(tmp_path, "holdout_start:", "holdout_strat:"),
+        ],
         "malformed yaml": [
             "ingest",
             "-p",
@@ -97,7 +76,10 @@ def test_user_errors_are_one_clear_line(
 
 
 def test_sql_prints_csv_for_machines(
-    built_profile: Profile, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    built_profile: Profile,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     args = [
         "sql",
@@ -149,8 +131,13 @@ def test_no_traceback_from_the_real_console_script(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "malformed YAML" in done.stderr and "Traceback" not in done.stderr
-    usage = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", "--top-k", "0"], cwd=REPO,
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    usage = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "train", "--top-k", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert usage.returncode == 2 and "Invalid value for '--top-k'" in usage.stderr
     assert "Traceback" not in usage.stderr
 
@@ -178,7 +165,9 @@ def test_usage_errors_print_usage_and_exit_2(
     assert code == 2 and "Usage: podium" in stderr and message in stderr and "Traceback" not in stderr
 
 
-def test_a_bad_log_level_is_one_clear_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bad_log_level_is_one_clear_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PODIUM_LOG_LEVEL", "chatty")
     code, _, stderr = podium(["status"], capsys, monkeypatch)
     assert code == 1 and "PODIUM_LOG_LEVEL=CHATTY is not a log level" in stderr
@@ -191,5 +180,10 @@ def test_a_broken_sql_model_is_named_in_the_error(
     models.mkdir()
     (models / "10_f1_features.sql").write_text("SELECT NOPE FROM RAW.RACES")
     spec = bad_spec(tmp_path, "sql: pipelines/sql/f1", f"sql: {models}")
-    code, _, stderr = podium(["features", "-p", profile_file(tmp_path, profile), "--spec", spec], capsys, monkeypatch)
-    assert code == 1 and f"the SQL model {models / '10_f1_features.sql'} failed to build ML.F1_FEATURES" in stderr
+    code, _, stderr = podium(
+        ["features", "-p", profile_file(tmp_path, profile), "--spec", spec], capsys, monkeypatch
+    )
+    assert (
+        code == 1
+        and f"the SQL model {models / '10_f1_features.sql'} failed to build ML.F1_FEATURES" in stderr
+    )

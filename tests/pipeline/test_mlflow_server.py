@@ -1,4 +1,4 @@
-"""The pipeline against a real `mlflow server` over HTTP: tune, train, promote and score, then the registry via REST.
+"""The pipeline against a real `mlflow server` over HTTP: tune, train, promote, score, then the REST registry.
 
 The server runs on a loopback port with a SQLite backend and proxied artifacts in a local
 folder (`--artifacts-destination`), the same shape as a production server on PostgreSQL
@@ -18,7 +18,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import promote, score, train, tune
+from pipelines import promote, registry, score, train, tune
 from pipelines.config import Profile, Spec
 from pipelines.warehouse import connect
 from tests.servers import mlflow_server
@@ -77,12 +77,14 @@ def test_pipeline_runs_against_an_mlflow_tracking_server(
         pyfunc = mlflow.pyfunc.load_model(f"models:/{spec.model_name}@champion")
         schema = pyfunc.metadata.get_input_schema()
         with connect(profile, read_only=True) as warehouse:
-            rows = warehouse.query(f"SELECT * FROM {spec.table} WHERE {spec.time} >= ? LIMIT 20", [spec.scoring.start])
+            rows = warehouse.query(
+                f"SELECT * FROM {spec.table} WHERE {spec.time} >= ? LIMIT 20", [spec.scoring.start]
+            )
             written = warehouse.query(
                 f"SELECT MODEL_VERSION, COUNT(*) AS N FROM {spec.scoring_table} GROUP BY MODEL_VERSION"
             )
         features = rows[schema.input_names()]
-        numeric = [c.name for c in schema.inputs if c.type.name in score.NUMERIC_TYPES]
+        numeric = [c.name for c in schema.inputs if c.type.name in registry.NUMERIC_TYPES]
         predictions = pyfunc.predict(features.astype(dict.fromkeys(numeric, "float64")))
         assert len(predictions) == len(rows) == 20
         assert dict(zip(written.MODEL_VERSION, written.N, strict=True)) == {version: scored.rows_written}

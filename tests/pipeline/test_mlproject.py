@@ -12,12 +12,11 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import promote, score, train, tune
+from pipelines import promote, score, tracking, train
 from pipelines.config import Profile, Spec
 from pipelines.tracking import STATUS
 from pipelines.warehouse import connect
-from tests.conftest import REPO
-from tests.pipeline.test_tune import FAST_SPACE
+from tests.helpers import FAST_SPACE, REPO
 
 
 def mlflow_run(entry_point: str, params: dict[str, str], tracking_uri: str, cwd: Path) -> None:
@@ -29,8 +28,17 @@ def mlflow_run(entry_point: str, params: dict[str, str], tracking_uri: str, cwd:
         "MLFLOW_TRACKING_URI": tracking_uri,
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
-    command = [str(venv_bin / "mlflow"), "run", str(REPO), "-e", entry_point, "--env-manager", "local",
-               "--experiment-name", "podium-test"]  # fmt: skip
+    command = [
+        str(venv_bin / "mlflow"),
+        "run",
+        str(REPO),
+        "-e",
+        entry_point,
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        "podium-test",
+    ]
     command += [arg for key, value in params.items() for arg in ("-P", f"{key}={value}")]
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -44,7 +52,9 @@ def copy_profile(built_profile: Profile, tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_features_entry_point_records_row_counts(built_profile: Profile, tmp_path: Path, mlflow_store: str) -> None:
+def test_features_entry_point_records_row_counts(
+    built_profile: Profile, tmp_path: Path, mlflow_store: str
+) -> None:
     mlflow_run("features", {"profile": str(copy_profile(built_profile, tmp_path))}, mlflow_store, tmp_path)
 
     client = MlflowClient(mlflow_store)
@@ -65,8 +75,13 @@ def test_tune_entry_point_nests_one_parent_per_family_under_the_mlflow_run(
     text = text.replace("[logreg, knn, svc, decision_tree, random_forest, xgboost]", "[decision_tree, knn]")
     (tmp_path / "spec.yaml").write_text(text)
     storage = tmp_path / "studies.journal"
-    params = {"profile": str(copy_profile(built_profile, tmp_path)), "spec": str(tmp_path / "spec.yaml"),
-              "family": "all", "n_trials": "3", "storage": str(storage)}  # fmt: skip
+    params = {
+        "profile": str(copy_profile(built_profile, tmp_path)),
+        "spec": str(tmp_path / "spec.yaml"),
+        "family": "all",
+        "n_trials": "3",
+        "storage": str(storage),
+    }
     mlflow_run("tune", params, mlflow_store, tmp_path)
 
     client = MlflowClient(mlflow_store)
@@ -76,7 +91,9 @@ def test_tune_entry_point_nests_one_parent_per_family_under_the_mlflow_run(
     assert sorted(p.data.tags["podium.family"] for p in parents) == ["decision_tree", "knn"]
     assert all(p.data.tags["mlflow.parentRunId"] == top.info.run_id for p in parents)
     for parent in parents:
-        study = optuna.load_study(study_name=parent.data.tags["podium.study"], storage=tune.open_storage(str(storage)))
+        study = optuna.load_study(
+            study_name=parent.data.tags["podium.study"], storage=tracking.open_storage(str(storage))
+        )
         children = {
             int(r.data.tags["podium.trial"]): r.info.status
             for r in runs
@@ -124,7 +141,9 @@ def test_score_entry_point_twice_more_adds_no_rows(
     for _ in range(2):
         mlflow_run("score", {"profile": str(profile_path)}, mlflow_store, tmp_path)
     with connect(trained_profile, read_only=True) as warehouse:
-        rows = warehouse.query(f"SELECT COUNT(*) AS N, COUNT(DISTINCT BATCH_ID) AS B FROM {spec.scoring_table}")
+        rows = warehouse.query(
+            f"SELECT COUNT(*) AS N, COUNT(DISTINCT BATCH_ID) AS B FROM {spec.scoring_table}"
+        )
     assert (rows.N[0], rows.B[0]) == (first.rows_written, 1)
     client = MlflowClient(mlflow_store)
     runs = client.search_runs([client.get_experiment_by_name("podium-test").experiment_id])

@@ -1,4 +1,4 @@
-"""The studies `podium tune` writes open in optuna-dashboard, as the README shows: `optuna-dashboard <storage>`."""
+"""The studies `podium tune` writes open in optuna-dashboard, as the README shows (optuna-dashboard PATH)."""
 
 from __future__ import annotations
 
@@ -35,10 +35,21 @@ def test_optuna_dashboard_lists_each_familys_study_from_the_journal(
     journal = tmp_path / "studies.journal"
     shutil.copyfile(profile.optuna_storage, journal)  # the dashboard may write its own notes into a storage
     port = free_port()
-    command = [dashboard_command(), str(journal), "--host", "127.0.0.1", "--port", str(port), "--server", "wsgiref"]
+    command = [
+        dashboard_command(),
+        str(journal),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--server",
+        "wsgiref",
+    ]
     api = f"http://127.0.0.1:{port}/api/studies"
     with http_service(command, api, tmp_path):
-        listed = {s["study_name"]: len(get(f"{api}/{s['study_id']}")["trials"]) for s in get(api)["study_summaries"]}
+        listed = {
+            s["study_name"]: len(get(f"{api}/{s['study_id']}")["trials"]) for s in get(api)["study_summaries"]
+        }
 
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     expected = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}

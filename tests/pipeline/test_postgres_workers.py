@@ -1,4 +1,4 @@
-"""Two `tune` workers on one Optuna study in a real PostgreSQL, the shared storage for workers on many machines.
+"""Two `tune` workers on one Optuna study in a real PostgreSQL, the storage workers on many machines share.
 
 The cluster is a throwaway one the tests start on a loopback port (`tests.servers.postgres_server`);
 the test skips only where PostgreSQL is not installed at all.
@@ -16,8 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import Profile, Spec
-from tests.conftest import REPO
-from tests.pipeline.test_tune import FAST_SPACE, assert_children_mirror_trials, mlflow_tree, studies
+from tests.helpers import FAST_SPACE, REPO, assert_children_mirror_trials, mlflow_tree, studies
 from tests.servers import postgres_server
 
 
@@ -37,14 +36,33 @@ def test_two_workers_on_postgres_share_one_study_and_one_parent(
     (tmp_path / "spec.yaml").write_text(
         text.replace("experiments/search_spaces/default.yaml", str(tmp_path / "space.yaml"))
     )
-    (tmp_path / "profile.yaml").write_text(f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\n")
+    (tmp_path / "profile.yaml").write_text(
+        f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {
-        "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
-    command = [sys.executable, "-m", "pipelines.cli", "tune", "--family", "decision_tree", "-n", "6",
-               "--storage", postgres_url,
-               "--spec", str(tmp_path / "spec.yaml"), "--profile", str(tmp_path / "profile.yaml")]  # fmt: skip
+        "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "tune",
+        "--family",
+        "decision_tree",
+        "-n",
+        "6",
+        "--storage",
+        postgres_url,
+        "--spec",
+        str(tmp_path / "spec.yaml"),
+        "--profile",
+        str(tmp_path / "profile.yaml"),
+    ]
     MlflowClient().search_experiments()  # create the store once; two fresh processes would race its migration
-    workers = [subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    workers = [
+        subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     for worker in workers:
         assert worker.wait(timeout=300) == 0, worker.stderr.read()[-2000:]
 

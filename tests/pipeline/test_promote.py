@@ -16,8 +16,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import promote, train
 from pipelines.config import Profile, Spec
 from pipelines.warehouse import connect
-from tests.conftest import REPO
-from tests.pipeline.test_cli import bad_spec, podium, profile_file
+from tests.helpers import REPO, bad_spec, podium, profile_file
 
 
 @pytest.fixture
@@ -80,7 +79,8 @@ def test_dry_run_changes_nothing(registered: tuple[Profile, Spec, str, str]) -> 
     assert in_stage(spec, "Production") == [] and holder(spec) is None
     assert audit(profile, spec).empty
     assert not any(
-        k.startswith("podium.decision") for k in MlflowClient().get_model_version(spec.model_name, better).tags
+        k.startswith("podium.decision")
+        for k in MlflowClient().get_model_version(spec.model_name, better).tags
     )
 
 
@@ -104,7 +104,9 @@ def test_rollback_restores_the_previous_champion(registered: tuple[Profile, Spec
     assert audit(profile, spec)["ACTION"].tolist() == ["promote", "promote", "rollback"]
 
 
-def test_stage_promotion_archives_the_previous_production_version(registered: tuple[Profile, Spec, str, str]) -> None:
+def test_stage_promotion_archives_the_previous_production_version(
+    registered: tuple[Profile, Spec, str, str],
+) -> None:
     profile, spec, better, worse = registered
     promote.main(profile, spec, version=worse, alias=None, stage="production")
     assert in_stage(spec, "Production") == [worse]
@@ -140,7 +142,7 @@ def test_racing_promotions_leave_one_champion_and_a_whole_audit(
             env=env,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for version in (better, worse)
     ]
     for racer in racers:
@@ -156,7 +158,9 @@ def test_racing_promotions_leave_one_champion_and_a_whole_audit(
     assert in_stage(spec, "Production") == [winner]
 
 
-def test_unknown_model_name(registered: tuple[Profile, Spec, str, str], tmp_path: Path, capsys, monkeypatch) -> None:
+def test_unknown_model_name(
+    registered: tuple[Profile, Spec, str, str], tmp_path: Path, capsys, monkeypatch
+) -> None:
     profile, *_ = registered
     spec = bad_spec(tmp_path, "model_name: f1_podium", "model_name: nope")
     code, _, err = podium(
@@ -175,7 +179,12 @@ def test_unknown_model_name(registered: tuple[Profile, Spec, str, str], tmp_path
     ],
 )
 def test_promotion_user_errors(
-    args: list[str], message: str, registered: tuple[Profile, Spec, str, str], tmp_path: Path, capsys, monkeypatch
+    args: list[str],
+    message: str,
+    registered: tuple[Profile, Spec, str, str],
+    tmp_path: Path,
+    capsys,
+    monkeypatch,
 ) -> None:
     profile, spec, better, worse = registered
     client = MlflowClient()
@@ -189,7 +198,9 @@ def test_promotion_user_errors(
         client.set_terminated(failed, status="FAILED")
         source = client.get_model_version(spec.model_name, better).source
         args = ["--version", str(client.create_model_version(spec.model_name, source, run_id=failed).version)]
-    code, _, err = podium(["promote", *args, "--profile", profile_file(tmp_path, profile)], capsys, monkeypatch)
+    code, _, err = podium(
+        ["promote", *args, "--profile", profile_file(tmp_path, profile)], capsys, monkeypatch
+    )
     assert code == 1 and "Traceback" not in err
     assert err.strip().startswith("error:")
     assert re.search(message, " ".join(err.split())), err

@@ -15,12 +15,11 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import evaluate, promote, score, train
+from pipelines import dataset, evaluate, metrics, promote, score, train
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
 from pipelines.warehouse import connect
-from tests.conftest import REPO
-from tests.pipeline.test_cli import bad_spec, podium, profile_file
+from tests.helpers import REPO, bad_spec, podium, profile_file
 
 
 @pytest.fixture
@@ -46,7 +45,7 @@ def scores(profile: Profile, spec: Spec) -> pd.DataFrame:
 
 def assert_one_row_per_key_and_version(frame: pd.DataFrame, spec: Spec) -> None:
     assert not frame.duplicated([*spec.keys, "MODEL_VERSION"]).any()
-    probabilities = frame[[score.probability_column(c) for c in spec.classes]]
+    probabilities = frame[[dataset.probability_column(c) for c in spec.classes]]
     assert probabilities.notna().all().all() and np.allclose(probabilities.sum(axis=1), 1.0)
 
 
@@ -60,7 +59,7 @@ def test_score_writes_each_window_row_once_and_reruns_add_nothing(champion: tupl
     written = scores(profile, spec)
     assert len(written) == first.rows_written
     assert_one_row_per_key_and_version(written, spec)
-    assert list(written.columns) == list(score.columns(spec, {}))
+    assert list(written.columns) == list(dataset.scoring_columns(spec, {}))
     run = MlflowClient().search_runs(
         [MlflowClient().get_experiment_by_name(spec.name).experiment_id], "tags.`podium.stage` = 'score'"
     )
@@ -74,7 +73,10 @@ def test_each_model_uri_kind_writes_rows_tagged_with_its_version(champion: tuple
     score.main(profile, spec, "models:/f1_podium@challenger")
     score.main(profile, spec, "models:/f1_podium/Production", full=True)
     tagged = scores(profile, spec).groupby(["MODEL_VERSION", "MODEL_ALIAS"]).size().to_dict()
-    assert tagged == {("1", "challenger"): window_rows(profile, spec), ("2", "Production"): window_rows(profile, spec)}
+    assert tagged == {
+        ("1", "challenger"): window_rows(profile, spec),
+        ("2", "Production"): window_rows(profile, spec),
+    }
 
 
 def test_an_empty_window_creates_the_table_with_zero_rows(champion: tuple[Profile, Spec]) -> None:
@@ -83,7 +85,7 @@ def test_an_empty_window_creates_the_table_with_zero_rows(champion: tuple[Profil
     result = score.main(profile, empty)
     assert (result.rows_read, result.rows_written) == (0, 0)
     with connect(profile, read_only=True) as warehouse:
-        assert list(warehouse.columns(spec.scoring_table)) == list(score.columns(spec, {}))
+        assert list(warehouse.columns(spec.scoring_table)) == list(dataset.scoring_columns(spec, {}))
     assert scores(profile, spec).empty
 
 
@@ -93,8 +95,16 @@ def test_kill_9_mid_write_keeps_earlier_chunks_and_a_rerun_completes(
 ) -> None:
     profile, spec = champion
     env = os.environ | {"PODIUM_LOG_LEVEL": "DEBUG"}
-    command = [sys.executable, "-m", "pipelines.cli", "score", "--chunk-rows", "10",
-               "--profile", profile_file(tmp_path, profile)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "score",
+        "--chunk-rows",
+        "10",
+        "--profile",
+        profile_file(tmp_path, profile),
+    ]
     worker = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     merged = 0
     for line in worker.stderr:
@@ -144,11 +154,11 @@ def test_evaluate_reports_each_version_and_period_and_reruns_replace(champion: t
 def test_psi_is_zero_for_the_same_distribution_and_large_for_a_shift() -> None:
     rng = np.random.default_rng(0)
     base = pd.Series(rng.normal(size=5000))
-    assert evaluate.psi(base, pd.Series(rng.normal(size=5000))) < 0.02
-    assert evaluate.psi(base, pd.Series(rng.normal(1.0, size=5000))) > 0.2
+    assert metrics.psi(base, pd.Series(rng.normal(size=5000))) < 0.02
+    assert metrics.psi(base, pd.Series(rng.normal(1.0, size=5000))) > 0.2
     letters = pd.Series(list("aabbc" * 200))
-    assert evaluate.psi(letters, letters) == pytest.approx(0.0)
-    assert evaluate.psi(letters, pd.Series(list("ccccd" * 200))) > 1.0
+    assert metrics.psi(letters, letters) == pytest.approx(0.0)
+    assert metrics.psi(letters, pd.Series(list("ccccd" * 200))) > 1.0
 
 
 @pytest.mark.parametrize(
@@ -185,10 +195,14 @@ def test_scoring_user_errors(
 
 def test_scoring_needs_a_scoring_section(tmp_path: Path, profile: Profile, capsys, monkeypatch) -> None:
     spec = bad_spec(tmp_path, "scoring:", "unscored:")
-    code, _, err = podium(["score", "--spec", spec, "--profile", profile_file(tmp_path, profile)], capsys, monkeypatch)
+    code, _, err = podium(
+        ["score", "--spec", spec, "--profile", profile_file(tmp_path, profile)], capsys, monkeypatch
+    )
     assert code == 1 and "unknown key 'unscored'" in err
 
 
 def test_evaluate_before_score_names_the_stage_to_run(profile: Profile, spec: Spec) -> None:
-    with pytest.raises(PodiumError, match=r"scoring table ML.F1_SCORES does not exist yet: run `podium score` first"):
+    with pytest.raises(
+        PodiumError, match=r"scoring table ML.F1_SCORES does not exist yet: run `podium score` first"
+    ):
         evaluate.main(profile, spec)

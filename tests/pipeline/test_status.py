@@ -11,22 +11,23 @@ import pytest
 
 from pipelines import evaluate, promote, score, train
 from pipelines.config import Profile, Spec
-from tests.conftest import duckdb_profile
-from tests.pipeline.test_cli import podium
+from tests.helpers import duckdb_profile, podium
 
 
 def profile_yaml(tmp_path: Path, profile: Profile) -> str:
     """A profile file for the CLI: the test's warehouse and Optuna storage."""
     path = tmp_path / "status_profile.yaml"
     path.write_text(
-        f"warehouse:\n  backend: duckdb\n  path: {profile.warehouse.path}\noptuna_storage: {profile.optuna_storage}\n"
+        f"warehouse:\n  backend: duckdb\n  path: {profile.warehouse.path}\noptuna_storage: "
+        f"{profile.optuna_storage}\n"
     )
     return str(path)
 
 
 def status_json(tmp_path: Path, profile: Profile, capsys, monkeypatch) -> dict:
-    code, stdout, stderr = podium(["status", "-p", profile_yaml(tmp_path, profile), "--format", "json"], capsys,
-                                  monkeypatch)  # fmt: skip
+    code, stdout, stderr = podium(
+        ["status", "-p", profile_yaml(tmp_path, profile), "--format", "json"], capsys, monkeypatch
+    )
     assert code == 0, stderr
     return json.loads(stdout)
 
@@ -46,7 +47,9 @@ def test_status_json_reports_the_counts_after_the_pipeline(
     with duckdb.connect(str(trained_profile.warehouse.path), read_only=True) as con:
         actual = {
             f"{schema}.{name}".upper(): con.execute(f'SELECT COUNT(*) FROM "{schema}"."{name}"').fetchone()[0]
-            for schema, name in con.execute("SELECT table_schema, table_name FROM information_schema.tables").fetchall()
+            for schema, name in con.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables"
+            ).fetchall()
         }
     reported = {t["table"]: t["rows"] for t in status["tables"]}
     assert reported == {name: actual[name] for name in reported}, "row counts differ from the warehouse"
@@ -54,7 +57,9 @@ def test_status_json_reports_the_counts_after_the_pipeline(
     assert reported[spec.registry.audit_table] == len(decisions) == 2
     assert sum(name.startswith("RAW.") for name in reported) == 13
 
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(trained_profile.optuna_storage))
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(trained_profile.optuna_storage)
+    )
     studies = {s["study"]: s for s in status["studies"]}
     assert sorted(studies) == [f"{spec.name}-{f}" for f in sorted(spec.tuning.families)]
     for name, reported_study in studies.items():
@@ -70,7 +75,9 @@ def test_status_json_reports_the_counts_after_the_pipeline(
     assert version["aliases"] == ["challenger", "champion"] and version["stage"] == "Production"
 
     batch = status["latest_batch"]
-    assert batch["batch_id"] == scored.batch_id and batch["rows"] == batch["total_rows"] == scored.rows_written
+    assert (
+        batch["batch_id"] == scored.batch_id and batch["rows"] == batch["total_rows"] == scored.rows_written
+    )
 
     expected = evaluated.rows[(evaluated.rows["PERIOD"] != "all") & (evaluated.rows["METRIC"] == "log_loss")]
     assert {m["period"]: m["log_loss"] for m in status["monitoring"]} == pytest.approx(
@@ -92,10 +99,14 @@ def test_status_before_anything_ran_reports_missing_and_creates_nothing(
     assert status["tables"] and all(t["rows"] is None for t in status["tables"])
     assert status["studies"] == [] and status["versions"] == [] and status["latest_batch"] is None
     assert not (tmp_path / "nothing").exists(), "status must not create the warehouse or the Optuna journal"
-    assert not Path(mlflow_store.removeprefix("sqlite:///")).exists(), "status must not create the MLflow store"
+    assert not Path(mlflow_store.removeprefix("sqlite:///")).exists(), (
+        "status must not create the MLflow store"
+    )
 
 
 def test_status_has_no_csv_form(tmp_path: Path, capsys, monkeypatch) -> None:
     profile = duckdb_profile(tmp_path / "warehouse.duckdb")
-    code, _, stderr = podium(["status", "-p", profile_yaml(tmp_path, profile), "-f", "csv"], capsys, monkeypatch)
+    code, _, stderr = podium(
+        ["status", "-p", profile_yaml(tmp_path, profile), "-f", "csv"], capsys, monkeypatch
+    )
     assert code == 1 and "status has no csv form" in stderr

@@ -15,10 +15,12 @@ from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
 from pipelines.warehouse import connect
 from pipelines.warehouse.duckdb import DuckDBWarehouse
-from tests.conftest import connect_with
+from tests.helpers import connect_with
 
 
-def test_train_registers_the_best_family_as_challenger(trained_profile: Profile, tuned: tuple[Profile, Spec]) -> None:
+def test_train_registers_the_best_family_as_challenger(
+    trained_profile: Profile, tuned: tuple[Profile, Spec]
+) -> None:
     _, spec = tuned
     result = train.main(trained_profile, spec, top_k=2)
 
@@ -26,22 +28,42 @@ def test_train_registers_the_best_family_as_challenger(trained_profile: Profile,
     assert [t.version for t in result.trained] == ["1", "2"]
     cv = [t.candidate.cv["log_loss"] for t in result.trained]
     assert cv == sorted(cv), "the champion family is the one with the best CV log loss"
-    assert str(client.get_model_version_by_alias(spec.model_name, "challenger").version) == result.champion.version
+    assert (
+        str(client.get_model_version_by_alias(spec.model_name, "challenger").version)
+        == result.champion.version
+    )
 
     version = client.get_model_version(spec.model_name, result.champion.version)
-    tags = ("family", "study", "trial", "cv_log_loss", "holdout_log_loss", "holdout_auc", "data_digest", "spec",
-            "holdout_digest", "git_sha", "run_id", "train_run_id", "baseline.heuristic.holdout_log_loss")  # fmt: skip
+    tags = (
+        "family",
+        "study",
+        "trial",
+        "cv_log_loss",
+        "holdout_log_loss",
+        "holdout_auc",
+        "data_digest",
+        "spec",
+        "holdout_digest",
+        "git_sha",
+        "run_id",
+        "train_run_id",
+        "baseline.heuristic.holdout_log_loss",
+    )
     for tag in tags:
         assert version.tags.get(f"podium.{tag}"), tag
     assert version.tags["podium.family"] == result.champion.candidate.family
     experiment = client.get_experiment(client.get_run(version.run_id).info.experiment_id)
     assert experiment.name == spec.name, "the model's run sits in the spec's experiment, under its train run"
-    assert float(version.tags["podium.holdout_log_loss"]) == pytest.approx(result.champion.holdout["log_loss"], 1e-5)
+    assert float(version.tags["podium.holdout_log_loss"]) == pytest.approx(
+        result.champion.holdout["log_loss"], 1e-5
+    )
     for words in ("Intended use", "evaluated once", "baseline: heuristic", str(spec.holdout_start)):
         assert words in version.description
 
 
-def test_registered_model_predicts_on_feature_table_rows(trained_profile: Profile, tuned: tuple[Profile, Spec]) -> None:
+def test_registered_model_predicts_on_feature_table_rows(
+    trained_profile: Profile, tuned: tuple[Profile, Spec]
+) -> None:
     _, spec = tuned
     result = train.main(trained_profile, spec)
     model = mlflow.pyfunc.load_model(f"models:/{spec.model_name}@challenger")
@@ -54,10 +76,14 @@ def test_registered_model_predicts_on_feature_table_rows(trained_profile: Profil
     run = MlflowClient().get_run(result.champion.run_id)
     assert run.data.metrics["holdout_log_loss"] == pytest.approx(result.champion.holdout["log_loss"])
     for name in spec.classes:
-        assert f"holdout_precision_{name}" in run.data.metrics and f"holdout_recall_{name}" in run.data.metrics
+        assert (
+            f"holdout_precision_{name}" in run.data.metrics and f"holdout_recall_{name}" in run.data.metrics
+        )
     artifacts = {a.path for a in MlflowClient().list_artifacts(result.champion.run_id, "plots")}
-    assert artifacts == {f"plots/{n}.png" for n in ("confusion_matrix", "roc", "precision_recall", "calibration",
-                                                     "feature_importance")}  # fmt: skip
+    assert artifacts == {
+        f"plots/{n}.png"
+        for n in ("confusion_matrix", "roc", "precision_recall", "calibration", "feature_importance")
+    }
     requirements = mlflow.pyfunc.get_model_dependencies(f"models:/{spec.model_name}/1")
     pinned = open(requirements).read().split()
     assert all("==" in line for line in pinned if line and not line.startswith("-"))
@@ -93,7 +119,11 @@ def test_train_forces_a_family(trained_profile: Profile, tuned: tuple[Profile, S
     assert [t.candidate.family for t in result.trained] == ["logreg"]
 
 
-def test_train_without_a_study_says_to_tune_first(trained_profile: Profile, tuned: tuple[Profile, Spec]) -> None:
+def test_train_without_a_study_says_to_tune_first(
+    trained_profile: Profile, tuned: tuple[Profile, Spec]
+) -> None:
     _, spec = tuned
-    with pytest.raises(PodiumError, match=r"no completed trials for family xgboost .* run `podium tune --family"):
+    with pytest.raises(
+        PodiumError, match=r"no completed trials for family xgboost .* run `podium tune --family"
+    ):
         train.main(trained_profile, spec, family="xgboost")

@@ -10,28 +10,27 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import optuna
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from pipelines import tune
+from pipelines import tracking, tune
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
-from pipelines.models import build
-from pipelines.tracking import STATUS
+from pipelines.models import make_estimator
 from pipelines.warehouse import connect
 from pipelines.warehouse.duckdb import DuckDBWarehouse
-from tests.conftest import REPO, connect_with
-from tests.pipeline.test_cli import podium, profile_file
-
-FAST_SPACE = """decision_tree:
-  max_depth: {type: int, low: 2, high: 8}
-  min_samples_leaf: {type: int, low: 5, high: 100, log: true}
-knn:  # more neighbours than any fold has rows: every trial fails
-  n_neighbors: {type: int, low: 20000, high: 30000}
-"""
+from tests.helpers import (
+    FAST_SPACE,
+    REPO,
+    assert_children_mirror_trials,
+    connect_with,
+    mlflow_tree,
+    podium,
+    profile_file,
+    studies,
+)
 
 
 def fast_spec(spec: Spec, tmp_path: Path, families: list[str]) -> Spec:
@@ -42,32 +41,6 @@ def fast_spec(spec: Spec, tmp_path: Path, families: list[str]) -> Spec:
         update={"search_space": space, "families": families, "timeout": None, "pruner_startup_trials": 1}
     )
     return spec.model_copy(update={"tuning": tuning})
-
-
-def studies(storage: str) -> dict[str, optuna.Study]:
-    names = optuna.get_all_study_names(tune.open_storage(storage))
-    return {n: optuna.load_study(study_name=n, storage=tune.open_storage(storage)) for n in names}
-
-
-def mlflow_tree(experiment: str = "f1_podium") -> tuple[list[Any], dict[str, list[Any]]]:
-    """(family parent runs, their child runs by parent id) of an experiment."""
-    client = MlflowClient()
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("podium.role") == "study"]
-    children = {
-        p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id] for p in parents
-    }
-    return parents, children
-
-
-def assert_children_mirror_trials(storage: str) -> None:
-    parents, children = mlflow_tree()
-    by_study = {p.data.tags["podium.study"]: p for p in parents}
-    for name, study in studies(storage).items():
-        runs = {int(r.data.tags["podium.trial"]): r for r in children[by_study[name].info.run_id]}
-        assert sorted(runs) == [t.number for t in study.trials]
-        for trial in study.trials:
-            assert runs[trial.number].info.status == STATUS[trial.state.name]
 
 
 def test_one_parent_per_family_and_children_mirror_trial_states(
@@ -92,9 +65,14 @@ def test_one_parent_per_family_and_children_mirror_trial_states(
     assert "plots/optimization_history.png" in artifacts
 
 
-def test_every_run_records_spec_split_digest_git_and_seed(built_profile: Profile, spec: Spec, tmp_path: Path) -> None:
+def test_every_run_records_spec_split_digest_git_and_seed(
+    built_profile: Profile, spec: Spec, tmp_path: Path
+) -> None:
     tune.main(
-        built_profile, fast_spec(spec, tmp_path, ["decision_tree"]), n_trials=2, storage=str(tmp_path / "s.journal")
+        built_profile,
+        fast_spec(spec, tmp_path, ["decision_tree"]),
+        n_trials=2,
+        storage=str(tmp_path / "s.journal"),
     )
     parents, children = mlflow_tree()
     for run in [*parents, *children[parents[0].info.run_id]]:
@@ -109,7 +87,9 @@ def test_every_run_records_spec_split_digest_git_and_seed(built_profile: Profile
         "leaderboard.csv",
         "plots",
     }
-    assert [a.path for a in MlflowClient().list_artifacts(top.info.run_id, "plots")] == ["plots/leaderboard.png"]
+    assert [a.path for a in MlflowClient().list_artifacts(top.info.run_id, "plots")] == [
+        "plots/leaderboard.png"
+    ]
     assert top.inputs.dataset_inputs[0].dataset.digest == parents[0].data.tags["podium.data_digest"]
 
 
@@ -126,13 +106,20 @@ def test_rerun_resumes_the_study_without_losing_or_duplicating_trials(
     assert_children_mirror_trials(storage)
 
 
-def test_baselines_are_logged_with_the_trials_metric_names(built_profile: Profile, spec: Spec, tmp_path: Path) -> None:
+def test_baselines_are_logged_with_the_trials_metric_names(
+    built_profile: Profile, spec: Spec, tmp_path: Path
+) -> None:
     result = tune.main(
-        built_profile, fast_spec(spec, tmp_path, ["decision_tree"]), n_trials=2, storage=str(tmp_path / "s.journal")
+        built_profile,
+        fast_spec(spec, tmp_path, ["decision_tree"]),
+        n_trials=2,
+        storage=str(tmp_path / "s.journal"),
     )
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("f1_podium").experiment_id])
-    baselines = {r.data.tags["podium.baseline"]: r for r in runs if r.data.tags.get("podium.role") == "baseline"}
+    baselines = {
+        r.data.tags["podium.baseline"]: r for r in runs if r.data.tags.get("podium.role") == "baseline"
+    }
     trial = next(r for r in runs if r.data.tags.get("podium.state") == "COMPLETE")
     assert set(baselines) == {"prior", "heuristic"}
     for run in baselines.values():
@@ -158,7 +145,10 @@ def test_tune_never_reads_the_holdout(
     monkeypatch.setattr(tune, "connect", connect_with(RecordingWarehouse))
     RecordingWarehouse.frames.clear()
     tune.main(
-        built_profile, fast_spec(spec, tmp_path, ["decision_tree"]), n_trials=1, storage=str(tmp_path / "s.journal")
+        built_profile,
+        fast_spec(spec, tmp_path, ["decision_tree"]),
+        n_trials=1,
+        storage=str(tmp_path / "s.journal"),
     )
     read = pd.concat(RecordingWarehouse.frames)
     assert len(read) > 4000
@@ -190,19 +180,21 @@ def test_each_fold_fits_on_its_training_part_only(built_profile: Profile, spec: 
     FitRecorder.fitted_on.clear()
     tune.cross_validate(FitRecorder(), data)
     assert len(FitRecorder.fitted_on) == len(data.folds) == 4
+    window = data.window
     for fold, index in zip(data.folds, FitRecorder.fitted_on, strict=True):
-        assert list(index) == list(data.X.index[fold.train_rows])
-        assert data.times.iloc[fold.train_rows].max() < data.times.iloc[fold.valid_rows].min()
+        assert list(index) == list(window.X.index[fold.train_rows])
+        assert window.times.iloc[fold.train_rows].max() < window.times.iloc[fold.valid_rows].min()
 
     fold = data.folds[0]
-    train = data.X.iloc[fold.train_rows]
-    model = build("logreg", {}, data.numeric, data.categorical, seed=0).fit(train, data.y[fold.train_rows])
+    train = window.X.iloc[fold.train_rows]
+    model = make_estimator("logreg", {}, data.schema, seed=0).fit(train, window.y[fold.train_rows])
     prep = model.named_steps["prep"]
     scaler = prep.named_transformers_["numeric"].named_steps["standardscaler"]
-    imputed_means = train[data.numeric].fillna(train[data.numeric].median()).mean().to_numpy()
-    np.testing.assert_allclose(scaler.mean_[: len(data.numeric)], imputed_means)
+    numeric = data.schema.numeric
+    imputed_means = train[numeric].fillna(train[numeric].median()).mean().to_numpy()
+    np.testing.assert_allclose(scaler.mean_[: len(numeric)], imputed_means)
     seen = set(prep.named_transformers_["categorical"].named_steps["onehotencoder"].categories_[0])
-    assert seen == set(train["CONSTRUCTOR_REF"]) and not seen >= set(data.X["CONSTRUCTOR_REF"])
+    assert seen == set(train["CONSTRUCTOR_REF"]) and not seen >= set(window.X["CONSTRUCTOR_REF"])
 
 
 @pytest.mark.parametrize(
@@ -210,7 +202,10 @@ def test_each_fold_fits_on_its_training_part_only(built_profile: Profile, spec: 
     [
         ("unknown family", "unknown family 'lightgbm'"),
         ("empty training window", "the training window is empty"),
-        ("target column missing", r"spec target names \['PODIUM_CLASS'\], which ML.F1_FEATURES does not have"),
+        (
+            "target column missing",
+            r"spec target names \['PODIUM_CLASS'\], which ML.F1_FEATURES does not have",
+        ),
         ("invalid search-space range", r"low \(9\) must be below high \(2\)"),
     ],
 )
@@ -230,7 +225,8 @@ def test_tune_user_errors(case: str, message: str, built_profile: Profile, tmp_p
         text = text.replace("experiments/search_spaces/default.yaml", str(tmp_path / "space.yaml"))
     (tmp_path / "spec.yaml").write_text(text)
     (tmp_path / "profile.yaml").write_text(
-        f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\noptuna_storage: {tmp_path / 'j.log'}\n"
+        f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\noptuna_storage: "
+        f"{tmp_path / 'j.log'}\n"
     )
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     command = [sys.executable, "-m", "pipelines.cli", *args]
@@ -256,11 +252,27 @@ def test_two_worker_processes_share_one_study_and_one_parent(
         f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\noptuna_storage: {storage}\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {
-        "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
-    command = [sys.executable, "-m", "pipelines.cli", "tune", "--family", "decision_tree", "-n", "5",
-               "--spec", str(tmp_path / "spec.yaml"), "--profile", str(tmp_path / "profile.yaml")]  # fmt: skip
+        "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "tune",
+        "--family",
+        "decision_tree",
+        "-n",
+        "5",
+        "--spec",
+        str(tmp_path / "spec.yaml"),
+        "--profile",
+        str(tmp_path / "profile.yaml"),
+    ]
     MlflowClient().search_experiments()  # create the store once; two fresh processes would race its migration
-    workers = [subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    workers = [
+        subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     for worker in workers:
         assert worker.wait(timeout=300) == 0, worker.stderr.read()[-2000:]
 
@@ -285,7 +297,7 @@ def test_an_unusable_optuna_storage_is_one_clear_error(storage: str, detail: str
     (tmp_path / "a-file").write_text("")
     storage = storage.format(tmp=tmp_path)
     with pytest.raises(PodiumError) as caught:
-        tune.open_storage(storage)
+        tracking.open_storage(storage)
     message = str(caught.value)
     assert message.startswith("cannot open the Optuna storage ") and detail in message
     assert "Pass --storage (or set the profile's optuna_storage)" in message

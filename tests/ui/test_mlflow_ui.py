@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import promote, train, tune
 from pipelines.config import Profile, Spec
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.servers import PIPELINE_RUNS, WINDOW, RenderedPage, mlflow_page, mlflow_server, rendered
 
 ARTIFACTS = REPO / "test-artifacts"
@@ -27,7 +27,9 @@ ARTIFACTS = REPO / "test-artifacts"
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (apt-get install chromium)"),
+    pytest.mark.skipif(
+        shutil.which("chromium") is None, reason="chromium is not installed (apt-get install chromium)"
+    ),
 ]
 
 
@@ -70,16 +72,22 @@ def test_mlflow_ui_shows_the_runs_and_the_champion(
             return registered and all(page.href_text(link) == [name] for link, name in named.items())
 
         shot = ARTIFACTS / "mlflow_experiment.png"
-        page = rendered(mlflow_page(url, f"/experiments/{experiment}/runs", **PIPELINE_RUNS), shows_runs, shot)
+        page = rendered(
+            mlflow_page(url, f"/experiments/{experiment}/runs", **PIPELINE_RUNS), shows_runs, shot
+        )
         for link, name in named.items():
             assert page.href_text(link) == [name], (name, page.text[:3000])
         assert any(text.startswith(spec.model_name) for text in page.href_text(version)), page.text[:3000]
         assert_screenshot(shot)
 
         def champion_rows(page: RenderedPage) -> list[str]:
-            return [row for row in page.rows if re.search(rf"\bVersion {trained.version}\b.*@ champion\b", row)]
+            return [
+                row for row in page.rows if re.search(rf"\bVersion {trained.version}\b.*@ champion\b", row)
+            ]
 
         shot = ARTIFACTS / "mlflow_model.png"
-        page = rendered(mlflow_page(url, f"/models/{urllib.parse.quote(spec.model_name)}"), champion_rows, shot)
+        page = rendered(
+            mlflow_page(url, f"/models/{urllib.parse.quote(spec.model_name)}"), champion_rows, shot
+        )
         assert champion_rows(page), page.text[:3000]
         assert_screenshot(shot)

@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.config import DuckDBConfig, SnowflakeConfig, load_profile, load_spec
 from pipelines.errors import ConfigError
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def write(path: Path, text: str) -> Path:
@@ -94,7 +94,9 @@ def test_key_column_with_quote_is_refused(tmp_path: Path) -> None:
 
 def test_a_class_that_cannot_name_a_score_column_is_refused_at_load(tmp_path: Path) -> None:
     path = write(tmp_path / "s.yaml", spec_text(classes="[podium, 'very high', none]"))
-    with pytest.raises(ConfigError, match=r"classes.1: 'very high' cannot name its probability column P_very high"):
+    with pytest.raises(
+        ConfigError, match=r"classes.1: 'very high' cannot name its probability column P_very high"
+    ):
         load_spec(str(path))
 
 

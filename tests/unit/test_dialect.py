@@ -48,7 +48,8 @@ def test_quote_upper_cases_and_quotes_each_part() -> None:
             [(1, None), (2, 1), (3, 3)],
         ),
         (
-            "SELECT x FROM (SELECT 1 AS x UNION ALL SELECT 2) QUALIFY ROW_NUMBER() OVER (ORDER BY x DESC) = 1",
+            "SELECT x FROM (SELECT 1 AS x UNION ALL SELECT 2) QUALIFY ROW_NUMBER() OVER (ORDER BY x DESC) "
+            "= 1",
             [(2,)],
         ),
     ],

@@ -62,7 +62,11 @@ def test_failed_write_leaves_the_table_intact(warehouse: DuckDBWarehouse) -> Non
 
 @pytest.mark.parametrize(
     ("mode", "keys", "message"),
-    [("upsert", [], "unknown write mode"), ("merge", [], "needs key columns"), ("merge", ["NOPE"], "not columns")],
+    [
+        ("upsert", [], "unknown write mode"),
+        ("merge", [], "needs key columns"),
+        ("merge", ["NOPE"], "not columns"),
+    ],
 )
 def test_bad_write_arguments(warehouse: DuckDBWarehouse, mode: str, keys: list[str], message: str) -> None:
     with pytest.raises(WarehouseError, match=message):
@@ -99,7 +103,9 @@ def test_columns_and_missing_table(warehouse: DuckDBWarehouse) -> None:
 
 
 def test_execute_runs_snowflake_sql(warehouse: DuckDBWarehouse) -> None:
-    warehouse.execute("CREATE SCHEMA IF NOT EXISTS ML; CREATE OR REPLACE TABLE ML.X AS SELECT IFF(TRUE, 1, 2) AS A")
+    warehouse.execute(
+        "CREATE SCHEMA IF NOT EXISTS ML; CREATE OR REPLACE TABLE ML.X AS SELECT IFF(TRUE, 1, 2) AS A"
+    )
     assert warehouse.query("SELECT A FROM ML.X").A.tolist() == [1]
 
 
@@ -107,14 +113,18 @@ def test_execute_runs_snowflake_sql(warehouse: DuckDBWarehouse) -> None:
 def test_an_unusable_warehouse_path_is_one_clear_error(tmp_path: Path, where: str) -> None:
     (tmp_path / "a-file").write_text("")
     (tmp_path / "a-folder").mkdir()
-    with pytest.raises(WarehouseError, match="cannot open the DuckDB warehouse .*or fix warehouse.path in the profile"):
+    with pytest.raises(
+        WarehouseError, match="cannot open the DuckDB warehouse .*or fix warehouse.path in the profile"
+    ):
         DuckDBWarehouse(tmp_path / where)
 
 
 def test_a_locked_warehouse_names_the_wait(tmp_path: Path) -> None:
     path = tmp_path / "locked.duckdb"
     DuckDBWarehouse(path).close()
-    hold = f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('held', flush=True); time.sleep(30)"
+    hold = (
+        f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('held', flush=True); time.sleep(30)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

@@ -85,7 +85,9 @@ def test_value_of_the_wrong_type_is_named(source: Path) -> None:
 )
 def test_an_unreadable_csv_is_named(source: Path, content: bytes, message: str) -> None:
     (source / "drivers.csv.gz").write_bytes(content)
-    with pytest.raises(PodiumError, match=f"drivers.csv.gz is not a readable CSV: .*{message}.*Fix or re-export it"):
+    with pytest.raises(
+        PodiumError, match=f"drivers.csv.gz is not a readable CSV: .*{message}.*Fix or re-export it"
+    ):
         ingest.read_csv(source / "drivers.csv.gz", ingest.read_manifest(source)["drivers"])
 
 
@@ -107,7 +109,9 @@ def test_bad_manifest(source: Path, manifest: str, message: str) -> None:
         ingest.read_manifest(source)
 
 
-def test_missing_manifest_and_missing_file(tmp_path: Path, source: Path, spec: Spec, profile: Profile) -> None:
+def test_missing_manifest_and_missing_file(
+    tmp_path: Path, source: Path, spec: Spec, profile: Profile
+) -> None:
     with pytest.raises(ConfigError, match="tables.yaml"):
         ingest.read_manifest(tmp_path)
     (source / "drivers.csv.gz").unlink()

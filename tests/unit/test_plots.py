@@ -13,8 +13,15 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from sklearn.datasets import make_classification
 
-from pipelines.models import build
-from pipelines.plots import BASELINE_COLOR, evaluation_figures, importance, importance_figure, leaderboard_figure
+from pipelines.dataset import FeatureSchema
+from pipelines.models import make_estimator
+from pipelines.plots import (
+    BASELINE_COLOR,
+    evaluation_figures,
+    importance,
+    importance_figure,
+    leaderboard_figure,
+)
 
 CLASSES = ["first", "second", "third"]
 NUMERIC, CATEGORICAL = ["x0", "x1", "signal", "noise"], ["group"]
@@ -24,9 +31,14 @@ NUMERIC, CATEGORICAL = ["x0", "x1", "signal", "noise"], ["group"]
 def data() -> tuple[pd.DataFrame, np.ndarray]:
     """600 rows: `signal` determines the label, `noise` and `group` are independent of it."""
     features, y = make_classification(
-        n_samples=600, n_features=2, n_informative=2, n_redundant=0, n_classes=3, n_clusters_per_class=1,
+        n_samples=600,
+        n_features=2,
+        n_informative=2,
+        n_redundant=0,
+        n_classes=3,
+        n_clusters_per_class=1,
         random_state=0,
-    )  # fmt: skip
+    )
     rng = np.random.default_rng(0)
     X = pd.DataFrame(features, columns=["x0", "x1"])
     X["signal"] = y + rng.normal(0, 0.1, len(y))
@@ -37,7 +49,7 @@ def data() -> tuple[pd.DataFrame, np.ndarray]:
 
 def fitted(family: str, data: tuple[pd.DataFrame, np.ndarray], params: dict | None = None):
     X, y = data
-    return build(family, params or {}, NUMERIC, CATEGORICAL, seed=0).fit(X, y)
+    return make_estimator(family, params or {}, FeatureSchema(NUMERIC, CATEGORICAL), seed=0).fit(X, y)
 
 
 def save(fig: Figure, path: Path) -> None:
@@ -49,16 +61,25 @@ def save(fig: Figure, path: Path) -> None:
 
 def test_evaluation_figures_draw_one_curve_per_class(data, tmp_path: Path) -> None:
     X, y = data
-    model = build("logreg", {}, ["x0", "x1", "noise"], CATEGORICAL, seed=0).fit(X, y)  # imperfect: no `signal`
+    model = make_estimator("logreg", {}, FeatureSchema(["x0", "x1", "noise"], CATEGORICAL), seed=0).fit(
+        X, y
+    )  # imperfect: no `signal`
     proba = model.predict_proba(X)
     figures = evaluation_figures(y, proba, CLASSES)
     assert list(figures) == [
-        "plots/confusion_matrix.png", "plots/roc.png", "plots/precision_recall.png", "plots/calibration.png"
-    ]  # fmt: skip
+        "plots/confusion_matrix.png",
+        "plots/roc.png",
+        "plots/precision_recall.png",
+        "plots/calibration.png",
+    ]
     (cm,) = figures["plots/confusion_matrix.png"].axes
     assert cm.images[0].get_array().sum() == len(y)
     assert [t.get_text() for t in cm.get_xticklabels()] == CLASSES
-    per_class = {"plots/roc.png": 1, "plots/precision_recall.png": 0, "plots/calibration.png": 1}  # + reference line
+    per_class = {
+        "plots/roc.png": 1,
+        "plots/precision_recall.png": 0,
+        "plots/calibration.png": 1,
+    }  # + reference line
     for path, references in per_class.items():
         (ax,) = figures[path].axes
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -109,7 +130,10 @@ def test_importance_ranks_the_determining_feature_above_noise(data, family, meth
 def bars_top_down(ax) -> list[tuple[str, Rectangle]]:
     """(tick label, bar) in the order the bars appear on screen, top first."""
     ax.figure.canvas.draw()
-    labels = {round(tick): label.get_text() for tick, label in zip(ax.get_yticks(), ax.get_yticklabels(), strict=True)}
+    labels = {
+        round(tick): label.get_text()
+        for tick, label in zip(ax.get_yticks(), ax.get_yticklabels(), strict=True)
+    }
     centre = lambda bar: bar.get_y() + bar.get_height() / 2
     bars = sorted(ax.patches, key=lambda bar: -ax.transData.transform((0, centre(bar)))[1])
     return [(labels[round(centre(bar))], bar) for bar in bars]
@@ -137,7 +161,13 @@ def test_leaderboard_puts_the_lowest_value_on_top_and_greys_baselines(tmp_path: 
     fig = leaderboard_figure(board)
     (ax,) = fig.axes
     shown = bars_top_down(ax)
-    assert [label for label, _ in shown] == ["logreg", "random_forest", "knn", "baseline_grid", "baseline_prior"]
+    assert [label for label, _ in shown] == [
+        "logreg",
+        "random_forest",
+        "knn",
+        "baseline_grid",
+        "baseline_prior",
+    ]
     assert {label: bar.get_width() for label, bar in shown} == pytest.approx(
         dict(zip(board["name"], board["cv_log_loss"], strict=True))
     )

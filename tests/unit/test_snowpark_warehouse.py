@@ -115,7 +115,9 @@ def test_query_binds_values(sql_wh: SnowparkWarehouse) -> None:
 
 
 def test_batches_are_rechunked_to_exact_sizes(sql_wh: SnowparkWarehouse) -> None:
-    sql_wh.execute("CREATE OR REPLACE TABLE ML.BIG AS SELECT SEQ4() AS K FROM TABLE(GENERATOR(ROWCOUNT => 10000))")
+    sql_wh.execute(
+        "CREATE OR REPLACE TABLE ML.BIG AS SELECT SEQ4() AS K FROM TABLE(GENERATOR(ROWCOUNT => 10000))"
+    )
     frames = list(sql_wh.batches("SELECT K FROM ML.BIG WHERE K >= ? ORDER BY K", rows=4096, params=[0]))
     assert [len(f) for f in frames] == [4096, 4096, 1808]
     assert pd.concat(frames, ignore_index=True).K.tolist() == list(range(10_000))
@@ -163,7 +165,8 @@ def test_snowflake_dialect_runs_as_written(sql_wh: SnowparkWarehouse) -> None:
                IFF(POS <= 2, 1, 0) AS PODIUM,
                ZEROIFNULL(PTS) AS PTS,
                COUNT_IF(POS <= 2) OVER (PARTITION BY DRIVER) AS PODIUMS,
-               DATEDIFF('day', LAG(RACE_DATE) OVER (PARTITION BY DRIVER ORDER BY RACE_DATE), RACE_DATE) AS GAP,
+               DATEDIFF('day', LAG(RACE_DATE) OVER (PARTITION BY DRIVER ORDER BY RACE_DATE), RACE_DATE)
+                   AS GAP,
                AVG(POS) OVER (PARTITION BY DRIVER ORDER BY RACE_DATE
                               ROWS BETWEEN 5 PRECEDING AND 1 PRECEDING) AS PRIOR_POS
         FROM ML.RACES
@@ -237,7 +240,11 @@ def test_arrow_frame_with_nulls_merges_and_appends(local_wh: SnowparkWarehouse) 
 
 @pytest.mark.parametrize(
     ("mode", "keys", "message"),
-    [("upsert", [], "unknown write mode"), ("merge", [], "needs key columns"), ("merge", ["NOPE"], "not columns")],
+    [
+        ("upsert", [], "unknown write mode"),
+        ("merge", [], "needs key columns"),
+        ("merge", ["NOPE"], "not columns"),
+    ],
 )
 def test_bad_write_arguments(local_wh: SnowparkWarehouse, mode: str, keys: list[str], message: str) -> None:
     with pytest.raises(WarehouseError, match=message):
@@ -254,7 +261,9 @@ def test_injected_table_name_is_refused(local_wh: SnowparkWarehouse, table: str)
 
 
 def test_parameters_from_environment_override_profile_defaults() -> None:
-    config = SnowflakeConfig(backend="snowflake", database="PODIUM", role="PODIUM_ROLE", warehouse="PODIUM_WH")
+    config = SnowflakeConfig(
+        backend="snowflake", database="PODIUM", role="PODIUM_ROLE", warehouse="PODIUM_WH"
+    )
     environ = {
         "SNOWFLAKE_ACCOUNT": "xy12345",
         "SNOWFLAKE_USER": "ANALYST",

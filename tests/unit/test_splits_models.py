@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 
 from pipelines.baselines import GroupFrequencyClassifier
+from pipelines.dataset import FeatureSchema
 from pipelines.errors import ConfigError, PodiumError
-from pipelines.metrics import score
-from pipelines.models import FACTORIES, build, read_spaces, suggest
+from pipelines.metrics import classification_metrics
+from pipelines.models import FACTORIES, make_estimator, read_spaces, suggest
 from pipelines.splits import check_before_holdout, season_folds
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def times(years: list[int], per_year: int = 3) -> pd.Series:
@@ -63,7 +64,10 @@ def test_bundled_search_spaces_cover_every_family() -> None:
         ("svc:\n  C: {type: float, low: 0.0, high: 1.0, log: true}\n", "log-scale range needs low > 0"),
         ("svc:\n  C: {type: uniform, low: 0.1, high: 1.0}\n", "invalid search space"),
         ("lightgbm:\n  n_estimators: {type: int, low: 1, high: 5}\n", "no model factory for .'lightgbm'."),
-        ("knn:\n  n_neighbors: {type: int, low: 5\n", r"malformed YAML at line \d+, column \d+: .*Fix the file"),
+        (
+            "knn:\n  n_neighbors: {type: int, low: 5\n",
+            r"malformed YAML at line \d+, column \d+: .*Fix the file",
+        ),
     ],
 )
 def test_invalid_search_space_is_named(tmp_path: Path, entry: str, message: str) -> None:
@@ -80,7 +84,7 @@ def test_every_family_gives_probabilities_in_class_order(family: str) -> None:
     X.loc[::7, "a"] = np.nan
     y = np.repeat([0, 1, 2], 30)
     params = {"n_neighbors": 5} if family == "knn" else {}
-    model = build(family, params, ["a", "b"], ["c"], seed=0).fit(X, y)
+    model = make_estimator(family, params, FeatureSchema(["a", "b"], ["c"]), seed=0).fit(X, y)
     proba = model.predict_proba(X.assign(c=["z"] * 90))  # an unseen category is ignored, not an error
     assert proba.shape == (90, 3)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
@@ -101,5 +105,6 @@ def test_metrics_of_a_perfect_and_a_uniform_forecast() -> None:
     y = np.array([0, 1, 2, 0])
     perfect = np.eye(3)[y] * 0.98 + 0.01 / 1.5
     uniform = np.full((4, 3), 1 / 3)
-    assert score(y, perfect)["auc"] == 1.0 and score(y, perfect)["balanced_accuracy"] == 1.0
-    assert score(y, uniform)["log_loss"] == pytest.approx(np.log(3))
+    perfect_scores = classification_metrics(y, perfect)
+    assert perfect_scores["auc"] == 1.0 and perfect_scores["balanced_accuracy"] == 1.0
+    assert classification_metrics(y, uniform)["log_loss"] == pytest.approx(np.log(3))

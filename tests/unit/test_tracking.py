@@ -7,11 +7,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipelines import promote, score, status
+from pipelines import promote, registry, score, status
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
 from pipelines.tracking import hide_password, stage_run
-from tests.pipeline.test_cli import podium, profile_file
+from tests.helpers import podium, profile_file
 
 REFUSED = "http://127.0.0.1:1"  # nothing listens on loopback port 1: connection refused at once
 STORE_FIX = "Fix MLFLOW_TRACKING_URI or the profile's tracking_uri"
@@ -26,7 +26,10 @@ def use_store(uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("uri", "message"),
     [
-        (REFUSED, r"cannot use the MLflow tracking store http://127.0.0.1:1: \[Errno \d+\] Connection refused\."),
+        (
+            REFUSED,
+            r"cannot use the MLflow tracking store http://127.0.0.1:1: \[Errno \d+\] Connection refused\.",
+        ),
         ("foo://bar", "cannot use the MLflow tracking store foo://bar: .*unsupported URI 'foo://bar'"),
     ],
 )
@@ -48,9 +51,13 @@ def test_the_cli_prints_one_line_for_an_unreachable_store(
     assert err.strip().startswith("error: cannot use the MLflow tracking store http://127.0.0.1:1")
 
 
-def test_a_stale_mlflow_run_id_is_named(profile: Profile, spec: Spec, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stale_mlflow_run_id_is_named(
+    profile: Profile, spec: Spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MLFLOW_RUN_ID", "deadbeef")
-    with pytest.raises(PodiumError, match="MLFLOW_RUN_ID deadbeef names no run in the MLflow tracking store .*: unset"):
+    with pytest.raises(
+        PodiumError, match="MLFLOW_RUN_ID deadbeef names no run in the MLflow tracking store .*: unset"
+    ):
         with stage_run(profile, spec, "ingest"):
             pass
 
@@ -62,7 +69,7 @@ def test_promote_and_score_on_an_unreachable_store(
     with pytest.raises(PodiumError, match="cannot use the MLflow tracking store"):
         promote.main(profile, spec)
     with pytest.raises(PodiumError, match="cannot use the MLflow tracking store"):
-        score.resolve("models:/f1_podium@champion")
+        registry.resolve("models:/f1_podium@champion")
 
 
 def test_status_on_an_unreachable_store(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,7 +81,7 @@ def test_status_on_an_unreachable_store(monkeypatch: pytest.MonkeyPatch) -> None
 def test_an_unsupported_store_is_not_reported_as_a_missing_model(monkeypatch: pytest.MonkeyPatch) -> None:
     use_store("foo://bar", monkeypatch)
     with pytest.raises(PodiumError, match="cannot use the MLflow tracking store foo://bar"):
-        score.resolve("models:/f1_podium@champion")
+        registry.resolve("models:/f1_podium@champion")
 
 
 def test_score_resolves_the_model_in_the_profiles_store(
@@ -88,5 +95,7 @@ def test_score_resolves_the_model_in_the_profiles_store(
 
 
 def test_passwords_are_hidden() -> None:
-    assert hide_password("postgresql://podium:s3cret@db:5432/mlflow") == "postgresql://podium:***@db:5432/mlflow"
+    assert (
+        hide_password("postgresql://podium:s3cret@db:5432/mlflow") == "postgresql://podium:***@db:5432/mlflow"
+    )
     assert hide_password("sqlite:///mlflow.db") == "sqlite:///mlflow.db"

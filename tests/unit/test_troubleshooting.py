@@ -22,7 +22,7 @@ import ast
 import re
 from dataclasses import dataclass
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 PIPELINES = REPO / "pipelines"
 MIN_FRAGMENT = 12
@@ -69,7 +69,9 @@ def troubleshooting() -> str:
 
 
 def modules() -> dict[str, ast.Module]:
-    return {str(p.relative_to(REPO)): ast.parse(p.read_text(), str(p)) for p in sorted(PIPELINES.rglob("*.py"))}
+    return {
+        str(p.relative_to(REPO)): ast.parse(p.read_text(), str(p)) for p in sorted(PIPELINES.rglob("*.py"))
+    }
 
 
 def error_classes(trees: dict[str, ast.Module]) -> set[str]:
@@ -86,12 +88,16 @@ def error_classes(trees: dict[str, ast.Module]) -> set[str]:
 def sites(trees: dict[str, ast.Module], classes: set[str]) -> list[Site]:
     out = []
     for path, tree in trees.items():
-        for function in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)] + [tree]:
+        for function in [
+            n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        ] + [tree]:
             for node in _own_nodes(function):
                 if isinstance(node, ast.Call) and _name(node.func) in classes:
                     message = _message(node, function)
                     parts = _literals(message) if message is not None else None
-                    out.append(Site(path, node.lineno, getattr(function, "name", "<module>"), _fragment(parts)))
+                    out.append(
+                        Site(path, node.lineno, getattr(function, "name", "<module>"), _fragment(parts))
+                    )
     return out
 
 
@@ -105,7 +111,8 @@ def test_every_user_error_is_in_troubleshooting() -> None:
     found = sites(trees, error_classes(trees))
     assert len(found) > 40, "the scan found too few error sites: is the rule still right?"
     missing = [
-        f"{site}: README Troubleshooting lacks {site.fragment!r} (from this error's message); add a row quoting it"
+        f"{site}: README Troubleshooting lacks {site.fragment!r} (from this error's message); add a row "
+        "quoting it"
         for site in found
         if len(site.fragment) >= MIN_FRAGMENT and site.fragment not in section
     ]
@@ -127,31 +134,51 @@ def test_messages_without_a_literal_run_are_listed() -> None:
 def test_dynamic_entries_are_current_and_documented() -> None:
     section = troubleshooting()
     trees = modules()
-    dynamic = {(s.path, s.function) for s in sites(trees, error_classes(trees)) if len(s.fragment) < MIN_FRAGMENT}
+    dynamic = {
+        (s.path, s.function) for s in sites(trees, error_classes(trees)) if len(s.fragment) < MIN_FRAGMENT
+    }
     problems = []
     for (path, function), (fragments, in_source) in DYNAMIC.items():
         if (path, function) not in dynamic:
-            problems.append(f"DYNAMIC lists {path} {function}, which no longer builds such an error: remove the entry")
+            problems.append(
+                f"DYNAMIC lists {path} {function}, which no longer builds such an error: remove the entry"
+            )
         source = (REPO / path).read_text() if (REPO / path).is_file() else ""
         for fragment in fragments:
             if fragment not in section:
-                problems.append(f"{path} {function}: README Troubleshooting lacks {fragment!r}; add a row quoting it")
+                problems.append(
+                    f"{path} {function}: README Troubleshooting lacks {fragment!r}; add a row quoting it"
+                )
             if in_source and fragment not in source:
-                problems.append(f"{path} {function}: {fragment!r} is no longer in {path}; update DYNAMIC and README")
+                problems.append(
+                    f"{path} {function}: {fragment!r} is no longer in {path}; update DYNAMIC and README"
+                )
     assert not problems, "\n".join(problems)
 
 
 def test_the_fragment_rule() -> None:
     def fragment(code: str) -> str:
         function = ast.parse(f"def f(x):\n    {code}").body[0]
-        call = next(n for n in ast.walk(function) if isinstance(n, ast.Call) and _name(n.func) == "PodiumError")
+        call = next(
+            n for n in ast.walk(function) if isinstance(n, ast.Call) and _name(n.func) == "PodiumError"
+        )
         message = _message(call, function)
         return _fragment(_literals(message) if message is not None else None)
 
-    assert fragment('raise PodiumError(f"unknown family {x!r}: choose one of {x} or all.")') == "unknown family"
-    assert fragment('raise PodiumError("nothing to promote: pass --alias.")') == "nothing to promote: pass --alias"
-    assert fragment('raise PodiumError(f"{x} failed checks: " + "; ".join(x) + ". Fix it.")') == "failed checks"
-    assert fragment('message = f"the {x} is empty: fix it."\n    raise PodiumError(message)') == "is empty: fix it"
+    assert (
+        fragment('raise PodiumError(f"unknown family {x!r}: choose one of {x} or all.")') == "unknown family"
+    )
+    assert (
+        fragment('raise PodiumError("nothing to promote: pass --alias.")')
+        == "nothing to promote: pass --alias"
+    )
+    assert (
+        fragment('raise PodiumError(f"{x} failed checks: " + "; ".join(x) + ". Fix it.")') == "failed checks"
+    )
+    assert (
+        fragment('message = f"the {x} is empty: fix it."\n    raise PodiumError(message)')
+        == "is empty: fix it"
+    )
     assert fragment("raise PodiumError(str(x))") == ""
     assert len(fragment(f'raise PodiumError("{"a" * 80}")')) == MAX_FRAGMENT
 
@@ -188,7 +215,9 @@ def _message(call: ast.Call, scope: ast.AST) -> ast.expr | None:
         assigned = [
             n.value
             for n in _own_nodes(scope)
-            if isinstance(n, ast.Assign) and [_name(t) for t in n.targets] == [arg.id] and n.lineno < call.lineno
+            if isinstance(n, ast.Assign)
+            and [_name(t) for t in n.targets] == [arg.id]
+            and n.lineno < call.lineno
         ]
         return assigned[0] if len(assigned) == 1 else None
     return arg

@@ -1,7 +1,8 @@
 -- ML.F1_FEATURES: the model table, one row per (RACE_ID, DRIVER_ID) for races on or
--- after 2010-01-01. FINISH_CLASS is the label (this race's result). Every other column is
--- known before the race: pre-race facts of this race (grid, qualifying, car, circuit, age)
--- or history from strictly earlier races (form models, standings after the previous round).
+-- after the spec's train_start (bound as :train_start). FINISH_CLASS is the label (this
+-- race's result). Every other column is known before the race: pre-race facts of this
+-- race (grid, qualifying, car, circuit, age) or history from strictly earlier races
+-- (form models, standings after the previous round).
 -- Numeric features are DOUBLE: the registered model's signature expects float64 inputs.
 WITH target_races AS (
     SELECT
@@ -14,7 +15,7 @@ WITH target_races AS (
         dr.GRID,
         dr.FINISH_CLASS
     FROM ML.F1_DRIVER_RACES AS dr
-    WHERE dr.RACE_DATE >= DATE '2010-01-01'
+    WHERE dr.RACE_DATE >= :train_start  -- the spec's train_start, bound
 ),
 
 qualifying AS (

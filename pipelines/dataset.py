@@ -1,0 +1,229 @@
+"""The contract for rows that enter or leave a model.
+
+- The feature schema: which columns of the spec's table are numeric and categorical inputs.
+- Windows read through the warehouse seam: training (never the holdout), holdout, and the
+  scoring selection.
+- Target encoding (class names <-> indices in the spec's order) and the one model-input cast.
+- Lineage datasets (`mlflow.data`) and the names and types of the columns a score is written as.
+
+Stages that feed a model or read its output go through here, so a row means one thing everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.data.pandas_dataset import PandasDataset
+
+from pipelines.config import Spec
+from pipelines.errors import ConfigError, PodiumError
+from pipelines.splits import check_before_holdout
+from pipelines.warehouse import Warehouse
+from pipelines.warehouse.dialect import check_identifier, quote
+
+TEXT_TYPES = ("CHAR", "TEXT", "STRING", "DATE", "TIME")
+LINEAGE = {
+    "MODEL_NAME": "VARCHAR",
+    "MODEL_VERSION": "VARCHAR",
+    "MODEL_ALIAS": "VARCHAR",
+    "RUN_ID": "VARCHAR",
+    "SCORED_AT": "TIMESTAMP_NTZ",
+    "BATCH_ID": "VARCHAR",
+}
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """The model's inputs: numeric columns (fed as float64), then categorical ones."""
+
+    numeric: list[str]
+    categorical: list[str]
+
+    @property
+    def columns(self) -> list[str]:
+        return self.numeric + self.categorical
+
+
+@dataclass(frozen=True)
+class Window:
+    """Rows of one time window, ready for a model: inputs, class indices and times."""
+
+    X: pd.DataFrame
+    y: np.ndarray
+    times: pd.Series
+
+
+def feature_schema(spec: Spec, columns: dict[str, str]) -> FeatureSchema:
+    """Every column but keys, time, target and excluded ones is a feature; categoricals are named."""
+    _check_named_columns(spec, columns)
+    reserved = {spec.target, spec.time, *spec.keys, *spec.columns.exclude, *spec.columns.categorical}
+    numeric = [c for c in columns if c not in reserved]
+    text = [c for c in numeric if any(t in columns[c].upper() for t in TEXT_TYPES)]
+    if text:
+        raise ConfigError(
+            f"columns {text} of {spec.table} are not numeric: list them in columns.categorical or "
+            "columns.exclude."
+        )
+    if spec.baseline and spec.baseline.column not in numeric + spec.columns.categorical:
+        raise ConfigError(
+            f"baseline.column {spec.baseline.column} is not a feature of {spec.table} (it is a key, the "
+            "time, "
+            "the target or excluded): the heuristic baseline needs a feature column."
+        )
+    return FeatureSchema(numeric, list(spec.columns.categorical))
+
+
+def _check_named_columns(spec: Spec, columns: dict[str, str]) -> None:
+    """Every column the spec names must be a column of its table."""
+    named = {
+        "target": [spec.target],
+        "time": [spec.time],
+        "keys": spec.keys,
+        "columns.categorical": spec.columns.categorical,
+        "columns.exclude": spec.columns.exclude,
+        "baseline.column": [spec.baseline.column] if spec.baseline else [],
+    }
+    for field, names in named.items():
+        absent = [n for n in names if n not in columns]
+        if absent:
+            raise ConfigError(
+                f"spec {field} names {absent}, which {spec.table} does not have "
+                f"(its columns: {', '.join(columns)}). Fix the spec or rebuild the features."
+            )
+
+
+def read_schema(warehouse: Warehouse, spec: Spec) -> FeatureSchema:
+    """The feature schema of the spec's table as it stands in the warehouse."""
+    return feature_schema(spec, warehouse.columns(spec.table))
+
+
+def read_training_rows(warehouse: Warehouse, spec: Spec) -> pd.DataFrame:
+    """Every column of the rows with train_start <= time < holdout_start, in time and key order."""
+    time_col = quote(spec.time)
+    frame = warehouse.query(
+        f"SELECT * FROM {quote(spec.table)} WHERE {time_col} >= ? AND {time_col} < ? ORDER BY {_order(spec)}",
+        [spec.train_start, spec.holdout_start],
+    )
+    check_before_holdout(frame[spec.time], spec.holdout_start)
+    return frame
+
+
+def load_training(warehouse: Warehouse, spec: Spec, schema: FeatureSchema) -> Window:
+    """The training window as model inputs (the holdout is excluded by the query and asserted absent)."""
+    frame = read_training_rows(warehouse, spec)
+    if frame.empty:
+        raise PodiumError(
+            f"the training window is empty: {spec.table} has no rows with {spec.time} in "
+            f"[{spec.train_start}, {spec.holdout_start}). Build the features, or fix train_start / "
+            "holdout_start."
+        )
+    return _window(frame, spec, schema)
+
+
+def load_holdout(warehouse: Warehouse, spec: Spec, schema: FeatureSchema) -> Window:
+    """The labelled rows at or after holdout_start: only `train` (and a re-judging `promote`) reads them."""
+    frame = warehouse.query(
+        f"SELECT * FROM {quote(spec.table)} WHERE {quote(spec.time)} >= ? AND {quote(spec.target)} IS NOT "
+        "NULL "
+        f"ORDER BY {_order(spec)}",
+        [spec.holdout_start],
+    )
+    if frame.empty:
+        raise PodiumError(
+            f"the holdout is empty: {spec.table} has no labelled rows with {spec.time} >= "
+            f"{spec.holdout_start}. "
+            "Move holdout_start earlier, or build the features."
+        )
+    return _window(frame, spec, schema)
+
+
+def scoring_selection(
+    spec: Spec, start: date, end: date | None, version: str, full: bool
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (feature table aliased `f`) of the rows to score, and its bound values.
+
+    Incremental unless `full`: rows the model version has already scored are left out.
+    """
+    time_col = f"f.{quote(spec.time)}"
+    clauses, params = [f"{time_col} >= ?"], [start]
+    if end:
+        clauses.append(f"{time_col} < ?")
+        params.append(end)
+    if not full:
+        match = " AND ".join(f"s.{quote(k)} = f.{quote(k)}" for k in spec.keys)
+        clauses.append(
+            f"NOT EXISTS (SELECT 1 FROM {quote(spec.scoring_table)} AS s WHERE {match} AND s.MODEL_VERSION "
+            "= ?)"
+        )
+        params.append(version)
+    return " AND ".join(clauses), params
+
+
+def encode_target(target: pd.Series, spec: Spec) -> np.ndarray:
+    """Class labels -> indices in the spec's class order."""
+    unknown = sorted(set(target.dropna().unique()) - set(spec.classes))
+    if unknown or target.isna().any():
+        raise PodiumError(
+            f"{spec.target} holds values outside {spec.classes}: {[str(v) for v in unknown] or ['NULL']}. "
+            "Fix the data or the spec's classes (classes are text: cast a numeric target to VARCHAR)."
+        )
+    return target.map({c: i for i, c in enumerate(spec.classes)}).to_numpy(dtype=int)
+
+
+def decode_target(indices: np.ndarray, spec: Spec) -> np.ndarray:
+    """Class indices -> the spec's class names."""
+    return np.asarray(spec.classes, dtype=object)[indices]
+
+
+def model_input(frame: pd.DataFrame, numeric: list[str]) -> pd.DataFrame:
+    """Numeric inputs as float64, as every model is trained and its signature says."""
+    return frame.astype({c: "float64" for c in numeric})
+
+
+def predict_proba(estimator: Any, frame: pd.DataFrame, numeric: list[str]) -> np.ndarray:
+    """Class probabilities of feature rows, in the spec's class order."""
+    return estimator.predict_proba(model_input(frame, numeric))
+
+
+def lineage_dataset(spec: Spec, window: Window, name: str) -> PandasDataset:
+    """A window of rows as an `mlflow.data` dataset (inputs and class labels), digested for lineage."""
+    labelled = window.X.assign(**{spec.target: decode_target(window.y, spec)})
+    return mlflow.data.from_pandas(labelled, name=name, targets=spec.target)
+
+
+def training_name(spec: Spec) -> str:
+    return f"{spec.table}[{spec.train_start}:{spec.holdout_start})"
+
+
+def holdout_name(spec: Spec) -> str:
+    return f"{spec.table}[{spec.holdout_start}:]"
+
+
+def probability_column(label: str) -> str:
+    """The score column of one class: P_<CLASS>."""
+    return check_identifier(f"P_{label}")
+
+
+def probability_columns(spec: Spec) -> list[str]:
+    return [probability_column(c) for c in spec.classes]
+
+
+def scoring_columns(spec: Spec, source: dict[str, str]) -> dict[str, str]:
+    """The scoring table's explicit schema: keys and time typed as in the feature table, then the scores."""
+    ids = {name: source.get(name, "VARCHAR") for name in spec.id_columns}
+    probabilities = dict.fromkeys(probability_columns(spec), "DOUBLE")
+    return ids | {"PREDICTED_CLASS": "VARCHAR"} | probabilities | LINEAGE
+
+
+def _window(frame: pd.DataFrame, spec: Spec, schema: FeatureSchema) -> Window:
+    X = model_input(frame[schema.columns], schema.numeric)
+    return Window(X, encode_target(frame[spec.target], spec), frame[spec.time])
+
+
+def _order(spec: Spec) -> str:
+    return ", ".join(quote(c) for c in [spec.time, *spec.keys])

@@ -1,0 +1,205 @@
+"""What the CLI prints at the end of each stage: one screen of rich tables per result.
+
+`show(result)` picks the view by the result's type, so `podium run` and each command print
+a stage's result the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.evaluate import EvaluateResult
+from pipelines.features import FeaturesResult, QualityCheck
+from pipelines.ingest import IngestResult
+from pipelines.promote import Decisions
+from pipelines.score import ScoreResult
+from pipelines.status import Status
+from pipelines.train import TrainResult
+from pipelines.tune import TuneResult
+
+out = Console()
+
+
+@functools.singledispatch
+def show(result: Any) -> None:
+    """Print a stage's result."""
+    raise TypeError(f"no view for {type(result).__name__}")
+
+
+@show.register
+def _(result: IngestResult) -> None:
+    _counts("Ingested", result.rows)
+
+
+@show.register
+def _(result: FeaturesResult) -> None:
+    _counts("Built", result.rows)
+    _checks(result.checks)
+
+
+@show.register
+def _(result: TuneResult) -> None:
+    table = Table(title="Leaderboard (lower log loss is better)", title_justify="left")
+    table.add_column("family", no_wrap=True, min_width=18)
+    for name in ("complete", "pruned", "failed", "CV log loss", "CV AUC", "seconds"):
+        table.add_column(name, justify="right")
+    for s in sorted(result.leaderboard, key=lambda s: s.cv_log_loss):
+        counts = (str(s.complete), str(s.pruned), str(s.failed))
+        figures = (f"{s.cv_log_loss:.4f}", f"{s.cv_auc:.4f}", f"{s.seconds:.1f}")
+        table.add_row(s.name, *counts, *figures, style="dim" if s.name.startswith("baseline") else "")
+    out.print(table)
+
+
+@show.register
+def _(result: TrainResult) -> None:
+    table = Table(title=f"Holdout: {result.model_name} vs baselines (evaluated once)", title_justify="left")
+    table.add_column("model", no_wrap=True, min_width=18)
+    for name in ("version", "log loss", "AUC", "balanced acc"):
+        table.add_column(name, justify="right")
+    rows = [(t.candidate.family, t.version, t.holdout, "") for t in result.trained]
+    rows += [(f"baseline:{name}", "", m, "dim") for name, m in result.baselines.items()]
+    for name, version, m, style in rows:
+        figures = (f"{m[k]:.4f}" for k in ("log_loss", "auc", "balanced_accuracy"))
+        table.add_row(name, version, *figures, style=style)
+    out.print(table)
+    out.print(
+        f"version {result.champion.version} ({result.champion.candidate.family}) is now [bold]challenger[/]"
+    )
+
+
+@show.register
+def _(result: Decisions) -> None:
+    for d in result:
+        colour = "green" if d.promoted else "yellow" if d.decision.startswith("dry-run") else "red"
+        holder = f"v{d.from_version}" if d.from_version else "nobody"
+        line = f"[bold {colour}]{d.decision}[/] {d.model} v{d.version} -> {d.target} (held by {holder})."
+        line += f" {d.reason}"
+        out.print(line, highlight=False)
+
+
+@show.register
+def _(result: ScoreResult) -> None:
+    out.print(
+        f"scored [bold]{result.rows_written:,}[/] of {result.rows_read:,} rows read into {result.table} with "
+        f"{result.model.name} v{result.model.version} ({result.model.uri}); batch {result.batch_id}",
+        highlight=False,
+    )
+
+
+@show.register
+def _(result: EvaluateResult) -> None:
+    timed = result.rows[result.rows["PERIOD"] != "all"]
+    wide = timed.pivot_table(
+        index=["MODEL_VERSION", "PERIOD"], columns="METRIC", values="VALUE"
+    ).reset_index()
+    table = Table(*[str(c) for c in wide.columns], title=f"Monitoring ({result.table})", title_justify="left")
+    for row in wide.itertuples(index=False):
+        table.add_row(*[v if isinstance(v, str) else f"{v:.4f}" for v in row])
+    out.print(table)
+    drift = ", ".join(result.drifting) or "none"
+    out.print(f"features drifting past the PSI threshold: {drift}", highlight=False)
+
+
+@show.register
+def _(status: Status) -> None:
+    out.print(
+        f"[bold]{status.spec}[/] on profile [bold]{status.profile}[/] ({status.backend})", highlight=False
+    )
+    tables = Table("table", "rows", title="Warehouse", title_justify="left")
+    for t in status.tables:
+        tables.add_row(t.table, "[dim]missing[/]" if t.rows is None else f"{t.rows:,}")
+    out.print(tables)
+    _studies(status)
+    _versions(status)
+    _latest_batch(status.latest_batch)
+    _monitoring(status.monitoring)
+
+
+def frame(data: pd.DataFrame) -> None:
+    """Any query result, as a table."""
+    table = Table(*[str(c) for c in data.columns], show_lines=False)
+    for row in data.itertuples(index=False):
+        table.add_row(*["" if v is None else str(v) for v in row])
+    out.print(table)
+
+
+def _studies(status: Status) -> None:
+    if not status.studies:
+        out.print("[dim]no studies yet: podium tune[/]")
+        return
+    title = f"Optuna studies ({status.spec}-<family>)"
+    table = Table(
+        "family",
+        "complete",
+        "pruned",
+        "failed",
+        "best log loss",
+        "best trial",
+        title=title,
+        title_justify="left",
+    )
+    for s in status.studies:
+        best = "" if s.best_value is None else f"{s.best_value:.4f}"
+        trial = "" if s.best_trial is None else str(s.best_trial)
+        table.add_row(s.family, str(s.complete), str(s.pruned), str(s.failed), best, trial)
+    out.print(table)
+
+
+def _versions(status: Status) -> None:
+    if not status.versions:
+        out.print(f"[dim]no versions of {status.model} yet: podium train[/]")
+        return
+    title = f"Registered model {status.model}"
+    table = Table(
+        "version", "aliases", "stage", "family", "holdout log loss", title=title, title_justify="left"
+    )
+    for v in status.versions:
+        loss = "" if v.holdout_log_loss is None else f"{v.holdout_log_loss:.4f}"
+        table.add_row(v.version, ", ".join(v.aliases), v.stage, v.family or "", loss)
+    out.print(table)
+
+
+def _latest_batch(batch: dict[str, Any] | None) -> None:
+    if not batch:
+        out.print("[dim]no scores yet: podium score[/]")
+        return
+    out.print(
+        f"latest scoring batch {batch['batch_id']}: {batch['rows']:,} rows by {batch['model']} "
+        f"v{batch['version']} "
+        f"({batch['alias']}) at {batch['scored_at']}; {batch['total_rows']:,} scores in all",
+        highlight=False,
+    )
+
+
+def _monitoring(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        out.print("[dim]no monitoring yet: podium evaluate[/]")
+        return
+    metrics = [k for k in rows[0] if k not in ("version", "period")]
+    table = Table("version", "period", *metrics, title="Latest monitoring", title_justify="left")
+    for row in rows:
+        figures = [f"{row[m]:,}" if m == "rows" else f"{row.get(m, float('nan')):.4f}" for m in metrics]
+        table.add_row(row["version"], row["period"], *figures)
+    out.print(table)
+
+
+def _counts(verb: str, rows: dict[str, int]) -> None:
+    if not rows:
+        out.print(f"[dim]{verb} no tables: the spec reads a ready-made table[/]")
+        return
+    table = Table("table", "rows", title=f"{verb} {len(rows)} tables", title_justify="left")
+    for name, n in rows.items():
+        table.add_row(name, f"{n:,}")
+    out.print(table)
+
+
+def _checks(checks: list[QualityCheck]) -> None:
+    table = Table("check", "result", "detail", title="Data-quality checks", title_justify="left")
+    for check in checks:
+        table.add_row(check.name, "[green]pass[/]" if check.passed else "[red]FAIL[/]", check.detail)
+    out.print(table)

@@ -1,0 +1,118 @@
+"""Scoring inside Snowflake (`podium score --engine warehouse`): rows never leave it.
+
+The model travels to Snowflake as a vectorized (pandas) UDF. One Snowpark plan selects the
+window's unscored rows, calls the UDF on an array of the model's features, splits the
+probabilities into P_<CLASS> columns, picks the predicted class and adds the lineage
+columns; the result lands in a temporary staging table and one MERGE by (keys,
+MODEL_VERSION) moves it into the scoring table.
+
+Snowpark local testing runs a vectorized UDF one row at a time, so the handler accepts a
+whole batch (a Series of arrays, in Snowflake) or a single array (local testing).
+"""
+
+from __future__ import annotations
+
+import operator
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import reduce
+from typing import TYPE_CHECKING
+
+import cloudpickle
+import numpy as np
+import pandas as pd
+from snowflake.snowpark import Column, DataFrame
+from snowflake.snowpark.functions import array_construct, col, lit, pandas_udf, when
+from snowflake.snowpark.types import ArrayType, DoubleType, PandasSeriesType
+
+from pipelines.warehouse.base import ScoringJob
+from pipelines.warehouse.dialect import quote
+
+if TYPE_CHECKING:
+    from pipelines.warehouse.snowpark import SnowparkWarehouse
+
+# What a model needs inside Snowflake; Snowflake resolves them from its Anaconda channel.
+PACKAGES = ["scikit-learn", "pandas", "numpy", "xgboost", "skops"]
+
+
+def run_job(warehouse: SnowparkWarehouse, job: ScoringJob) -> tuple[int, int]:
+    """Score the job's rows inside Snowflake and merge them into its table: (rows scored, rows written)."""
+    session = warehouse.session
+    with _pickled_by_value(job.predict):
+        udf = pandas_udf(
+            handler(job.predict, job.features),
+            return_type=PandasSeriesType(ArrayType(DoubleType())),
+            input_types=[PandasSeriesType(ArrayType())],
+            packages=PACKAGES,
+            session=session,
+        )
+    rows = _selection(warehouse, job)
+    scored = rows.select(*job.id_columns, udf(array_construct(*[col(f) for f in job.features])).alias("P"))
+    staged_name = f"PODIUM_SCORES_{uuid.uuid4().hex.upper()}"
+    _scores(scored, job).write.save_as_table(staged_name, mode="overwrite", table_type="temporary")
+    staged = session.table(staged_name)
+    count = staged.count()
+    written = warehouse.merge_dataframe(staged, job.table, [*job.keys, "MODEL_VERSION"]) if count else 0
+    session.table(staged_name).drop_table()
+    return count, written
+
+
+def handler(
+    predict: Callable[[pd.DataFrame], np.ndarray], features: list[str]
+) -> Callable[[pd.Series], pd.Series]:
+    """The UDF body: feature arrays in, one probability per class out."""
+
+    def body(values: pd.Series) -> pd.Series:  # hints Snowpark reads; local testing passes one array
+        batch = isinstance(values, pd.Series)
+        proba = predict(pd.DataFrame(values.tolist() if batch else [values], columns=features))
+        return pd.Series(proba.tolist(), index=values.index) if batch else proba[0].tolist()
+
+    return body
+
+
+@contextmanager
+def _pickled_by_value(function: Callable) -> Iterator[None]:
+    """Ship the module that defines `function` inside the UDF: Snowflake cannot import Podium itself."""
+    target = getattr(function, "func", function)  # a functools.partial names its function
+    module = sys.modules[target.__module__]
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
+def _selection(warehouse: SnowparkWarehouse, job: ScoringJob) -> DataFrame:
+    session = warehouse.session
+    rows = session.table(quote(job.source)).filter(col(job.time) >= lit(job.start))
+    if job.end:
+        rows = rows.filter(col(job.time) < lit(job.end))
+    if job.full or not warehouse.exists(job.table):
+        return rows
+    done = session.table(quote(job.table)).filter(col("MODEL_VERSION") == lit(job.version)).select(*job.keys)
+    return rows.join(done, on=job.keys, how="leftanti")
+
+
+def _scores(scored: DataFrame, job: ScoringJob) -> DataFrame:
+    """The scoring table's columns from the UDF's probability array."""
+    probabilities = [scored["P"][i].cast(DoubleType()) for i in range(len(job.classes))]
+    named = [p.alias(name) for p, name in zip(probabilities, job.probability_columns, strict=True)]
+    lineage = [lit(value).alias(name) for name, value in job.lineage.items()]
+    return scored.select(
+        *job.id_columns, _argmax(probabilities, job.classes).alias("PREDICTED_CLASS"), *named, *lineage
+    )
+
+
+def _argmax(probabilities: list[Column], classes: list[str]) -> Column:
+    """The first class whose probability is at least every later one's: numpy's argmax, in SQL."""
+    chosen = None
+    for i, p in enumerate(probabilities[:-1]):
+        beats_later = reduce(operator.and_, [p >= q for q in probabilities[i + 1 :]])
+        chosen = (
+            when(beats_later, lit(classes[i]))
+            if chosen is None
+            else chosen.when(beats_later, lit(classes[i]))
+        )
+    return chosen.otherwise(lit(classes[-1]))

@@ -1,0 +1,121 @@
+"""Helpers the test modules share: the repo root, profiles, the CLI in-process, MLflow and Optuna views.
+
+Fixtures live in conftest.py; plain functions and constants live here, so no test module imports another.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines import cli
+from pipelines.config import Profile
+from pipelines.tracking import STATUS, open_storage
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def duckdb_profile(path: Path) -> Profile:
+    """A profile whose warehouse is a DuckDB file at `path`."""
+    return Profile.model_validate({"name": "test", "warehouse": {"backend": "duckdb", "path": path}})
+
+
+def connect_with(warehouse_class: type) -> Callable[..., Iterator[Any]]:
+    """A stand-in for `pipelines.warehouse.connect` that opens the DuckDB file with `warehouse_class`.
+
+    Tests pass it a subclass of the real DuckDB backend that records what it hands out.
+    """
+
+    @contextmanager
+    def connect(profile: Profile, read_only: bool = False) -> Iterator[Any]:
+        warehouse = warehouse_class(profile.warehouse.path, read_only)
+        try:
+            yield warehouse
+        finally:
+            warehouse.close()
+
+    return connect
+
+
+@contextmanager
+def tracking_store(uri: str) -> Iterator[None]:
+    """Point MLflow at `uri` for a block (session fixtures run outside the per-test store)."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def podium(
+    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str, str]:
+    """Run the console entry point in-process from the repo root: (exit code, stdout, stderr)."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", ["podium", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return int(exit_info.value.code or 0), captured.out, captured.err
+
+
+def profile_file(tmp_path: Path, profile: Profile) -> str:
+    path = tmp_path / "profile.yaml"
+    path.write_text(f"warehouse:\n  backend: duckdb\n  path: {profile.warehouse.path}\n")
+    return str(path)
+
+
+def bad_spec(tmp_path: Path, replace: str, by: str) -> str:
+    path = tmp_path / f"spec_{len(list(tmp_path.glob('spec_*')))}.yaml"
+    text = (REPO / "experiments" / "f1_podium.yaml").read_text()
+    assert replace in text
+    path.write_text(text.replace(replace, by))
+    return str(path)
+
+
+FAST_SPACE = """decision_tree:
+  max_depth: {type: int, low: 2, high: 8}
+  min_samples_leaf: {type: int, low: 5, high: 100, log: true}
+knn:  # more neighbours than any fold has rows: every trial fails
+  n_neighbors: {type: int, low: 20000, high: 30000}
+"""
+
+
+def studies(storage: str) -> dict[str, optuna.Study]:
+    names = optuna.get_all_study_names(open_storage(storage))
+    return {n: optuna.load_study(study_name=n, storage=open_storage(storage)) for n in names}
+
+
+def mlflow_tree(experiment: str = "f1_podium") -> tuple[list[Any], dict[str, list[Any]]]:
+    """(family parent runs, their child runs by parent id) of an experiment."""
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("podium.role") == "study"]
+    children = {
+        p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id]
+        for p in parents
+    }
+    return parents, children
+
+
+def assert_children_mirror_trials(storage: str) -> None:
+    parents, children = mlflow_tree()
+    by_study = {p.data.tags["podium.study"]: p for p in parents}
+    for name, study in studies(storage).items():
+        runs = {int(r.data.tags["podium.trial"]): r for r in children[by_study[name].info.run_id]}
+        assert sorted(runs) == [t.number for t in study.trials]
+        for trial in study.trials:
+            assert runs[trial.number].info.status == STATUS[trial.state.name]
