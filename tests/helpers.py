@@ -119,3 +119,11 @@ def assert_children_mirror_trials(storage: str) -> None:
         assert sorted(runs) == [t.number for t in study.trials]
         for trial in study.trials:
             assert runs[trial.number].info.status == STATUS[trial.state.name]
+
+
+def worker_env() -> dict[str, str]:
+    """The environment of a child `podium` process: no leftover MLflow run, this test's tracking store."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {
+        "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }

@@ -30,6 +30,7 @@ from tests.helpers import (
     podium,
     profile_file,
     studies,
+    worker_env,
 )
 
 
@@ -251,10 +252,7 @@ def test_two_worker_processes_share_one_study_and_one_parent(
     (tmp_path / "profile.yaml").write_text(
         f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\noptuna_storage: {storage}\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {
-        "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
+    env = worker_env()
     command = [
         sys.executable,
         "-m",
