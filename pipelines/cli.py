@@ -33,6 +33,7 @@ from pipelines.config import DEFAULT_PROFILE, Profile, Spec, load_profile, load_
 from pipelines.errors import PodiumError
 from pipelines.registry import CHAMPION
 from pipelines.warehouse import connect
+from pipelines.warehouse.dialect import reads_only
 
 HELP = """Podium: MLflow-tracked experiments and a model registry over Snowflake (a DuckDB file offline).
 
@@ -360,15 +361,31 @@ def sql(
     format: Annotated[
         Format, typer.Option("--format", "-f", help="table for people, csv or json for machines.")
     ] = Format.table,
+    write: Annotated[bool, typer.Option("--write", help="Allow DDL and DML (default: read-only).")] = False,
 ) -> None:
     """Run one Snowflake-dialect query on the profile's warehouse and print the rows.
+
+    Read-only by default: a statement that changes data (DROP, DELETE, INSERT, ...) is refused
+    before it runs. `--write` runs DDL and DML.
 
     [bold]Examples[/]
       podium sql "select count(*) from ML.F1_FEATURES"
       podium sql "select * from ML.F1_SCORES limit 5" --format csv
       podium sql "select * from ML.MODEL_PROMOTIONS" --format json | jq .
+      podium sql --write "delete from ML.F1_SCORES where MODEL_VERSION = '1'"
+          change data, on purpose
     """
+    reads = reads_only(query)
+    if not reads and not write:
+        raise PodiumError(
+            f"podium sql is read-only, and {query.split()[0].upper()} changes data: pass --write to run DDL "
+            "and DML."
+        )
     with connect(load_profile(profile)) as warehouse:
+        if not reads:
+            warehouse.execute(query)
+            err.print("done: the statement ran (--write)", highlight=False)
+            return
         frame = warehouse.query(query)
     if format is Format.csv:
         frame.to_csv(sys.stdout, index=False)

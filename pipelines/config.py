@@ -115,6 +115,12 @@ class RowBounds(Strict):
     min: int = Field(1, ge=0)
     max: int | None = None
 
+    @model_validator(mode="after")
+    def _ordered(self) -> RowBounds:
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max ({self.max}) is below min ({self.min}): swap them, or raise max")
+        return self
+
 
 class FeaturesConfig(Strict):
     """Ordered SQL models (Snowflake dialect) that build the feature table."""
@@ -181,6 +187,12 @@ class ScoringConfig(Strict):
     end: date | None = None
     chunk_rows: int = Field(50_000, gt=0)
 
+    @model_validator(mode="after")
+    def _ordered(self) -> ScoringConfig:
+        if self.end is not None and self.end <= self.start:
+            raise ValueError(f"end ({self.end}) must be after start ({self.start}): fix or drop scoring.end")
+        return self
+
 
 class HitRateConfig(Strict):
     """Top-k hit rate: per group, do the k rows with the highest P(class) hold the actual class?"""
@@ -241,6 +253,9 @@ class Spec(Strict):
 
     @model_validator(mode="after")
     def _window_is_ordered(self) -> Spec:
+        if len(set(self.classes)) != len(self.classes):
+            twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            raise ValueError(f"classes lists {twice} more than once: list each class once")
         if self.train_start >= self.holdout_start:
             raise ValueError(
                 f"train_start ({self.train_start}) must be before holdout_start ({self.holdout_start})"
@@ -328,15 +343,25 @@ def _locate(name: str, folder: Path, kind: str, option: str) -> Path:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """Parse a YAML mapping, turning syntax errors into one clear message."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise malformed_yaml(path, exc) from None
+    data = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(
             f"{path}: expected a mapping of keys to values at the top level: write one `key: value` per line."
         )
     return data
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse a YAML file; bad syntax or a value YAML cannot build (2021-13-45) is one clear error."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise malformed_yaml(path, exc) from None
+    except ValueError as exc:  # YAML recognised a date or time, then could not build it
+        raise ConfigError(
+            f"{path}: a value is not what it looks like ({exc}): write dates as YYYY-MM-DD with a real month "
+            "and day, or quote the value."
+        ) from None
 
 
 def malformed_yaml(path: Path, exc: yaml.YAMLError) -> ConfigError:

@@ -122,7 +122,15 @@ def load_training(warehouse: Warehouse, spec: Spec, schema: FeatureSchema) -> Wi
             f"[{spec.train_start}, {spec.holdout_start}). Build the features, or fix train_start / "
             "holdout_start."
         )
-    return _window(frame, spec, schema)
+    window = _window(frame, spec, schema)
+    absent = [c for i, c in enumerate(spec.classes) if not (window.y == i).any()]
+    if absent:
+        raise PodiumError(
+            f"classes {absent} never occur in the training window ({spec.table}, {spec.time} in "
+            f"[{spec.train_start}, {spec.holdout_start})): a model cannot learn them. Remove them from the "
+            "spec's classes, or widen the window."
+        )
+    return window
 
 
 def load_holdout(warehouse: Warehouse, spec: Spec, schema: FeatureSchema) -> Window:

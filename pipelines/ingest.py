@@ -18,10 +18,9 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pyarrow as pa
-import yaml
 from pyarrow import csv
 
-from pipelines.config import Profile, Spec, malformed_yaml
+from pipelines.config import Profile, Spec, load_yaml
 from pipelines.errors import ConfigError, PodiumError
 from pipelines.progress import progress
 from pipelines.tracking import stage_run
@@ -76,10 +75,7 @@ def read_manifest(source: Path) -> dict[str, dict[str, str]]:
     path = source / "tables.yaml"
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: the ingest source needs a tables.yaml manifest.")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise malformed_yaml(path, exc) from None
+    data = load_yaml(path) or {}
     tables = (data.get("tables") if isinstance(data, dict) else None) or {}
     if not isinstance(tables, dict) or not all(isinstance(columns, dict) for columns in tables.values()):
         raise ConfigError(
@@ -91,6 +87,7 @@ def read_manifest(source: Path) -> dict[str, dict[str, str]]:
             check_identifier(table)
         except PodiumError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+        _check_columns(path, table, columns)
         unknown = {t for t in columns.values() if t not in TYPES}
         if unknown:
             raise ConfigError(
@@ -101,6 +98,17 @@ def read_manifest(source: Path) -> dict[str, dict[str, str]]:
             f"{path} lists no tables under `tables:`: add each table with its columns and their types."
         )
     return tables
+
+
+def _check_columns(path: Path, table: str, columns: dict[str, str]) -> None:
+    """Every CSV column must become a plain SQL identifier (RACE_ID), never a quoted one."""
+    for column in columns:
+        try:
+            check_identifier(snake_upper(str(column)))
+        except PodiumError as exc:
+            raise ConfigError(
+                f"{path}: table {table}, column {column!r} cannot name a column: {exc}"
+            ) from None
 
 
 def load_table(warehouse: Warehouse, source: Path, table: str, columns: dict[str, str], schema: str) -> int:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import optuna
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
@@ -27,7 +26,7 @@ from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 from xgboost import XGBClassifier
 
-from pipelines.config import malformed_yaml
+from pipelines.config import load_yaml
 from pipelines.dataset import FeatureSchema
 from pipelines.errors import ConfigError
 
@@ -107,9 +106,7 @@ def read_spaces(path: Path) -> dict[str, dict[str, Param]]:
     if not path.is_file():
         raise ConfigError(f"search-space file {path} does not exist: fix tuning.search_space in the spec.")
     try:
-        spaces = SPACES.validate_python(yaml.safe_load(path.read_text()) or {})
-    except yaml.YAMLError as exc:
-        raise malformed_yaml(path, exc) from None
+        spaces = SPACES.validate_python(load_yaml(path) or {})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()

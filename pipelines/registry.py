@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.config import Spec
 from pipelines.errors import PodiumError
-from pipelines.tracking import STORE_ERRORS, open_storage, store_error, trial_counts
+from pipelines.tracking import STORE_ERRORS, hide_password, open_storage, store_error, trial_counts
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -242,7 +242,7 @@ def best_trials(spec: Spec, storage: str, family: str | None = None) -> list[Can
     if not found:
         which = f"family {family}" if family else f"any family of {spec.name}"
         raise PodiumError(
-            f"no completed trials for {which} in the Optuna storage {storage}: "
+            f"no completed trials for {which} in the Optuna storage {hide_password(storage)}: "
             f"run `podium tune{' --family ' + family if family else ''}` first, or pass the study's "
             "--storage."
         )

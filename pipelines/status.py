@@ -105,7 +105,7 @@ def studies(spec: Spec, storage: str) -> list[StudyStatus]:
     """Trial counts and the best value of each of the spec's studies (`<spec>-<family>`)."""
     if "://" not in storage and not Path(storage).is_file():
         return []
-    opened = open_storage(storage)
+    opened = open_storage(storage, mend=False)  # status only reads: a torn journal is reported
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False))
     prefix = registry.study_prefix(spec)
     return [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import subprocess
 import time
 import warnings
@@ -37,8 +38,15 @@ from pipelines.errors import PodiumError
 log = logging.getLogger(__name__)
 
 
+# MLflow retries a dead server for minutes by default (7 retries, backoff factor 2); Podium gives up
+# within about 15 s unless the user set MLflow's own variables.
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2"}
+
+
 def configure(profile: Profile) -> None:
     """Point MLflow at the profile's tracking store unless MLFLOW_TRACKING_URI says otherwise."""
+    for name, value in HTTP_RETRIES.items():
+        os.environ.setdefault(name, value)
     if profile.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
         mlflow.set_tracking_uri(profile.tracking_uri)
 
@@ -340,13 +348,14 @@ def trial_counts(study: optuna.Study) -> Counter[str]:
 # --- Optuna storages ---------------------------------------------------------------------
 
 
-def open_storage(storage: str) -> optuna.storages.BaseStorage:
-    """A database URL as an RDB storage; a plain path is a resumable journal file."""
+def open_storage(storage: str, mend: bool = True) -> optuna.storages.BaseStorage:
+    """A database URL as an RDB storage; a plain path is a resumable journal file (its torn tail mended)."""
     try:
         if "://" in storage:
             return _rdb_storage(storage)
         path = Path(storage)
         path.parent.mkdir(parents=True, exist_ok=True)
+        mend_journal(path, repair=mend)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     except (
         sqlalchemy.exc.SQLAlchemyError,
@@ -360,6 +369,59 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
             "whose "
             "driver is installed (sqlite:///optuna.db, postgresql://user@host/db)."
         ) from None
+
+
+def mend_journal(path: Path, repair: bool = True) -> Path | None:
+    """Cut a journal's torn last record (a writer killed mid-line) after a backup; the backup's path, if any.
+
+    Optuna skips a torn last line but fuses the next append onto it, after which every read fails.
+    Every whole record, so every finished trial, is kept. With `repair=False` it only warns.
+    """
+    torn = _torn_tail(path)
+    if not torn:
+        return None
+    if not repair:
+        log.warning(
+            "the Optuna journal %s ends in a torn record (%d bytes): `podium tune` mends it", path, torn
+        )
+        return None
+    lock = optuna.storages.journal.JournalFileSymlinkLock(str(path))
+    lock.acquire()  # writers append under this lock; a dead holder's lock expires after its grace period
+    try:
+        torn = _torn_tail(path)
+        if not torn:
+            return None
+        backup = path.with_name(f"{path.name}.torn-{int(time.time())}")
+        shutil.copy2(path, backup)
+        os.truncate(path, path.stat().st_size - torn)
+    finally:
+        lock.release()
+    log.warning(
+        "the Optuna journal %s ended in a torn record (%d bytes, from a killed writer): cut it, kept every "
+        "whole record; the original is %s",
+        path,
+        torn,
+        backup,
+    )
+    return backup
+
+
+def _torn_tail(path: Path, block: int = 1 << 16) -> int:
+    """How many bytes follow the journal's last newline (0: whole, or no file)."""
+    if not path.is_file():
+        return 0
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        end = size
+        while end > 0:
+            start = max(0, end - block)
+            f.seek(start)
+            chunk = f.read(end - start)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                return size - (start + newline + 1)
+            end = start
+    return size
 
 
 def _rdb_storage(url: str, attempts: int = 3) -> optuna.storages.RDBStorage:

@@ -10,6 +10,7 @@ import re
 from functools import lru_cache
 
 import sqlglot
+from sqlglot import exp
 from sqlglot.errors import ParseError
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
@@ -51,6 +52,14 @@ def split_table(name: str) -> tuple[str | None, str]:
     return (parts[-2] if len(parts) > 1 else None), parts[-1]
 
 
+READING = (exp.Query, exp.Describe, exp.Show)
+
+
+def reads_only(sql: str) -> bool:
+    """Whether every statement only reads (SELECT, WITH, UNION, DESCRIBE, SHOW)."""
+    return all(isinstance(statement, READING) for statement in _parse(sql))
+
+
 @lru_cache(maxsize=512)
 def to_duckdb(sql: str) -> tuple[str, ...]:
     """Translate Snowflake-dialect SQL into DuckDB statements (cached per text).
@@ -58,6 +67,11 @@ def to_duckdb(sql: str) -> tuple[str, ...]:
     Unquoted identifiers are upper-cased first, as Snowflake resolves them, so result
     columns are named alike on both backends (`count(*) AS n` gives column N).
     """
+    return tuple(normalize_identifiers(e, dialect="snowflake").sql(dialect="duckdb") for e in _parse(sql))
+
+
+def _parse(sql: str) -> list[exp.Expression]:
+    """The statements of Snowflake-dialect SQL; a syntax error is one clear message."""
     try:
         parsed = sqlglot.parse(sql, read="snowflake")
     except ParseError as exc:
@@ -68,6 +82,4 @@ def to_duckdb(sql: str) -> tuple[str, ...]:
         raise WarehouseError(
             f"could not parse the SQL as Snowflake dialect: {problem}{where}. Fix the SQL's syntax."
         ) from None
-    return tuple(
-        normalize_identifiers(e, dialect="snowflake").sql(dialect="duckdb") for e in parsed if e is not None
-    )
+    return [e for e in parsed if e is not None]

@@ -33,12 +33,18 @@ class DuckDBWarehouse(TableOps):
             if str(path) != ":memory:" and not read_only:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._con = duckdb.connect(str(path), read_only=read_only)
-        except (duckdb.Error, OSError) as exc:  # locked by another process, not built yet, or a bad path
+        except duckdb.IOException as exc:
+            if not _damaged(exc):
+                raise _cannot_open(path, exc) from None
             raise WarehouseError(
-                f"cannot open the DuckDB warehouse {path}: {first_line(exc)}. "
-                "Wait for the other process, build the warehouse first (`podium ingest`), "
-                "or fix warehouse.path in the profile."
+                f"the DuckDB warehouse {path} is damaged or not a DuckDB file ({first_line(exc)}): move it "
+                "aside, "
+                "then rebuild it with `podium ingest` and `podium features` (scores and audit rows live "
+                "only in "
+                "the file: restore it from a backup to keep them)."
             ) from None
+        except (duckdb.Error, OSError) as exc:  # locked by another process, not built yet, or a bad path
+            raise _cannot_open(path, exc) from None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Translate and run one or more statements; params bind to the last one."""
@@ -137,6 +143,22 @@ class DuckDBWarehouse(TableOps):
             ) from None
         except duckdb.Error as exc:
             raise WarehouseError(first_line(exc)) from None
+
+
+DAMAGE = ("could not read enough bytes", "not a valid duckdb database", "corrupt", "checksum")
+
+
+def _cannot_open(path: Path | str, exc: Exception) -> WarehouseError:
+    return WarehouseError(
+        f"cannot open the DuckDB warehouse {path}: {first_line(exc)}. "
+        "Wait for the other process, build the warehouse first (`podium ingest`), "
+        "or fix warehouse.path in the profile."
+    )
+
+
+def _damaged(exc: Exception) -> bool:
+    """Whether DuckDB says the file itself is truncated or corrupt (rather than locked or missing)."""
+    return any(sign in str(exc).lower() for sign in DAMAGE)
 
 
 def _match(keys: Sequence[str]) -> str:

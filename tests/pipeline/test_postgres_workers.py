@@ -6,17 +6,19 @@ the test skips only where PostgreSQL is not installed at all.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipelines import registry, tracking
 from pipelines.config import Profile, Spec
-from tests.helpers import FAST_SPACE, REPO, assert_children_mirror_trials, mlflow_tree, studies
+from pipelines.errors import PodiumError
+from tests.helpers import FAST_SPACE, REPO, assert_children_mirror_trials, mlflow_tree, studies, worker_env
 from tests.servers import postgres_server
 
 
@@ -39,10 +41,7 @@ def test_two_workers_on_postgres_share_one_study_and_one_parent(
     (tmp_path / "profile.yaml").write_text(
         f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {
-        "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
+    env = worker_env()
     command = [
         sys.executable,
         "-m",
@@ -73,3 +72,21 @@ def test_two_workers_on_postgres_share_one_study_and_one_parent(
     assert len(parents) == 1 and parents[0].data.tags["podium.study"] == study.study_name
     assert len(children[parents[0].info.run_id]) == 12
     assert_children_mirror_trials(postgres_url)
+
+
+def test_a_plain_postgresql_url_opens_with_psycopg_3(postgres_url: str) -> None:
+    """The URL `podium tune --help` shows: SQLAlchemy 2.1 maps postgresql:// to psycopg 3."""
+    plain = postgres_url.replace("postgresql+psycopg2://", "postgresql://")
+    storage = tracking.open_storage(plain)
+    optuna.create_study(study_name="plain-url", storage=storage).optimize(
+        lambda t: t.suggest_float("x", 0, 1), 2
+    )
+    assert len(optuna.load_study(study_name="plain-url", storage=storage).trials) == 2
+
+
+def test_a_storage_password_is_never_printed(postgres_url: str, spec: Spec) -> None:
+    with_password = postgres_url.replace("postgres@", "postgres:s3cret@")
+    with pytest.raises(PodiumError) as raised:
+        registry.best_trials(spec, with_password, family="svc")  # no svc study here: the error path
+    assert "no completed trials" in str(raised.value) and "s3cret" not in str(raised.value)
+    assert "postgres:***@" in str(raised.value)

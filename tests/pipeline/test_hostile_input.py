@@ -1,0 +1,142 @@
+"""Hostile and careless input, as a user would give it: each prints one clear line and changes nothing.
+
+Each test reproduces one finding of the reliability review (issue 13) on real data and checks the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+
+from pipelines import tracking, tune
+from pipelines.config import Profile, Spec, load_spec
+from pipelines.errors import ConfigError, PodiumError
+from pipelines.warehouse import connect
+from tests.helpers import REPO, bad_spec, duckdb_profile, podium, profile_file
+
+
+@pytest.fixture
+def own_warehouse(built_profile: Profile, tmp_path: Path) -> Profile:
+    """A copy of the built warehouse this test may damage."""
+    copy = tmp_path / "warehouse.duckdb"
+    shutil.copyfile(built_profile.warehouse.path, copy)
+    return duckdb_profile(copy)
+
+
+def rows(profile: Profile, table: str) -> int:
+    with connect(profile, read_only=True) as warehouse:
+        return int(warehouse.query(f"SELECT COUNT(*) AS N FROM {table}").N[0])
+
+
+@pytest.mark.parametrize(
+    "statement", ["DROP TABLE RAW.RESULTS", "delete from RAW.RESULTS", "update RAW.RESULTS set GRID = 0"]
+)
+def test_sql_is_read_only_unless_asked_to_write(
+    statement: str, own_warehouse: Profile, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    before = rows(own_warehouse, "RAW.RESULTS")
+    code, _, err = podium(
+        ["sql", statement, "-p", profile_file(tmp_path, own_warehouse)], capsys, monkeypatch
+    )
+    assert code == 1 and "read-only" in err and "--write" in err and "Traceback" not in err
+    assert rows(own_warehouse, "RAW.RESULTS") == before > 20000
+
+
+def test_sql_write_runs_dml_on_purpose(own_warehouse: Profile, tmp_path: Path, capsys, monkeypatch) -> None:
+    args = [
+        "sql",
+        "--write",
+        "delete from RAW.RESULTS where RACE_ID < 100",
+        "-p",
+        profile_file(tmp_path, own_warehouse),
+    ]
+    before = rows(own_warehouse, "RAW.RESULTS")
+    code, _, _ = podium(args, capsys, monkeypatch)
+    assert code == 0 and 0 < rows(own_warehouse, "RAW.RESULTS") < before
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "message"),
+    [
+        ("train_start: 2010-01-01", "train_start: 2021-13-45", "write dates as YYYY-MM-DD"),
+        ("classes: [podium, points, none]", "classes: [podium, points, podium]", "more than once"),
+        ("  start: 2021-01-01", "  start: 2021-01-01\n  end: 2020-01-01", "must be after start"),
+        ("expect_rows: {min: 5000, max: 6500}", "expect_rows: {min: 6500, max: 5000}", "is below min"),
+    ],
+)
+def test_spec_mistakes_are_config_errors(
+    replace: str, by: str, message: str, tmp_path: Path, profile: Profile, capsys, monkeypatch
+) -> None:
+    path = bad_spec(tmp_path, replace, by)
+    with pytest.raises(ConfigError, match=message):
+        load_spec(path)
+    code, _, err = podium(
+        ["features", "-p", profile_file(tmp_path, profile), "--spec", path], capsys, monkeypatch
+    )
+    assert code == 1 and message in err and "Traceback" not in err
+
+
+def test_a_class_the_data_never_holds_is_refused_before_any_trial(built_profile: Profile, spec: Spec) -> None:
+    extra = spec.model_copy(update={"classes": [*spec.classes, "fastest_lap"]})
+    with pytest.raises(PodiumError, match=r"classes \['fastest_lap'\] never occur in the training window"):
+        tune.main(built_profile, extra, family="decision_tree", n_trials=1)
+
+
+def test_a_truncated_warehouse_file_names_the_fix(
+    own_warehouse: Profile, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    path = own_warehouse.warehouse.path
+    path.write_bytes(path.read_bytes()[:100_000])
+    code, _, err = podium(["status", "-p", profile_file(tmp_path, own_warehouse)], capsys, monkeypatch)
+    assert code == 1 and "is damaged or not a DuckDB file" in err and "podium ingest" in err
+    assert "Traceback" not in err
+
+
+def test_a_quoted_column_name_in_the_manifest_is_refused(tmp_path: Path, spec: Spec) -> None:
+    from pipelines import ingest
+
+    source = tmp_path / "data"
+    shutil.copytree(REPO / "data" / "f1", source)
+    manifest = (source / "tables.yaml").read_text()
+    assert "raceId: INTEGER" in manifest
+    (source / "tables.yaml").write_text(manifest.replace("raceId: INTEGER", "'race\"Id;': INTEGER", 1))
+    with pytest.raises(ConfigError, match="not a valid SQL identifier"):
+        ingest.read_manifest(source)
+
+
+def test_mlflow_http_retries_are_bounded_unless_the_user_set_them(profile: Profile, monkeypatch) -> None:
+    for name in tracking.HTTP_RETRIES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "5")
+    tracking.configure(profile)
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
+    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "5"
+
+
+def test_a_torn_journal_line_loses_no_study(built_profile: Profile, spec: Spec, tmp_path: Path) -> None:
+    """`truncate -s -37` on the journal, as a writer killed mid-line leaves it: tune mends it and goes on."""
+    journal = tmp_path / "studies.journal"
+    small = spec.model_copy(update={"tuning": spec.tuning.model_copy(update={"timeout": None})})
+    tune.main(built_profile, small, family="decision_tree", n_trials=3, storage=str(journal))
+    whole = journal.read_bytes()
+    journal.write_bytes(whole[:-37])
+    before = optuna.load_study(
+        study_name="f1_podium-decision_tree", storage=tracking.open_storage(str(journal), False)
+    )
+    kept = {t.number: t.state for t in before.trials}
+
+    tune.main(built_profile, small, family="decision_tree", n_trials=1, storage=str(journal))
+
+    (backup,) = tmp_path.glob("studies.journal.torn-*")
+    assert backup.read_bytes() == whole[:-37] and journal.read_bytes().startswith(
+        whole[: whole[:-37].rfind(b"\n") + 1]
+    )
+    after = optuna.load_study(
+        study_name="f1_podium-decision_tree", storage=tracking.open_storage(str(journal))
+    )
+    assert {n: after.trials[n].state for n in kept} == kept
+    assert len(after.trials) == len(kept) + 1 and after.trials[-1].state.name == "COMPLETE"
