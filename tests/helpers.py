@@ -127,3 +127,20 @@ def worker_env() -> dict[str, str]:
         "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
+
+
+def tune_command(spec: Path, profile: Path, n_trials: int, storage: str | None = None) -> list[str]:
+    """A child `podium tune` worker: `n_trials` decision_tree trials on this test's spec and profile."""
+    tune = ["tune", "--family", "decision_tree", "-n", str(n_trials)]
+    stored = ["--storage", storage] if storage else []
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        *tune,
+        *stored,
+        "--spec",
+        str(spec),
+        "--profile",
+        str(profile),
+    ]

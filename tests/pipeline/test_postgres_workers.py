@@ -7,7 +7,6 @@ the test skips only where PostgreSQL is not installed at all.
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,15 @@ from mlflow.tracking import MlflowClient
 from pipelines import registry, tracking
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
-from tests.helpers import FAST_SPACE, REPO, assert_children_mirror_trials, mlflow_tree, studies, worker_env
+from tests.helpers import (
+    FAST_SPACE,
+    REPO,
+    assert_children_mirror_trials,
+    mlflow_tree,
+    studies,
+    tune_command,
+    worker_env,
+)
 from tests.servers import postgres_server
 
 
@@ -42,22 +49,7 @@ def test_two_workers_on_postgres_share_one_study_and_one_parent(
         f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\n"
     )
     env = worker_env()
-    command = [
-        sys.executable,
-        "-m",
-        "pipelines.cli",
-        "tune",
-        "--family",
-        "decision_tree",
-        "-n",
-        "6",
-        "--storage",
-        postgres_url,
-        "--spec",
-        str(tmp_path / "spec.yaml"),
-        "--profile",
-        str(tmp_path / "profile.yaml"),
-    ]
+    command = tune_command(tmp_path / "spec.yaml", tmp_path / "profile.yaml", 6, postgres_url)
     MlflowClient().search_experiments()  # create the store once; two fresh processes would race its migration
     workers = [
         subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)

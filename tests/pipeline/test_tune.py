@@ -30,6 +30,7 @@ from tests.helpers import (
     podium,
     profile_file,
     studies,
+    tune_command,
     worker_env,
 )
 
@@ -253,20 +254,7 @@ def test_two_worker_processes_share_one_study_and_one_parent(
         f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\noptuna_storage: {storage}\n"
     )
     env = worker_env()
-    command = [
-        sys.executable,
-        "-m",
-        "pipelines.cli",
-        "tune",
-        "--family",
-        "decision_tree",
-        "-n",
-        "5",
-        "--spec",
-        str(tmp_path / "spec.yaml"),
-        "--profile",
-        str(tmp_path / "profile.yaml"),
-    ]
+    command = tune_command(tmp_path / "spec.yaml", tmp_path / "profile.yaml", 5)
     MlflowClient().search_experiments()  # create the store once; two fresh processes would race its migration
     workers = [
         subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)
