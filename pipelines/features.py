@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import sqlglot
+from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.tokens import TokenType
 
@@ -28,7 +30,8 @@ from pipelines.errors import ConfigError, DataQualityError, WarehouseError
 from pipelines.progress import progress
 from pipelines.tracking import stage_run
 from pipelines.warehouse import Warehouse, connect
-from pipelines.warehouse.dialect import quote
+from pipelines.warehouse.base import staged_name
+from pipelines.warehouse.dialect import quote, split_table
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +46,24 @@ class SqlModel:
     path: Path
     table: str
 
-    def create_sql(self) -> str:
-        return f"CREATE OR REPLACE TABLE {quote(self.table)} AS\n{self.path.read_text().strip().rstrip(';')}"
+    def create_sql(self, target: str, renames: dict[str, str]) -> str:
+        """CREATE `target` AS the model's SELECT, reading each table of `renames` under its new name."""
+        select = self.path.read_text().strip().rstrip(";")
+        if renames:
+            select = _rename_tables(select, renames)
+        return f"CREATE OR REPLACE TABLE {quote(target)} AS\n{select}"
+
+
+def _rename_tables(select: str, renames: dict[str, str]) -> str:
+    """The SELECT with its references to earlier models pointed at their staged tables."""
+    tree = sqlglot.parse_one(select, read="snowflake")
+    for table in tree.find_all(exp.Table):
+        name = ".".join(part for part in (table.db, table.name) if part).upper()
+        if name in renames:
+            schema, new = split_table(renames[name])
+            table.set("this", exp.to_identifier(new))
+            table.set("db", exp.to_identifier(schema) if schema else None)
+    return tree.sql(dialect="snowflake", pretty=True)
 
 
 @dataclass(frozen=True)
@@ -65,25 +84,38 @@ class FeaturesResult:
 def main(profile: Profile, spec: Spec) -> FeaturesResult:
     """Build every model in order (none without a `features` section), then check the spec's table."""
     models = discover_models(spec) if spec.features else []
+    staged = {m.table: staged_name(m.table) for m in models}
     with connect(profile) as warehouse, stage_run(profile, spec, "features"):
         if spec.features:
             warehouse.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(spec.features.db_schema)}")
-        rows = {
-            m.table: materialize(warehouse, m, spec) for m in progress(models, "features", total=len(models))
-        }
-        checks = check_quality(warehouse, spec)
-        mlflow.log_metrics(
-            {f"rows.{table}": n for table, n in rows.items()}
-            | {f"check.{c.name}": float(c.passed) for c in checks}
-        )
-        failed = [c for c in checks if not c.passed]
-        if failed:
-            raise DataQualityError(
-                f"{spec.table} failed data-quality checks: "
-                + "; ".join(f"{c.name}: {c.detail}" for c in failed)
-                + ". Fix the feature SQL or the raw data, then rerun `podium features`."
-            )
+        warehouse.drop(list(staged.values()))  # what a killed run left
+        try:
+            rows = {m.table: materialize(warehouse, m, spec, staged) for m in progress(models, "features")}
+            checks = check_quality(warehouse, spec, staged.get(spec.table, spec.table))
+            _log(rows, checks)
+            _require(checks, spec, published=not staged)
+            warehouse.publish(staged)
+        except BaseException:
+            warehouse.drop(list(staged.values()))
+            raise
     return FeaturesResult(rows, checks)
+
+
+def _log(rows: dict[str, int], checks: list[QualityCheck]) -> None:
+    metrics = {f"rows.{table}": n for table, n in rows.items()}
+    mlflow.log_metrics(metrics | {f"check.{c.name}": float(c.passed) for c in checks})
+
+
+def _require(checks: list[QualityCheck], spec: Spec, published: bool) -> None:
+    """Fail the stage on a failed check; what is published stays as it was."""
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        kept = "" if published else " Nothing was published: every table is as it was before."
+        raise DataQualityError(
+            f"{spec.table} failed data-quality checks: "
+            + "; ".join(f"{c.name}: {c.detail}" for c in failed)
+            + f".{kept} Fix the feature SQL or the raw data, then rerun `podium features`."
+        )
 
 
 def tables_written(spec: Spec) -> list[str]:
@@ -115,14 +147,18 @@ def discover_models(spec: Spec) -> list[SqlModel]:
     return models
 
 
-def materialize(warehouse: Warehouse, model: SqlModel, spec: Spec) -> int:
-    """Build one model's table and return its row count; a SQL error names the model's file."""
-    sql, params = bind_spec_values(model.create_sql(), spec)
+def materialize(warehouse: Warehouse, model: SqlModel, spec: Spec, staged: dict[str, str]) -> int:
+    """Build one model under its staged name (reading earlier models' staged tables); its row count.
+
+    A SQL error names the model's file.
+    """
+    target = staged.get(model.table, model.table)
+    sql, params = bind_spec_values(model.create_sql(target, staged), spec)
     try:
         warehouse.execute(sql, params)
     except WarehouseError as exc:
         raise WarehouseError(f"the SQL model {model.path} failed to build {model.table}: {exc}") from None
-    rows = int(warehouse.query(f"SELECT COUNT(*) AS N FROM {quote(model.table)}").iloc[0, 0])
+    rows = int(warehouse.query(f"SELECT COUNT(*) AS N FROM {quote(target)}").iloc[0, 0])
     log.info("built %s (%s rows) from %s", model.table, f"{rows:,}", model.path.name)
     return rows
 
@@ -147,15 +183,19 @@ def bind_spec_values(sql: str, spec: Spec) -> tuple[str, list[Any]]:
     return "".join(pieces) + sql[done:], params
 
 
-def check_quality(warehouse: Warehouse, spec: Spec) -> list[QualityCheck]:
-    """Keys unique and not null, target in the accepted classes, row count in bounds."""
-    table, keys, target = quote(spec.table), [quote(k) for k in spec.keys], quote(spec.target)
+def check_quality(warehouse: Warehouse, spec: Spec, table: str | None = None) -> list[QualityCheck]:
+    """Keys unique and not null, target in the accepted classes, row count in bounds.
+
+    `table` is where the spec's table stands now: its staged name while a build is checked.
+    """
+    table, keys, target = quote(table or spec.table), [quote(k) for k in spec.keys], quote(spec.target)
     key_list = ", ".join(keys)
     null_keys = " OR ".join(f"{k} IS NULL" for k in keys)
     placeholders = ", ".join("?" for _ in spec.classes)
     stats = warehouse.query(
-        f"SELECT COUNT(*) AS N_ROWS, COUNT_IF({null_keys}) AS N_NULL_KEYS, "
-        f"COUNT_IF({target} IS NULL OR {target} NOT IN ({placeholders})) AS N_BAD_TARGET FROM {table}",
+        f"SELECT COUNT(*) AS N_ROWS, COALESCE(COUNT_IF({null_keys}), 0) AS N_NULL_KEYS, "
+        f"COALESCE(COUNT_IF({target} IS NULL OR {target} NOT IN ({placeholders})), 0) AS N_BAD_TARGET "
+        f"FROM {table}",
         spec.classes,
     ).iloc[0]
     duplicates = warehouse.query(

@@ -1,10 +1,13 @@
 """Ingest stage: load raw CSV files into the warehouse with explicit column types.
 
 Inputs:  the spec's `ingest.source` folder: `tables.yaml` (table -> column -> type, in
-         header order) and one `<table>.csv` or `<table>.csv.gz` per table.
-Outputs: `<ingest.schema>.<TABLE>` per table, columns in UPPER_SNAKE_CASE, each replaced
-         atomically; empty and `\\N` fields load as NULL. A spec without an `ingest` section
-         reads a table that is already in the warehouse: nothing is loaded.
+         header order, and optional `contracts:` of keys and min_rows per table) and one
+         `<table>.csv` or `<table>.csv.gz` per table.
+Outputs: `<ingest.schema>.<TABLE>` per table, columns in UPPER_SNAKE_CASE; empty and `\\N`
+         fields load as NULL. Build, check, then publish: every table is written under a
+         staged name and checked against its contract (unique, non-null keys; at least
+         min_rows rows, default 1), and all are published in one transaction, or none.
+         A spec without an `ingest` section reads a table already in the warehouse.
 MLflow:  a run `ingest` with `rows.<TABLE>` metrics.
 """
 
@@ -19,12 +22,14 @@ import mlflow
 import pandas as pd
 import pyarrow as pa
 from pyarrow import csv
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.config import Profile, Spec, load_yaml
-from pipelines.errors import ConfigError, PodiumError
+from pipelines.errors import ConfigError, DataQualityError, PodiumError
 from pipelines.progress import progress
 from pipelines.tracking import stage_run
 from pipelines.warehouse import Warehouse, connect
+from pipelines.warehouse.base import staged_name
 from pipelines.warehouse.dialect import check_identifier
 
 log = logging.getLogger(__name__)
@@ -53,11 +58,20 @@ def main(profile: Profile, spec: Spec) -> IngestResult:
         return IngestResult({})
     source, schema = spec.ingest.source, spec.ingest.db_schema
     manifest = read_manifest(source)
+    contracts = read_contracts(source, manifest)
+    targets = {table: f"{schema}.{table.upper()}" for table in manifest}
+    staged = {target: staged_name(target) for target in targets.values()}
     with connect(profile) as warehouse, stage_run(profile, spec, "ingest"):
-        rows = {
-            f"{schema}.{table.upper()}": load_table(warehouse, source, table, columns, schema)
-            for table, columns in progress(manifest.items(), "ingest", total=len(manifest))
-        }
+        warehouse.drop(list(staged.values()))  # what a killed run left
+        try:
+            rows = {
+                targets[t]: load_table(warehouse, source, t, columns, contracts[t], staged[targets[t]])
+                for t, columns in progress(manifest.items(), "ingest", total=len(manifest))
+            }
+            warehouse.publish(staged)
+        except BaseException:
+            warehouse.drop(list(staged.values()))
+            raise
         mlflow.log_params({"source": str(source), "schema": schema})
         mlflow.log_metrics({f"rows.{name}": n for name, n in rows.items()})
     return IngestResult(rows)
@@ -111,13 +125,72 @@ def _check_columns(path: Path, table: str, columns: dict[str, str]) -> None:
             ) from None
 
 
-def load_table(warehouse: Warehouse, source: Path, table: str, columns: dict[str, str], schema: str) -> int:
-    """Read one CSV with its declared types and replace its warehouse table."""
-    frame = read_csv(_find_file(source, table), columns)
-    name = f"{schema}.{table.upper()}"
-    written = warehouse.write(frame, name, mode="replace")
-    log.info("loaded %s rows into %s", f"{written:,}", name)
+class Contract(BaseModel):
+    """What a raw table must hold before it is published: unique, non-null keys and enough rows."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keys: list[str] = []
+    min_rows: int = Field(1, ge=0)
+
+
+def read_contracts(source: Path, manifest: dict[str, dict[str, str]]) -> dict[str, Contract]:
+    """Each table's contract from the manifest's `contracts:` section (default: at least one row)."""
+    path = source / "tables.yaml"
+    declared = (load_yaml(path) or {}).get("contracts") or {}
+    unknown = sorted(set(declared) - set(manifest)) if isinstance(declared, dict) else ["(not a mapping)"]
+    if unknown:
+        raise ConfigError(
+            f"{path}: `contracts:` names {unknown}, which `tables:` does not list: fix the names."
+        )
+    return {table: _contract(path, table, declared.get(table) or {}, manifest[table]) for table in manifest}
+
+
+def _contract(path: Path, table: str, declared: object, columns: dict[str, str]) -> Contract:
+    try:
+        contract = Contract.model_validate(declared)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"])
+        raise ConfigError(
+            f"{path}: contracts.{table}.{where}: {problem['msg']} (write `keys: [column, ...]` and "
+            "`min_rows: N`)."
+        ) from None
+    absent = [k for k in contract.keys if k not in columns]
+    if absent:
+        raise ConfigError(f"{path}: contracts.{table}.keys names {absent}, which are not columns of {table}.")
+    return contract
+
+
+def load_table(
+    warehouse: Warehouse, source: Path, table: str, columns: dict[str, str], contract: Contract, staged: str
+) -> int:
+    """Read one CSV with its declared types, check its contract, and write it to its staged table."""
+    path = _find_file(source, table)
+    frame = read_csv(path, columns)
+    check_contract(frame, contract, path)
+    written = warehouse.write(frame, staged, mode="replace")
+    log.info("read %s rows of %s", f"{written:,}", path.name)
     return written
+
+
+def check_contract(frame: pd.DataFrame, contract: Contract, path: Path) -> None:
+    """Refuse a file that breaks its table's contract, before anything is published."""
+    if len(frame) < contract.min_rows:
+        raise DataQualityError(
+            f"{path} holds {len(frame)} rows, fewer than its contract's min_rows ({contract.min_rows}): "
+            "nothing was published. Fix or re-export the file, or lower min_rows in tables.yaml."
+        )
+    keys = [snake_upper(k) for k in contract.keys]
+    if not keys:
+        return
+    nulls = int(frame[keys].isna().any(axis=1).sum())
+    repeats = int(frame.duplicated(keys).sum())
+    if nulls or repeats:
+        raise DataQualityError(
+            f"{path} breaks its key {contract.keys}: {repeats} repeated and {nulls} null key values, "
+            "so nothing was published. Remove the duplicate or keyless rows, or fix the contract's keys."
+        )
 
 
 def read_csv(path: Path, columns: dict[str, str]) -> pd.DataFrame:

@@ -77,12 +77,42 @@ class Warehouse(Protocol):
     def score_in_warehouse(self, job: ScoringJob) -> tuple[int, int]:
         """Run a scoring job where the rows live: (rows scored, rows written)."""
 
+    def publish(self, staged: Mapping[str, str]) -> None:
+        """Replace each target table with its staged table (target -> staged), all in one transaction."""
+
+    def drop(self, tables: Sequence[str]) -> None:
+        """Drop these tables if they exist (staged tables a failed build leaves)."""
+
     def close(self) -> None:
         """Release the connection."""
 
 
+STAGED_SUFFIX = "_PODIUM_STAGED"
+
+
+def staged_name(table: str) -> str:
+    """Where a rebuilt table is built and checked before it is published under `table`."""
+    return f"{table}{STAGED_SUFFIX}"
+
+
 class TableOps:
     """What both backends do alike on top of `execute`, `exists` and `columns`."""
+
+    def drop(self, tables: Sequence[str]) -> None:
+        """Drop these tables if they exist."""
+        for table in tables:
+            self.execute(f"DROP TABLE IF EXISTS {quote(table)}")
+
+    def publish_statements(self, staged: Mapping[str, str]) -> list[str]:
+        """The statements that move each staged table into place (run inside one transaction)."""
+        statements = []
+        for target, source in staged.items():
+            schema, _ = split_table(target)
+            if schema:
+                statements.append(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+            statements.append(f"CREATE OR REPLACE TABLE {quote(target)} AS SELECT * FROM {quote(source)}")
+            statements.append(f"DROP TABLE {quote(source)}")
+        return statements
 
     def ensure_table(self, table: str, columns: Mapping[str, str]) -> dict[str, str]:
         """Create the table (and its schema) with explicit column types unless it exists; its columns."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,22 @@ class DuckDBWarehouse(TableOps):
     def exists(self, table: str) -> bool:
         """Whether the table exists in this database file."""
         return bool(self._columns(table))
+
+    def publish(self, staged: Mapping[str, str]) -> None:
+        """Move every staged table into place in one transaction: readers see all old or all new."""
+        statements = [to_duckdb(s)[0] for s in self.publish_statements(staged)]
+        try:
+            self._con.execute("BEGIN TRANSACTION")
+            for statement in statements:
+                self._con.execute(statement)
+            self._con.execute("COMMIT")
+        except duckdb.Error as exc:
+            self._con.execute("ROLLBACK")
+            raise WarehouseError(
+                f"publishing the rebuilt tables {', '.join(staged)} failed ({first_line(exc)}): every old "
+                "table is "
+                "unchanged; fix the cause and rerun the stage."
+            ) from None
 
     def score_in_warehouse(self, job: ScoringJob) -> tuple[int, int]:
         """DuckDB has no in-warehouse model runtime: Podium scores its rows itself (`--engine local`)."""

@@ -11,7 +11,7 @@ import atexit
 import logging
 import operator
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import reduce
 from typing import TYPE_CHECKING, Any
 
@@ -170,6 +170,21 @@ class SnowparkWarehouse(TableOps):
         except SnowparkSQLException:
             return False
         return True
+
+    def publish(self, staged: Mapping[str, str]) -> None:
+        """Move every staged table into place inside one BEGIN ... COMMIT.
+
+        Snowflake commits each DDL statement on its own, so each table is replaced atomically and
+        the set is replaced in one short run of statements, after every check has passed.
+        """
+        self.execute("BEGIN")
+        try:
+            for statement in self.publish_statements(staged):
+                self.execute(statement)
+        except WarehouseError:
+            self.execute("ROLLBACK")
+            raise
+        self.execute("COMMIT")
 
     def score_in_warehouse(self, job: ScoringJob) -> tuple[int, int]:
         """Score inside Snowflake with the model as a vectorized UDF (see `snowpark_scoring`)."""

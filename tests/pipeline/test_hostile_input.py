@@ -6,6 +6,7 @@ Each test reproduces one finding of the reliability review (issue 13) on real da
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -140,3 +141,88 @@ def test_a_torn_journal_line_loses_no_study(built_profile: Profile, spec: Spec, 
     )
     assert {n: after.trials[n].state for n in kept} == kept
     assert len(after.trials) == len(kept) + 1 and after.trials[-1].state.name == "COMPLETE"
+
+
+def raw_copy(tmp_path: Path) -> Path:
+    source = tmp_path / "f1"
+    shutil.copytree(REPO / "data" / "f1", source)
+    return source
+
+
+def from_source(spec: Spec, source: Path) -> Spec:
+    return spec.model_copy(update={"ingest": spec.ingest.model_copy(update={"source": source})})
+
+
+def table_counts(profile: Profile, tables: list[str]) -> dict[str, int]:
+    return {t: rows(profile, t) for t in tables}
+
+
+def replace_csv(source: Path, table: str, text: str) -> None:
+    (source / f"{table}.csv.gz").unlink()
+    (source / f"{table}.csv").write_text(text)
+
+
+def csv_text(table: str) -> str:
+    import gzip
+
+    return gzip.decompress((REPO / "data" / "f1" / f"{table}.csv.gz").read_bytes()).decode()
+
+
+RAW_AND_ML = ["RAW.RESULTS", "RAW.CIRCUITS", "ML.F1_FEATURES", "ML.F1_DRIVER_FORM", "ML.F1_RACES"]
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("header-only results", "fewer than its contract's min_rows"),
+        ("duplicated results", "breaks its key ['resultId']"),
+        ("changed circuits, ragged races", "is not a readable CSV"),
+    ],
+)
+def test_ingest_publishes_every_table_or_none(
+    case: str, message: str, own_warehouse: Profile, spec: Spec, tmp_path: Path
+) -> None:
+    source = raw_copy(tmp_path)
+    if case == "header-only results":
+        replace_csv(source, "results", csv_text("results").splitlines()[0] + "\n")
+    elif case == "duplicated results":
+        text = csv_text("results")
+        replace_csv(source, "results", text + "\n".join(text.splitlines()[1:]) + "\n")
+    else:
+        replace_csv(source, "circuits", "\n".join(csv_text("circuits").splitlines()[:61]) + "\n")
+        replace_csv(source, "races", csv_text("races") + "1,2,3\n")
+    before = table_counts(own_warehouse, RAW_AND_ML)
+    from pipelines import ingest
+
+    with pytest.raises(PodiumError, match=re.escape(message)):
+        ingest.main(own_warehouse, from_source(spec, source))
+    assert table_counts(own_warehouse, RAW_AND_ML) == before
+    with connect(own_warehouse, read_only=True) as warehouse:
+        assert not warehouse.query(
+            "SELECT * FROM information_schema.tables WHERE table_name LIKE '%STAGED'"
+        ).size
+
+
+@pytest.mark.parametrize(
+    ("break_it", "message"),
+    [
+        ("delete from RAW.RESULTS", "row_count: 0 rows"),
+        ("update RAW.QUALIFYING set POSITION = POSITION", "row_count"),  # a build that fails its bounds
+    ],
+)
+def test_features_never_replace_good_tables_with_bad_ones(
+    break_it: str, message: str, own_warehouse: Profile, spec: Spec
+) -> None:
+    from pipelines import features
+
+    strict = spec.features.model_copy(
+        update={"expect_rows": spec.features.expect_rows.model_copy(update={"min": 6000})}
+    )
+    target = spec if break_it.startswith("delete") else spec.model_copy(update={"features": strict})
+    with connect(own_warehouse) as warehouse:
+        warehouse.execute(break_it)
+    before = table_counts(own_warehouse, RAW_AND_ML[2:])
+    with pytest.raises(PodiumError, match=message) as raised:
+        features.main(own_warehouse, target)
+    assert "Nothing was published" in str(raised.value)
+    assert table_counts(own_warehouse, RAW_AND_ML[2:]) == before and before["ML.F1_FEATURES"] == 5517
