@@ -74,6 +74,10 @@ def _(result: TrainResult) -> None:
 
 @show.register
 def _(result: Decisions) -> None:
+    for d in result.reconciled:
+        out.print(
+            f"[bold yellow]reconciled[/] {d.model} v{d.version} -> {d.target}: {d.reason}", highlight=False
+        )
     for d in result:
         colour = "green" if d.promoted else "yellow" if d.decision.startswith("dry-run") else "red"
         holder = f"v{d.from_version}" if d.from_version else "nobody"
@@ -118,6 +122,11 @@ def _(status: Status) -> None:
     _versions(status)
     _latest_batch(status.latest_batch)
     _monitoring(status.monitoring)
+    for drift in status.promotion_drift:
+        out.print(
+            f"[bold yellow]audit and registry disagree:[/] {drift}; `podium promote` completes it",
+            highlight=False,
+        )
 
 
 def frame(data: pd.DataFrame) -> None:

@@ -40,7 +40,6 @@ from pipelines.metrics import classification_metrics, improvement
 from pipelines.registry import CHAMPION, STAGES, Target
 from pipelines.tracking import configure, stage_run
 from pipelines.warehouse import Warehouse, connect
-from pipelines.warehouse.dialect import quote
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,17 @@ class Decision:
 
 
 class Decisions(list[Decision]):
-    """The decisions of one promote run, one per target, in the order asked."""
+    """The decisions of one promote run, one per target, in the order asked.
+
+    `reconciled` holds the moves this run completed first: registry holders that disagreed with
+    the audit table (a promote killed between its audit row and its registry move).
+    """
+
+    reconciled: list[Decision]
+
+    def __init__(self, reconciled: list[Decision] | None = None) -> None:
+        super().__init__()
+        self.reconciled = reconciled or []
 
 
 @dataclass(frozen=True)
@@ -121,14 +130,17 @@ def main(
     client = registry.client()
     registry.require_model(client, spec.model_name)
     with stage_run(profile, spec, "promote") as run, _exclusive(profile) as warehouse:
-        decisions = Decisions()
+        decisions = Decisions([] if dry_run else reconcile(client, warehouse, spec, run.info.run_id))
         for target in targets:
             decision = _decide(client, warehouse, spec, target, request)
             decision.run_id = run.info.run_id
             if not dry_run:
                 _apply_and_audit(client, warehouse, spec, decision)
             decisions.append(decision)
-        mlflow.log_dict({"decisions": [asdict(d) for d in decisions]}, "decision.json")
+        reconciled = [asdict(d) for d in decisions.reconciled]
+        mlflow.log_dict(
+            {"decisions": [asdict(d) for d in decisions], "reconciled": reconciled}, "decision.json"
+        )
         mlflow.set_tags({"podium.model": spec.model_name, "podium.dry_run": str(dry_run).lower()})
     return decisions
 
@@ -146,12 +158,29 @@ def parse_stage(stage: str) -> str:
 
 def audit_rows(warehouse: Warehouse, spec: Spec) -> pd.DataFrame:
     """The audit table's rows for this spec's model, oldest first (empty if none yet)."""
-    if not warehouse.exists(spec.registry.audit_table):
-        return pd.DataFrame()
-    return warehouse.query(
-        f"SELECT * FROM {quote(spec.registry.audit_table)} WHERE MODEL_NAME = ? ORDER BY DECIDED_AT, RUN_ID",
-        [spec.model_name],
-    )
+    return registry.audit_rows(warehouse, spec)
+
+
+def reconcile(client: MlflowClient, warehouse: Warehouse, spec: Spec, run_id: str) -> list[Decision]:
+    """Complete every move the audit table recorded but the registry lacks, auditing each completion."""
+    done = []
+    for drift in registry.audit_drift(client, warehouse, spec):
+        decision = Decision(
+            spec.model_name,
+            drift.audited,
+            drift.target,
+            drift.held,
+            "reconcile",
+            decision="promoted",
+            reason=f"{drift}: completed the recorded move",
+            actor=_actor(),
+            decided_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            run_id=run_id,
+        )
+        log.warning("reconciling %s", decision.reason)
+        _apply_and_audit(client, warehouse, spec, decision)
+        done.append(decision)
+    return done
 
 
 def _targets(alias: str | None, stage: str | None) -> list[Target]:
@@ -319,15 +348,13 @@ def _previous_holder(
 
 
 def _apply_and_audit(client: MlflowClient, warehouse: Warehouse, spec: Spec, decision: Decision) -> None:
-    """Change the registry, then append the audit row; if the row cannot be written, undo the change."""
+    """Append the audit row first, then change the registry.
+
+    A crash between the two leaves an audited move the registry lacks; the next promote completes it
+    (`reconcile`) and `podium status` reports it. The registry never holds an unaudited version.
+    """
+    _audit(warehouse, spec, decision)
     _apply(client, decision)
-    try:
-        _audit(warehouse, spec, decision)
-    except Exception:
-        if decision.promoted:
-            log.warning("audit write failed: returning %s to v%s", decision.target, decision.from_version)
-            registry.move(client, decision.model, Target.parse(decision.target), decision.from_version)
-        raise
 
 
 def _apply(client: MlflowClient, decision: Decision) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import mlflow
 import optuna
+import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
@@ -28,6 +29,8 @@ from mlflow.tracking import MlflowClient
 from pipelines.config import Spec
 from pipelines.errors import PodiumError
 from pipelines.tracking import STORE_ERRORS, hide_password, open_storage, store_error, trial_counts
+from pipelines.warehouse import Warehouse
+from pipelines.warehouse.dialect import quote
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -233,6 +236,47 @@ def move(registry: MlflowClient, model: str, target: Target, version: str | None
         else:
             for held in registry.get_latest_versions(model, stages=[target.name]):
                 registry.transition_model_version_stage(model, held.version, "Archived")
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A target whose registry holder is not the version the audit table last recorded for it."""
+
+    target: str
+    audited: str
+    held: str | None
+
+    def __str__(self) -> str:
+        held = f"v{self.held}" if self.held else "nobody"
+        return (
+            f"{self.target} was held by {held} while the audit table last recorded v{self.audited} "
+            "(a promote stopped between its audit row and its registry move)"
+        )
+
+
+def audit_rows(warehouse: Warehouse, spec: Spec) -> pd.DataFrame:
+    """The audit table's rows for the spec's model, oldest first (empty if none yet)."""
+    if not warehouse.exists(spec.registry.audit_table):
+        return pd.DataFrame()
+    return warehouse.query(
+        f"SELECT * FROM {quote(spec.registry.audit_table)} WHERE MODEL_NAME = ? ORDER BY DECIDED_AT, RUN_ID",
+        [spec.model_name],
+    )
+
+
+def audit_drift(registry: MlflowClient, warehouse: Warehouse, spec: Spec) -> list[Drift]:
+    """Every target whose holder differs from the last promoted version of the audit table."""
+    rows = audit_rows(warehouse, spec)
+    if rows.empty:
+        return []
+    promoted = rows[rows["DECISION"] == "promoted"].groupby("TARGET", sort=True)["MODEL_VERSION"].last()
+    found = []
+    for target, audited in promoted.items():
+        held = holder(registry, spec.model_name, Target.parse(str(target)))
+        held_version = str(held.version) if held else None
+        if held_version != str(audited):
+            found.append(Drift(str(target), str(audited), held_version))
+    return found
 
 
 def best_trials(spec: Spec, storage: str, family: str | None = None) -> list[Candidate]:

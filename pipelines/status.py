@@ -57,8 +57,10 @@ class Status:
     studies: list[StudyStatus]
     model: str
     versions: list[VersionStatus]
-    latest_batch: dict[str, Any] | None
+    latest_batch: dict[str, Any] | None = None
     monitoring: list[dict[str, Any]] = field(default_factory=list)
+    # targets whose registry holder the audit table disagrees with (a promote killed mid-way)
+    promotion_drift: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,32 +68,40 @@ class Status:
 
 def main(profile: Profile, spec: Spec, storage: str | None = None) -> Status:
     """Collect the status of `spec` on `profile`, touching nothing."""
-    tables = pipeline.tables_written(spec)
-    if _warehouse_missing(profile):
-        counts, batch, monitoring = [TableStatus(t, None) for t in tables], None, []
-    else:
-        with connect(profile, read_only=True) as warehouse:
-            counts = [TableStatus(t, row_count(warehouse, t)) for t in tables]
-            present = {c.table: c.rows for c in counts if c.rows is not None}
-            scored = present.get(spec.scoring_table)
-            batch = latest_batch(warehouse, spec.scoring_table, scored) if scored is not None else None
-            monitoring = (
-                latest_monitoring(warehouse, spec)
-                if spec.monitoring and spec.monitoring.table in present
-                else []
-            )
     configure(profile)
+    tables = pipeline.tables_written(spec)
+    seen: dict[str, Any] = {"tables": [TableStatus(t, None) for t in tables]}
+    if not _warehouse_missing(profile):
+        with connect(profile, read_only=True) as warehouse:
+            seen = _warehouse_view(warehouse, spec, tables)
     return Status(
         spec=spec.name,
         profile=profile.name,
         backend=profile.warehouse.backend,
-        tables=counts,
         studies=studies(spec, storage or profile.optuna_storage),
         model=spec.model_name,
         versions=versions(spec.model_name),
-        latest_batch=batch,
-        monitoring=monitoring,
+        **seen,
     )
+
+
+def _warehouse_view(warehouse: Warehouse, spec: Spec, tables: list[str]) -> dict[str, Any]:
+    """Row counts, the latest batch, the latest monitoring and audit drift, as Status fields."""
+    counts = [TableStatus(t, row_count(warehouse, t)) for t in tables]
+    present = {c.table: c.rows for c in counts if c.rows is not None}
+    scored = present.get(spec.scoring_table)
+    monitored = spec.monitoring and spec.monitoring.table in present
+    drift = (
+        []
+        if _store_missing(mlflow.get_tracking_uri())
+        else registry.audit_drift(registry.client(), warehouse, spec)
+    )
+    return {
+        "tables": counts,
+        "latest_batch": latest_batch(warehouse, spec.scoring_table, scored) if scored is not None else None,
+        "monitoring": latest_monitoring(warehouse, spec) if monitored else [],
+        "promotion_drift": [str(d) for d in drift],
+    }
 
 
 def row_count(warehouse: Warehouse, table: str) -> int | None:
