@@ -122,6 +122,11 @@ def _(status: Status) -> None:
     _versions(status)
     _latest_batch(status.latest_batch)
     _monitoring(status.monitoring)
+    for run in status.stale_runs:
+        out.print(
+            f"[bold yellow]stale run[/] {run['run_id']} ({run['stage']}): its process was killed",
+            highlight=False,
+        )
     for drift in status.promotion_drift:
         out.print(
             f"[bold yellow]audit and registry disagree:[/] {drift}; `podium promote` completes it",
@@ -147,6 +152,7 @@ def _studies(status: Status) -> None:
         "complete",
         "pruned",
         "failed",
+        "running (stale)",
         "best log loss",
         "best trial",
         title=title,
@@ -155,7 +161,8 @@ def _studies(status: Status) -> None:
     for s in status.studies:
         best = "" if s.best_value is None else f"{s.best_value:.4f}"
         trial = "" if s.best_trial is None else str(s.best_trial)
-        table.add_row(s.family, str(s.complete), str(s.pruned), str(s.failed), best, trial)
+        running = f"{s.running} ({s.stale})" if s.stale else str(s.running)
+        table.add_row(s.family, str(s.complete), str(s.pruned), str(s.failed), running, best, trial)
     out.print(table)
 
 

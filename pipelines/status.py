@@ -16,7 +16,16 @@ import pandas as pd
 
 from pipelines import pipeline, registry
 from pipelines.config import Profile, Spec
-from pipelines.tracking import STORE_ERRORS, configure, open_storage, store_error, trial_counts
+from pipelines.tracking import (
+    PROCESS_TAG,
+    STORE_ERRORS,
+    configure,
+    open_storage,
+    process_gone,
+    stale_runs,
+    store_error,
+    trial_counts,
+)
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.dialect import quote
 
@@ -36,6 +45,8 @@ class StudyStatus:
     failed: int
     best_value: float | None
     best_trial: int | None
+    running: int = 0  # RUNNING trials, stale ones included
+    stale: int = 0  # RUNNING trials whose worker was killed (the next `podium tune` fails them)
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,8 @@ class Status:
     monitoring: list[dict[str, Any]] = field(default_factory=list)
     # targets whose registry holder the audit table disagrees with (a promote killed mid-way)
     promotion_drift: list[str] = field(default_factory=list)
+    # stage runs left RUNNING by a killed process (the next run of that stage ends them FAILED)
+    stale_runs: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +94,7 @@ def main(profile: Profile, spec: Spec, storage: str | None = None) -> Status:
         studies=studies(spec, storage or profile.optuna_storage),
         model=spec.model_name,
         versions=versions(spec.model_name),
+        stale_runs=stale_stage_runs(spec),
         **seen,
     )
 
@@ -126,7 +140,10 @@ def studies(spec: Spec, storage: str) -> list[StudyStatus]:
 def _study(study: optuna.Study, prefix: str) -> StudyStatus:
     counts = trial_counts(study)
     best = study.best_trial if counts["COMPLETE"] else None
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     return StudyStatus(
+        running=len(running),
+        stale=sum(process_gone(t.user_attrs.get(PROCESS_TAG)) for t in running),
         study=study.study_name,
         family=study.study_name.removeprefix(prefix),
         complete=counts["COMPLETE"],
@@ -135,6 +152,21 @@ def _study(study: optuna.Study, prefix: str) -> StudyStatus:
         best_value=best.value if best else None,
         best_trial=best.number if best else None,
     )
+
+
+def stale_stage_runs(spec: Spec) -> list[dict[str, str]]:
+    """Stage runs of the spec's experiment still RUNNING though their process is gone."""
+    if _store_missing(mlflow.get_tracking_uri()):
+        return []
+    client = registry.client()
+    try:
+        experiment = client.get_experiment_by_name(spec.name)
+        if experiment is None:
+            return []
+        runs = stale_runs(client, experiment.experiment_id, "tags.`podium.stage` LIKE '%'")
+    except STORE_ERRORS as exc:
+        raise store_error(exc) from None
+    return [{"run_id": r.info.run_id, "stage": r.data.tags["podium.stage"]} for r in runs]
 
 
 def versions(model: str) -> list[VersionStatus]:

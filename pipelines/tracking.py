@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 import warnings
@@ -90,8 +91,7 @@ def stage_run(profile: Profile, spec: Spec, stage: str) -> Iterator[mlflow.Activ
             raise PodiumError(
                 f"MLFLOW_RUN_ID {resumed} names no run in the MLflow tracking store "
                 f"{hide_password(mlflow.get_tracking_uri())}: unset it, or point MLFLOW_TRACKING_URI at "
-                "the store "
-                "that holds that run."
+                "the store that holds that run."
             ) from None
         raise store_error(exc) from None
     with run:
@@ -102,10 +102,64 @@ def stage_run(profile: Profile, spec: Spec, stage: str) -> Iterator[mlflow.Activ
                 "podium.profile": profile.name,
                 "podium.backend": profile.warehouse.backend,
                 "podium.git_sha": git_sha() or "unknown",
+                PROCESS_TAG: process_id(),
             }
         )
         mlflow.log_dict(spec.model_dump(mode="json", by_alias=True), "spec.json")
+        end_stale_runs(MlflowClient(), run.info.experiment_id, f"tags.`podium.stage` = '{stage}'")
         yield run
+
+
+# --- runs and trials left RUNNING by a killed process ----------------------------------
+
+PROCESS_TAG = "podium.process"  # host:pid:start of the process that runs a stage or a trial
+
+
+def process_id(pid: int | None = None) -> str:
+    """This process (or `pid`) as host:pid:start-time, so a reused pid is not mistaken for it."""
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def process_gone(ident: str | None) -> bool:
+    """Whether the process `ident` names ran on this host and has ended (unknown hosts: False)."""
+    if not ident or ident.count(":") < 2:
+        return False
+    host, pid, started = ident.rsplit(":", 2)
+    return host == socket.gethostname() and (not pid.isdigit() or _start_time(int(pid)) != started)
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), or "" when it does not exist."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return ""
+        return "?"  # alive, start time unknown (no /proc)
+
+
+def stale_runs(client: MlflowClient, experiment_id: str, where: str) -> list[Any]:
+    """RUNNING runs matching `where` whose process has ended."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"attributes.status = 'RUNNING' and {where}", max_results=1000
+    )
+    return [r for r in runs if process_gone(r.data.tags.get(PROCESS_TAG))]
+
+
+def end_stale_runs(client: MlflowClient, experiment_id: str, where: str) -> list[str]:
+    """End FAILED every RUNNING run matching `where` whose process was killed; their ids."""
+    ended = []
+    for run in stale_runs(client, experiment_id, where):
+        client.set_tag(run.info.run_id, "podium.stale", "its process ended without closing the run")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        log.warning(
+            "ended stale run %s (%s) FAILED: its process was killed", run.info.run_id, run.info.run_name
+        )
+        ended.append(run.info.run_id)
+    return ended
 
 
 def nested_run(name: str) -> mlflow.ActiveRun:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlflow
@@ -35,12 +36,15 @@ from pipelines.progress import counter
 from pipelines.registry import study_name
 from pipelines.splits import Fold, season_folds
 from pipelines.tracking import (
+    PROCESS_TAG,
     StudyBridge,
     git_sha,
     log_dataset,
     log_figures,
     log_run,
     open_storage,
+    process_gone,
+    process_id,
     stage_run,
     trial_counts,
 )
@@ -171,8 +175,28 @@ def _search(
     budget: Budget,
 ) -> Standing:
     """Run trials of one family's study; each trial is logged once through the bridge."""
+    fail_stale_trials(study, bridge)
+    started = time.perf_counter()
+    with counter(f"tune {family}", budget.n_trials) as advance:
+        study.optimize(
+            _objective(bridge, family, space, data, seed),
+            n_trials=budget.n_trials,
+            timeout=budget.timeout,
+            n_jobs=budget.n_jobs,
+            catch=(Exception,),
+            callbacks=[lambda *_: advance()],
+        )
+    bridge.finish(study)
+    return _standing(family, study, time.perf_counter() - started)
+
+
+def _objective(
+    bridge: StudyBridge, family: str, space: dict, data: TrainingData, seed: int
+) -> Callable[[optuna.Trial], float]:
+    """One trial: sample, cross-validate with pruning, log it once; the mean CV log loss."""
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(PROCESS_TAG, process_id())
         params = suggest(trial, space)
         scores: list[dict[str, float]] = []
         started = time.perf_counter()
@@ -190,18 +214,22 @@ def _search(
         bridge.log_trial(trial, "COMPLETE", params, metrics | _fit_time(started))
         return metrics["cv_log_loss"]
 
-    started = time.perf_counter()
-    with counter(f"tune {family}", budget.n_trials) as advance:
-        study.optimize(
-            objective,
-            n_trials=budget.n_trials,
-            timeout=budget.timeout,
-            n_jobs=budget.n_jobs,
-            catch=(Exception,),
-            callbacks=[lambda *_: advance()],
-        )
-    bridge.finish(study)
-    return _standing(family, study, time.perf_counter() - started)
+    return objective
+
+
+def fail_stale_trials(study: optuna.Study, bridge: StudyBridge) -> list[int]:
+    """Fail the trials a killed worker left RUNNING, each with a FAILED child run; their numbers."""
+    stale = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if process_gone(t.user_attrs.get(PROCESS_TAG))
+    ]
+    for trial in stale:
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        error = f"its worker {trial.user_attrs[PROCESS_TAG]} was killed while the trial ran"
+        bridge.log_trial(trial, "FAIL", dict(trial.params), {}, error=error)
+        log.warning("%s trial %d: %s; marked FAIL", study.study_name, trial.number, error)
+    return [t.number for t in stale]
 
 
 def _fit_time(started: float) -> dict[str, float]:
