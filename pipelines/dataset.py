@@ -151,24 +151,26 @@ def load_holdout(warehouse: Warehouse, spec: Spec, schema: FeatureSchema) -> Win
 
 
 def scoring_selection(
-    spec: Spec, start: date, end: date | None, version: str, full: bool
+    spec: Spec, start: date, end: date | None, version: str, full: bool, resumed_batch: str | None = None
 ) -> tuple[str, list[Any]]:
     """The WHERE clause (feature table aliased `f`) of the rows to score, and its bound values.
 
-    Incremental unless `full`: rows the model version has already scored are left out.
+    Incremental unless `full`: rows the model version has already scored are left out. A resumed
+    `full` rescore leaves out the rows its batch (`resumed_batch`) already rewrote.
     """
     time_col = f"f.{quote(spec.time)}"
     clauses, params = [f"{time_col} >= ?"], [start]
     if end:
         clauses.append(f"{time_col} < ?")
         params.append(end)
-    if not full:
+    if not full or resumed_batch:
         match = " AND ".join(f"s.{quote(k)} = f.{quote(k)}" for k in spec.keys)
+        same_batch = " AND s.BATCH_ID = ?" if full else ""
         clauses.append(
-            f"NOT EXISTS (SELECT 1 FROM {quote(spec.scoring_table)} AS s WHERE {match} AND s.MODEL_VERSION "
-            "= ?)"
+            f"NOT EXISTS (SELECT 1 FROM {quote(spec.scoring_table)} AS s WHERE {match} "
+            f"AND s.MODEL_VERSION = ?{same_batch})"
         )
-        params.append(version)
+        params += [version, resumed_batch] if full else [version]
     return " AND ".join(clauses), params
 
 

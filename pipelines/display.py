@@ -184,10 +184,12 @@ def _latest_batch(batch: dict[str, Any] | None) -> None:
     if not batch:
         out.print("[dim]no scores yet: podium score[/]")
         return
+    status = batch.get("run_status")
+    unfinished = "" if status in (None, "FINISHED") else f" [bold yellow](unfinished: its run is {status})[/]"
     out.print(
         f"latest scoring batch {batch['batch_id']}: {batch['rows']:,} rows by {batch['model']} "
-        f"v{batch['version']} "
-        f"({batch['alias']}) at {batch['scored_at']}; {batch['total_rows']:,} scores in all",
+        f"v{batch['version']} ({batch['alias']}) at {batch['scored_at']}; {batch['total_rows']:,} scores "
+        f"in all{unfinished}",
         highlight=False,
     )
 

@@ -21,10 +21,7 @@ import getpass
 import json
 import logging
 import os
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -35,7 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import dataset, registry
 from pipelines.config import Profile, Spec
-from pipelines.errors import PodiumError, WarehouseError
+from pipelines.errors import PodiumError
 from pipelines.metrics import classification_metrics, improvement
 from pipelines.registry import CHAMPION, STAGES, Target
 from pipelines.tracking import configure, stage_run
@@ -43,7 +40,6 @@ from pipelines.warehouse import Warehouse, connect
 
 log = logging.getLogger(__name__)
 
-LOCK_WAIT_SECONDS = 120.0
 AUDIT_COLUMNS = {
     "AUDIT_ID": "VARCHAR",
     "MODEL_NAME": "VARCHAR",
@@ -129,7 +125,7 @@ def main(
     configure(profile)
     client = registry.client()
     registry.require_model(client, spec.model_name)
-    with stage_run(profile, spec, "promote") as run, _exclusive(profile) as warehouse:
+    with stage_run(profile, spec, "promote") as run, connect(profile) as warehouse:
         decisions = Decisions([] if dry_run else reconcile(client, warehouse, spec, run.info.run_id))
         for target in targets:
             decision = _decide(client, warehouse, spec, target, request)
@@ -190,21 +186,6 @@ def _targets(alias: str | None, stage: str | None) -> list[Target]:
     if not targets:
         raise PodiumError("nothing to promote to: pass --alias champion and/or --stage Production.")
     return targets
-
-
-@contextmanager
-def _exclusive(profile: Profile) -> Iterator[Warehouse]:
-    """A read-write warehouse connection, which on DuckDB is an exclusive lock; wait for it."""
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
-    while True:
-        try:
-            with connect(profile) as warehouse:
-                yield warehouse
-            return
-        except WarehouseError as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def _decide(

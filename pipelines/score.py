@@ -32,7 +32,7 @@ from pipelines.config import Profile, ScoringConfig, Spec
 from pipelines.errors import PodiumError
 from pipelines.progress import counter
 from pipelines.registry import CHAMPION, ResolvedModel
-from pipelines.tracking import configure, stage_run
+from pipelines.tracking import PROCESS_TAG, configure, process_gone, stage_run
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.base import ScoringJob
 from pipelines.warehouse.dialect import quote
@@ -60,6 +60,7 @@ class Batch:
     batch_id: str
     full: bool
     chunk_rows: int
+    resumed: bool = False  # a --full batch a killed run left unfinished, carried on under its id
 
 
 def main(
@@ -80,7 +81,9 @@ def main(
     _check_options(profile, rows, engine)
     configure(profile)  # the registry the URI names is the profile's
     model = registry.resolve(model_uri or registry.alias_uri(spec.model_name, CHAMPION))
-    batch = Batch(model, registry.load_estimator(model.name, model.version), uuid.uuid4().hex, full, rows)
+    unfinished = interrupted_rescore(spec, model) if full and engine == "local" else None
+    estimator = registry.load_estimator(model.name, model.version)
+    batch = Batch(model, estimator, unfinished or uuid.uuid4().hex, full, rows, resumed=bool(unfinished))
     with connect(profile) as warehouse, stage_run(profile, spec, "score"):
         check_features(warehouse, spec, model)
         ensure_table(warehouse, spec)
@@ -100,6 +103,35 @@ def main(
     return ScoreResult(spec.scoring_table, model, batch.batch_id, read, written)
 
 
+def interrupted_rescore(spec: Spec, model: ResolvedModel) -> str | None:
+    """The batch id of the latest `--full` rescore of this version if its run never finished (a kill)."""
+    client = registry.client()
+    experiment = client.get_experiment_by_name(spec.name)
+    if experiment is None:
+        return None
+    where = (
+        "tags.`podium.stage` = 'score' and params.rescore_all = 'True' "
+        f"and params.model_version = '{model.version}'"
+    )
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=where,
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs or runs[0].info.status == "FINISHED":
+        return None
+    run = runs[0]
+    if run.info.status == "RUNNING" and not process_gone(run.data.tags.get(PROCESS_TAG)):
+        return None  # still at work in another process
+    log.info(
+        "resuming the --full rescore of batch %s, which run %s left unfinished",
+        run.data.params["batch_id"],
+        run.info.run_id,
+    )
+    return run.data.params["batch_id"]
+
+
 def _params(batch: Batch) -> dict[str, object]:
     model = batch.model
     return {
@@ -108,6 +140,7 @@ def _params(batch: Batch) -> dict[str, object]:
         "batch_id": batch.batch_id,
         "rescore_all": batch.full,
         "rows_per_chunk": batch.chunk_rows,
+        "resumed": batch.resumed,
     }
 
 
@@ -154,7 +187,9 @@ def ensure_table(warehouse: Warehouse, spec: Spec) -> None:
 def _stream(warehouse: Warehouse, spec: Spec, scoring: ScoringConfig, batch: Batch) -> tuple[int, int]:
     """Read, predict and merge chunk by chunk; return (rows read, rows written)."""
     model = batch.model
-    where, params = dataset.scoring_selection(spec, scoring.start, scoring.end, model.version, batch.full)
+    where, params = dataset.scoring_selection(
+        spec, scoring.start, scoring.end, model.version, batch.full, batch.batch_id if batch.resumed else None
+    )
     source = quote(spec.table)
     total = int(warehouse.query(f"SELECT COUNT(*) AS N FROM {source} AS f WHERE {where}", params).N[0])
     read = written = 0

@@ -214,7 +214,23 @@ def latest_batch(warehouse: Warehouse, table: str, total_rows: int) -> dict[str,
         "rows": int(row["ROWS"]),
         "scored_at": pd.Timestamp(row["SCORED_AT"]).isoformat(),
         "total_rows": total_rows,
+        "run_status": batch_run_status(str(row["BATCH_ID"])),
     }
+
+
+def batch_run_status(batch_id: str) -> str | None:
+    """The status of the score run that wrote a batch (FINISHED; FAILED or RUNNING if it was cut short)."""
+    if _store_missing(mlflow.get_tracking_uri()):
+        return None
+    try:
+        runs = registry.client().search_runs(
+            [e.experiment_id for e in registry.client().search_experiments()],
+            filter_string=f"params.batch_id = '{batch_id}'",
+            max_results=1,
+        )
+    except STORE_ERRORS as exc:
+        raise store_error(exc) from None
+    return runs[0].info.status if runs else None
 
 
 def latest_monitoring(warehouse: Warehouse, spec: Spec) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ carries the resolved spec as `spec.json`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -219,33 +220,46 @@ class StudyBridge:
         study_name: str,
         family: str,
         tags: dict[str, str],
+        storage: str = "",
     ) -> None:
         self.client, self.experiment_id, self.parent_id = client, experiment_id, parent_id
-        self.study_name, self.family, self.tags = study_name, family, tags
+        self.study_name, self.family, self.tags, self.storage = study_name, family, tags, storage
 
     @classmethod
     def open(
-        cls, study_name: str, family: str, experiment_id: str, top_run_id: str | None, tags: dict[str, str]
+        cls,
+        study_name: str,
+        family: str,
+        experiment_id: str,
+        top_run_id: str | None,
+        tags: dict[str, str],
+        storage: str = "",
     ) -> StudyBridge:
-        """Find the study's parent run, or create it; concurrent creators agree on the earliest."""
+        """Find the parent run of the study in `storage`, or create it; racing creators agree on the earliest.
+
+        Studies of one name in two storages are two studies, with a parent each.
+        """
         client = MlflowClient()
-        parent = _parent_runs(client, experiment_id, study_name)
+        key = storage_key(storage) if storage else ""
+        parent = _parent_runs(client, experiment_id, study_name, key)
         if not parent:
             run_tags = tags | {
                 "podium.role": ROLE_STUDY,
                 "podium.study": study_name,
                 "podium.family": family,
+                "podium.storage": key,
+                "podium.storage_label": hide_password(storage),
                 MLFLOW_RUN_NAME: family,
             }
             if top_run_id:
                 run_tags[MLFLOW_PARENT_RUN_ID] = top_run_id
             mine = client.create_run(experiment_id, tags=run_tags).info.run_id
-            parent = _parent_runs(client, experiment_id, study_name)
+            parent = _parent_runs(client, experiment_id, study_name, key)
             if parent[0] != mine:
                 client.delete_run(mine)
         else:
             client.update_run(parent[0], status="RUNNING")
-        return cls(client, experiment_id, parent[0], study_name, family, tags)
+        return cls(client, experiment_id, parent[0], study_name, family, tags, key)
 
     def log_trial(
         self,
@@ -299,7 +313,7 @@ class StudyBridge:
         Two workers opening a new study at the same moment may each create a parent before
         seeing the other's; both exist by now, so both agree on the earliest.
         """
-        earliest = _parent_runs(self.client, self.experiment_id, self.study_name)[0]
+        earliest = _parent_runs(self.client, self.experiment_id, self.study_name, self.storage)[0]
         if earliest == self.parent_id:
             return
         mine = self.client.search_runs(
@@ -362,13 +376,18 @@ def log_run(
     return run_id
 
 
-def _parent_runs(client: MlflowClient, experiment_id: str, study_name: str) -> list[str]:
-    """Parent runs of a study, earliest first (ties broken by run id)."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`podium.role` = '{ROLE_STUDY}' and tags.`podium.study` = '{study_name}'",
-        max_results=50,
-    )
+def storage_key(storage: str) -> str:
+    """A short, filter-safe digest naming one Optuna storage (a URL, or a journal's absolute path)."""
+    label = storage if "://" in storage else str(Path(storage).resolve())
+    return hashlib.sha1(hide_password(label).encode()).hexdigest()[:16]
+
+
+def _parent_runs(client: MlflowClient, experiment_id: str, study_name: str, storage: str = "") -> list[str]:
+    """Parent runs of a study (in one storage, when given), earliest first (ties broken by run id)."""
+    where = f"tags.`podium.role` = '{ROLE_STUDY}' and tags.`podium.study` = '{study_name}'"
+    if storage:
+        where += f" and tags.`podium.storage` = '{storage}'"
+    runs = client.search_runs([experiment_id], filter_string=where, max_results=50)
     return [r.info.run_id for r in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))]
 
 

@@ -114,8 +114,11 @@ def main(
         column = spec.baseline.column if spec.baseline else None
         standings = [_score_baseline(name, est, data, top, tags) for name, est in baselines(column).items()]
         for name in families:
-            study = _open_study(study_name(spec, name), storage or profile.optuna_storage, tuning)
-            bridge = StudyBridge.open(study.study_name, name, top.info.experiment_id, top.info.run_id, tags)
+            where = storage or profile.optuna_storage
+            study = _open_study(study_name(spec, name), where, tuning)
+            bridge = StudyBridge.open(
+                study.study_name, name, top.info.experiment_id, top.info.run_id, tags, where
+            )
             standings.append(_search(study, bridge, name, spaces[name], data, tuning.seed, budget))
         board = pd.DataFrame([s.__dict__ for s in standings])
         mlflow.log_text(board.to_csv(index=False), "leaderboard.csv")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -22,29 +24,43 @@ from pipelines.warehouse.base import (
 )
 from pipelines.warehouse.dialect import quote, split_table, to_duckdb
 
+log = logging.getLogger(__name__)
+
+LOCK_WAIT_SECONDS = 120.0  # how long a command waits for another process's write to end
+
 
 class DuckDBWarehouse(TableOps):
     """Warehouse seam over one DuckDB database file (or `:memory:`)."""
 
     backend = "duckdb"
 
-    def __init__(self, path: Path | str, read_only: bool = False) -> None:
+    def __init__(self, path: Path | str, read_only: bool = False, wait: float = LOCK_WAIT_SECONDS) -> None:
+        """Open the file; while another process writes it (DuckDB's file lock), wait up to `wait` seconds."""
         try:
             if str(path) != ":memory:" and not read_only:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._con = duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as exc:
-            if not _damaged(exc):
-                raise _cannot_open(path, exc) from None
-            raise WarehouseError(
-                f"the DuckDB warehouse {path} is damaged or not a DuckDB file ({first_line(exc)}): move it "
-                "aside, "
-                "then rebuild it with `podium ingest` and `podium features` (scores and audit rows live "
-                "only in "
-                "the file: restore it from a backup to keep them)."
-            ) from None
-        except (duckdb.Error, OSError) as exc:  # locked by another process, not built yet, or a bad path
+        except OSError as exc:  # a file where a folder should be
             raise _cannot_open(path, exc) from None
+        deadline, told = time.monotonic() + wait, False
+        while True:
+            try:
+                self._con = duckdb.connect(str(path), read_only=read_only)
+                return
+            except duckdb.IOException as exc:
+                if _damaged(exc):
+                    raise _damaged_file(path, exc) from None
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise _cannot_open(path, exc) from None
+                if not told:
+                    log.warning(
+                        "waiting up to %.0f s for the DuckDB warehouse %s: another process writes it",
+                        wait,
+                        path,
+                    )
+                    told = True
+                time.sleep(0.2)
+            except (duckdb.Error, OSError) as exc:  # not built yet, or a bad path
+                raise _cannot_open(path, exc) from None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Translate and run one or more statements; params bind to the last one."""
@@ -169,6 +185,14 @@ def _cannot_open(path: Path | str, exc: Exception) -> WarehouseError:
         f"cannot open the DuckDB warehouse {path}: {first_line(exc)}. "
         "Wait for the other process, build the warehouse first (`podium ingest`), "
         "or fix warehouse.path in the profile."
+    )
+
+
+def _damaged_file(path: Path | str, exc: Exception) -> WarehouseError:
+    return WarehouseError(
+        f"the DuckDB warehouse {path} is damaged or not a DuckDB file ({first_line(exc)}): move it aside, "
+        "then rebuild it with `podium ingest` and `podium features` (scores and audit rows live only in "
+        "the file: restore it from a backup to keep them)."
     )
 
 

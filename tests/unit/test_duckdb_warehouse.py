@@ -129,8 +129,25 @@ def test_a_locked_warehouse_names_the_wait(tmp_path: Path) -> None:
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(WarehouseError, match="lock.*Wait for the other process") as caught:
-            DuckDBWarehouse(path)
+            DuckDBWarehouse(path, wait=1)  # a bounded wait, then the message
         assert "\n" not in str(caught.value)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_command_waits_for_the_writer_to_finish(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Finding 12: a second process waits (saying for what) instead of failing at once on the lock."""
+    path = tmp_path / "busy.duckdb"
+    DuckDBWarehouse(path).close()
+    hold = f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('held', flush=True); time.sleep(2)"
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with caplog.at_level("WARNING"):
+            DuckDBWarehouse(path, read_only=True, wait=60).close()
+        assert holder.poll() is not None, "it opened only after the writer ended"
+        assert "another process writes it" in caplog.text
     finally:
         holder.kill()
         holder.wait()
