@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -213,3 +214,39 @@ def test_unknown_policy_key(tmp_path: Path, profile: Profile, capsys, monkeypatc
         ["promote", "--spec", spec, "--profile", profile_file(tmp_path, profile)], capsys, monkeypatch
     )
     assert code == 1 and "unknown key 'promotion.min_improvment'" in err
+
+
+def test_an_audited_move_the_registry_lacks_is_reported_then_completed(
+    registered: tuple[Profile, Spec, str, str],
+) -> None:
+    """Finding 4: a promote that stopped after its audit row and before its registry move."""
+    from pipelines import registry, status
+
+    profile, spec, better, worse = registered
+    promote.main(profile, spec, version=better)
+    stopped = promote.Decision(
+        spec.model_name,
+        worse,
+        "alias:champion",
+        better,
+        "promote",
+        decision="promoted",
+        forced=True,
+        reason="forced",
+        decided_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+    )
+    with connect(profile) as warehouse:
+        promote._audit(warehouse, spec, stopped)  # what the killed process had written
+    assert holder(spec) == better
+    (drift,) = status.main(profile, spec).promotion_drift
+    assert "held by v" + better in drift and "recorded v" + worse in drift
+
+    decisions = promote.main(profile, spec, version=worse, force=True)
+    (fixed,) = decisions.reconciled
+    assert (fixed.action, fixed.version, fixed.from_version) == ("reconcile", worse, better)
+    assert holder(spec) == worse and decisions[0].reason.startswith("version")  # it already held champion
+    with connect(profile, read_only=True) as warehouse:
+        assert registry.audit_drift(MlflowClient(), warehouse, spec) == []
+    assert audit(profile, spec)["ACTION"].tolist() == ["promote", "promote", "reconcile", "promote"]
+    (back,) = promote.main(profile, spec, rollback=True)
+    assert back.promoted and holder(spec) == better

@@ -1,0 +1,273 @@
+"""Real processes killed with SIGKILL at many instants of each stage, invariants checked after each kill.
+
+Every test first times one uninterrupted run, then kills the same command at instants spread over
+that time, checks what the kill left, and (where the guarantee is about the next run) runs the
+stage again and checks that it completes the work.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from collections.abc import Iterator
+from multiprocessing.context import BaseContext
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipelines import promote, registry, score, train, tune
+from pipelines.config import Profile, Spec
+from pipelines.tracking import open_storage
+from pipelines.warehouse import connect
+from tests.helpers import FAST_SPACE, REPO, assert_children_mirror_trials, profile_file, worker_env
+from tests.reliability.child import context, instants, run, timed
+
+KILLS = 10
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ctx() -> Iterator[BaseContext]:
+    yield context()
+
+
+def spec_file(spec: Spec, path: Path) -> str:
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    return str(path)
+
+
+def count(profile: Profile, table: str) -> int | None:
+    with connect(profile, read_only=True) as warehouse:
+        if not warehouse.exists(table):
+            return None
+        return int(warehouse.query(f"SELECT COUNT(*) AS N FROM {table}").N[0])
+
+
+def counts(profile: Profile, tables: list[str]) -> tuple[int | None, ...]:
+    return tuple(count(profile, t) for t in tables)
+
+
+def staged_left(profile: Profile) -> int:
+    with connect(profile, read_only=True) as warehouse:
+        found = warehouse.query(
+            "SELECT COUNT(*) AS N FROM information_schema.tables WHERE table_name LIKE '%STAGED'"
+        )
+        return int(found.N[0])
+
+
+def test_ingest_publishes_all_tables_or_none(
+    ctx: BaseContext, spec: Spec, profile: Profile, tmp_path: Path
+) -> None:
+    """Two versions of the raw data; a kill during either ingest leaves every table of one version."""
+    smaller = tmp_path / "f1_smaller"
+    shutil.copytree(REPO / "data" / "f1", smaller)
+    for table, keep in (("results", 20000), ("circuits", 60)):
+        lines = gzip.decompress((smaller / f"{table}.csv.gz").read_bytes()).decode().splitlines()[: keep + 1]
+        (smaller / f"{table}.csv.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    specs = [
+        spec_file(spec, tmp_path / "full.yaml"),
+        spec_file(
+            spec.model_copy(update={"ingest": spec.ingest.model_copy(update={"source": smaller})}),
+            tmp_path / "small.yaml",
+        ),
+    ]
+    local, env, tables = profile_file(tmp_path, profile), worker_env(), ["RAW.RESULTS", "RAW.CIRCUITS"]
+    versions = []
+    for path in specs:
+        duration = timed(ctx, ["ingest", "-p", local, "--spec", path], env, str(REPO))
+        versions.append(counts(profile, tables))
+    assert versions == [(25840, 77), (20000, 60)]
+    killed = 0
+    for i, instant in enumerate(instants(duration, KILLS)):
+        before = counts(profile, tables)
+        killed += run(ctx, ["ingest", "-p", local, "--spec", specs[i % 2]], env, str(REPO), instant) == -9
+        after = counts(profile, tables)
+        assert after in versions, f"kill {i} at {instant:.2f}s left a mix: {after}"
+        assert after in (before, versions[i % 2])
+    assert killed >= KILLS - 1, f"only {killed} of {KILLS} runs were killed before they ended"
+    assert (
+        timed(ctx, ["ingest", "-p", local, "--spec", specs[0]], env, str(REPO)) and staged_left(profile) == 0
+    )
+
+
+def test_features_swap_in_whole_or_not_at_all(
+    ctx: BaseContext, built_profile: Profile, spec: Spec, tmp_path: Path
+) -> None:
+    """A kill at any instant of `features` leaves every ML table of the old build or of the new one."""
+    copy = tmp_path / "warehouse.duckdb"
+    shutil.copyfile(built_profile.warehouse.path, copy)
+    profile = built_profile.model_copy(
+        update={"warehouse": built_profile.warehouse.model_copy(update={"path": copy})}
+    )
+    local, env, path = profile_file(tmp_path, profile), worker_env(), spec_file(spec, tmp_path / "spec.yaml")
+    tables = ["ML.F1_FEATURES", "ML.F1_DRIVER_RACES", "ML.F1_RESULT_ENTRIES"]
+    with connect(profile) as warehouse:
+        warehouse.execute("CREATE OR REPLACE TABLE RAW.RESULTS_ALL AS SELECT * FROM RAW.RESULTS")
+    full = counts(profile, tables)
+    less = "RACE_ID NOT IN (SELECT RACE_ID FROM RAW.RACES WHERE YEAR = 2022)"
+
+    def raw(version: int) -> None:
+        with connect(profile) as warehouse:
+            where = less if version else "TRUE"
+            warehouse.execute(
+                f"CREATE OR REPLACE TABLE RAW.RESULTS AS SELECT * FROM RAW.RESULTS_ALL WHERE {where}"
+            )
+
+    raw(1)
+    duration = timed(ctx, ["features", "-p", local, "--spec", path], env, str(REPO))
+    versions = [full, counts(profile, tables)]
+    assert versions[0] != versions[1] and versions[1][0] > 5000
+    for i, instant in enumerate(instants(duration, KILLS)):
+        before = counts(profile, tables)
+        raw(i % 2)
+        run(ctx, ["features", "-p", local, "--spec", path], env, str(REPO), instant)
+        after = counts(profile, tables)
+        assert after in (before, versions[i % 2]), f"kill {i} at {instant:.2f}s left a mix: {after}"
+
+
+def test_tune_loses_no_trial_and_leaves_none_running(
+    ctx: BaseContext, built_profile: Profile, spec: Spec, tmp_path: Path
+) -> None:
+    (tmp_path / "space.yaml").write_text(FAST_SPACE)
+    tuning = spec.tuning.model_copy(update={"search_space": tmp_path / "space.yaml", "timeout": None})
+    small = spec.model_copy(update={"tuning": tuning})
+    journal = tmp_path / "studies.journal"
+    profile = built_profile.model_copy(update={"optuna_storage": str(journal)})
+    local = tmp_path / "profile.yaml"
+    local.write_text(
+        f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\noptuna_storage: {journal}\n"
+    )
+    args = [
+        "tune",
+        "-f",
+        "decision_tree",
+        "-n",
+        "8",
+        "-p",
+        str(local),
+        "--spec",
+        spec_file(small, tmp_path / "s.yaml"),
+    ]
+    duration = timed(ctx, args, worker_env(), str(REPO))
+    study = "f1_podium-decision_tree"
+    for i, instant in enumerate(instants(duration, KILLS)):
+        finished = _finished(journal, study)
+        run(ctx, args, worker_env(), str(REPO), instant)
+        assert _finished(journal, study)[: len(finished)] == finished, f"kill {i} lost a finished trial"
+        tune.main(profile, small, family="decision_tree", n_trials=1)  # the next run
+        trials = optuna.load_study(study_name=study, storage=open_storage(str(journal))).trials
+        assert [t.number for t in trials] == list(range(len(trials))), "numbering has a gap or a repeat"
+        assert not [t.number for t in trials if t.state.name == "RUNNING"], f"kill {i}: a trial stays RUNNING"
+        assert_children_mirror_trials(str(journal))
+    runs = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name(spec.name).experiment_id],
+        filter_string="tags.`podium.stage` = 'tune' and attributes.status = 'RUNNING'",
+    )
+    assert not runs, "a killed tune run stays RUNNING after the next tune"
+
+
+def _finished(journal: Path, study: str) -> list[tuple[int, str, float | None]]:
+    try:
+        trials = optuna.load_study(study_name=study, storage=open_storage(str(journal), mend=False)).trials
+    except KeyError:
+        return []
+    return [(t.number, t.state.name, t.value) for t in trials if t.state.is_finished()]
+
+
+@pytest.fixture
+def champion(trained_profile: Profile, tuned: tuple[Profile, Spec]) -> tuple[Profile, Spec, list[str]]:
+    """The trained warehouse with two registered versions; the first holds champion and Production."""
+    _, spec = tuned
+    first = train.main(trained_profile, spec, family="decision_tree").champion.version
+    second = train.main(trained_profile, spec, family="logreg").champion.version
+    promote.main(trained_profile, spec, version=first, stage="Production", force=True)
+    return trained_profile, spec, [first, second]
+
+
+def score_rows(profile: Profile, spec: Spec) -> pd.DataFrame:
+    with connect(profile, read_only=True) as warehouse:
+        if not warehouse.exists(spec.scoring_table):
+            return pd.DataFrame(columns=[*spec.keys, "MODEL_VERSION", "BATCH_ID"])
+        return warehouse.query(f"SELECT * FROM {spec.scoring_table}")
+
+
+def window_rows(profile: Profile, spec: Spec) -> int:
+    with connect(profile, read_only=True) as warehouse:
+        return int(
+            warehouse.query(
+                f"SELECT COUNT(*) AS N FROM {spec.table} WHERE {spec.time} >= ?", [spec.scoring.start]
+            ).N[0]
+        )
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["incremental", "full"])
+def test_scoring_keeps_one_row_per_key_and_version_and_a_rerun_completes(
+    full: bool, ctx: BaseContext, champion: tuple[Profile, Spec, list[str]], tmp_path: Path
+) -> None:
+    profile, spec, _ = champion
+    local, env = profile_file(tmp_path, profile), worker_env()
+    args = ["score", "--chunk-rows", "40", "-p", local, "--spec", spec_file(spec, tmp_path / "s.yaml")]
+    args += ["--full"] if full else []
+    expected = window_rows(profile, spec)
+    duration = timed(ctx, args, env, str(REPO))
+    for i, instant in enumerate(instants(duration, KILLS)):
+        if not full:
+            with connect(profile) as warehouse:
+                warehouse.execute(f"DELETE FROM {spec.scoring_table}")
+        run(ctx, args, env, str(REPO), instant)
+        rows = score_rows(profile, spec)
+        assert not rows.duplicated([*spec.keys, "MODEL_VERSION"]).any(), f"kill {i}: a duplicated score"
+        rewritten = rows["BATCH_ID"].value_counts()
+        result = score.main(profile, spec, full=full, chunk_rows=40)  # the next run
+        rows = score_rows(profile, spec)
+        assert len(rows) == expected and not rows.duplicated([*spec.keys, "MODEL_VERSION"]).any()
+        if full and result.batch_id in rewritten:  # resumed: only what the killed batch had not rewritten
+            assert result.rows_read == expected - rewritten[result.batch_id]
+        if full:
+            assert set(rows["BATCH_ID"]) == {result.batch_id}, "a rerun of --full finishes the whole rescore"
+
+
+def _copy_version(client: MlflowClient, model: str, version: str) -> str:
+    """A new registered version of the same model files, run and tags (a fresh candidate, quickly)."""
+    original = client.get_model_version(model, version)
+    copy = client.create_model_version(model, original.source, run_id=original.run_id, tags=original.tags)
+    return str(copy.version)
+
+
+def test_promotion_audit_and_registry_agree_after_the_next_command(
+    ctx: BaseContext, champion: tuple[Profile, Spec, list[str]], tmp_path: Path
+) -> None:
+    """Finding 4's command, killed at many instants; the next promote finds any gap and closes it."""
+    profile, spec, versions = champion
+    local, env, path = profile_file(tmp_path, profile), worker_env(), spec_file(spec, tmp_path / "s.yaml")
+    client = MlflowClient()
+
+    def args(version: str) -> list[str]:
+        return [
+            "promote",
+            "--version",
+            version,
+            "--force",
+            "--stage",
+            "Production",
+            "-p",
+            local,
+            "--spec",
+            path,
+        ]
+
+    duration = timed(ctx, args(versions[1]), env, str(REPO))
+    for i, instant in enumerate(instants(duration, KILLS)):
+        version = _copy_version(client, spec.model_name, versions[1])  # Production archives the others
+        run(ctx, args(version), env, str(REPO), instant)
+        promote.main(profile, spec, version=version, stage="Production", force=True)  # the next command
+        with connect(profile, read_only=True) as warehouse:
+            assert registry.audit_drift(client, warehouse, spec) == [], f"kill {i} at {instant:.2f}s"
+        for target in (registry.Target("alias", "champion"), registry.Target("stage", "Production")):
+            assert str(registry.holder(client, spec.model_name, target).version) == version
+    (decision,) = promote.main(profile, spec, rollback=True, alias="champion")
+    assert decision.promoted, "rollback still works after the kills"
