@@ -36,6 +36,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
+from pipelines.warehouse.base import first_line
 
 log = logging.getLogger(__name__)
 
@@ -429,7 +430,7 @@ def open_storage(storage: str, mend: bool = True) -> optuna.storages.BaseStorage
         path = Path(storage)
         path.parent.mkdir(parents=True, exist_ok=True)
         mend_journal(path, repair=mend)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        return _journal(path)
     except (
         sqlalchemy.exc.SQLAlchemyError,
         ImportError,
@@ -441,6 +442,19 @@ def open_storage(storage: str, mend: bool = True) -> optuna.storages.BaseStorage
             "profile's optuna_storage) to a journal file path, or to a database URL that is reachable and "
             "whose "
             "driver is installed (sqlite:///optuna.db, postgresql://user@host/db)."
+        ) from None
+
+
+def _journal(path: Path) -> optuna.storages.JournalStorage:
+    """A journal storage, replayed now, so that a damaged record is one clear error."""
+    try:
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    except (ValueError, KeyError, TypeError) as exc:  # a record inside the file is not valid JSON
+        raise PodiumError(
+            f"the Optuna journal {path} is damaged inside (not only at its end: {first_line(exc)}): "
+            "restore it "
+            f"from a backup ({path.name}.torn-* if Podium made one), or move it aside to start the studies "
+            "afresh."
         ) from None
 
 

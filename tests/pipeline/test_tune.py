@@ -297,3 +297,15 @@ def test_train_with_a_bad_storage_prints_one_line(
     code, _, err = podium(args, capsys, monkeypatch)
     assert code == 1 and "Traceback" not in err
     assert err.strip().startswith("error: cannot open the Optuna storage foo://bar")
+
+
+def test_two_storages_with_a_study_of_one_name_get_a_parent_each(
+    built_profile: Profile, spec: Spec, tmp_path: Path
+) -> None:
+    """Finding 12: studies of one name in two journals are two studies, so two parent runs."""
+    small = fast_spec(spec, tmp_path, ["decision_tree"])
+    for journal in ("a.journal", "b.journal"):
+        tune.main(built_profile, small, n_trials=2, storage=str(tmp_path / journal))
+    parents, children = mlflow_tree()
+    assert len(parents) == 2 and {p.data.tags["podium.study"] for p in parents} == {"f1_podium-decision_tree"}
+    assert sorted(len(children[p.info.run_id]) for p in parents) == [2, 2]

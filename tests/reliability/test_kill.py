@@ -210,25 +210,44 @@ def test_scoring_keeps_one_row_per_key_and_version_and_a_rerun_completes(
 ) -> None:
     profile, spec, _ = champion
     local, env = profile_file(tmp_path, profile), worker_env()
-    args = ["score", "--chunk-rows", "40", "-p", local, "--spec", spec_file(spec, tmp_path / "s.yaml")]
+    args = ["score", "--chunk-rows", "10", "-p", local, "--spec", spec_file(spec, tmp_path / "s.yaml")]
     args += ["--full"] if full else []
     expected = window_rows(profile, spec)
     duration = timed(ctx, args, env, str(REPO))
+    resumed = 0
     for i, instant in enumerate(instants(duration, KILLS)):
         if not full:
             with connect(profile) as warehouse:
                 warehouse.execute(f"DELETE FROM {spec.scoring_table}")
+        earlier = set(score_rows(profile, spec)["BATCH_ID"])
         run(ctx, args, env, str(REPO), instant)
         rows = score_rows(profile, spec)
         assert not rows.duplicated([*spec.keys, "MODEL_VERSION"]).any(), f"kill {i}: a duplicated score"
         rewritten = rows["BATCH_ID"].value_counts()
-        result = score.main(profile, spec, full=full, chunk_rows=40)  # the next run
+        cut_short = set(rows["BATCH_ID"]) - earlier  # the killed run's batch, if it wrote any chunk
+        result = score.main(profile, spec, full=full, chunk_rows=10)  # the next run
         rows = score_rows(profile, spec)
         assert len(rows) == expected and not rows.duplicated([*spec.keys, "MODEL_VERSION"]).any()
-        if full and result.batch_id in rewritten:  # resumed: only what the killed batch had not rewritten
-            assert result.rows_read == expected - rewritten[result.batch_id]
+        killed_batch = next(iter(cut_short), None)
+        if full and killed_batch and rewritten[killed_batch] < expected:  # killed in the middle of a rescore
+            assert result.batch_id == killed_batch, "the rerun carries the killed batch on"
+            assert result.rows_read == expected - rewritten[killed_batch], (
+                "it skips the rows already rewritten"
+            )
+            resumed += 1
         if full:
             assert set(rows["BATCH_ID"]) == {result.batch_id}, "a rerun of --full finishes the whole rescore"
+        assert not _running_score_runs(spec), f"kill {i}: a killed score run stays RUNNING after the next run"
+    assert not full or resumed >= 2, f"only {resumed} kills landed inside a --full rescore's writes"
+
+
+def _running_score_runs(spec: Spec) -> list[str]:
+    client = MlflowClient()
+    runs = client.search_runs(
+        [client.get_experiment_by_name(spec.name).experiment_id],
+        filter_string="tags.`podium.stage` = 'score' and attributes.status = 'RUNNING'",
+    )
+    return [r.info.run_id for r in runs]
 
 
 def _copy_version(client: MlflowClient, model: str, version: str) -> str:
