@@ -9,10 +9,14 @@ Outputs: the alias moved and/or the stage transitioned (the previous holder arch
          table; registry tags on the version and the model.
 MLflow:  the `promote` run with `decision.json`.
 
-Concurrency: the whole decision (read the holder, gate, apply, audit) runs while holding
+Concurrency: the whole decision (read the holder, gate, audit, apply) runs while holding
 the warehouse's write lock. On DuckDB that lock is the database file's own exclusive lock,
 so a second promotion waits for the first and then judges against the new holder. An
 alias names one version by construction; stage transitions archive every other holder.
+
+Crashes: the audit row is written before the registry moves, so a kill between the two
+leaves an audited move the registry lacks; the next promote completes it first (an audit
+row with action `reconcile`), and `podium status` reports it until then.
 """
 
 from __future__ import annotations
