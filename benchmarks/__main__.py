@@ -1,19 +1,127 @@
-"""Run the benchmarks and write benchmarks/results.md: `python -m benchmarks`."""
+"""Run the benchmarks and write benchmarks/results.md: `python -m benchmarks [SECTION ...]`.
+
+With no argument every section runs; with names (p1, p1-critical-path, p2, p3, peer, throughput,
+demo) only those run and replace their own sections of results.md, the others kept as they were.
+Each section says when and where it was measured; the figures inside one table come from one run.
+"""
 
 from __future__ import annotations
 
 import os
 import platform
+import re
+import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 import mlflow
 
-from benchmarks import demo_stages, feature_build, score_throughput, tune_overhead
+from benchmarks import demo_stages, feature_build, peer, score_throughput, tune_overhead, tune_throughput
+from pipelines.config import load_spec
 
 RESULTS = Path(__file__).parent / "results.md"
+HEADER = """# Benchmarks
+
+Measured by `python -m benchmarks` (or `python -m benchmarks SECTION`, which reruns one section).
+Each section names the machine and the day it was measured on; the ratios inside a table compare
+figures measured in that same run.
+"""
+
+
+@dataclass(frozen=True)
+class Section:
+    """One table of results.md: its heading, what it measures, and the measurement."""
+
+    name: str
+    title: str
+    text: str
+    measure: Callable[[Path], list[dict[str, object]]]
+
+
+def _demo_seconds() -> float:
+    budget = load_spec("f1_podium").require("tuning").budget
+    assert budget.seconds, "the demo spec states its tuning budget in seconds"
+    return budget.seconds
+
+
+SECTIONS = [
+    Section(
+        "p1",
+        "P1: per-trial overhead (sampler + storage + tracking) vs fit time",
+        """
+Budget: overhead <= 5% of the median fit, and <= 30 ms per trial for short fits. Journal-file Optuna
+storage, MLflow SQLite store, bundled F1 features (4 season folds); scale k repeats the training
+window k times (`benchmarks.generate.tile_window`), so fits grow with the rows.
+""",
+        tune_overhead.measure,
+    ),
+    Section(
+        "p1-critical-path",
+        "P1: the critical path of a trial, tracking in the background vs in line",
+        """
+Budget: <= 5 ms per trial on the critical path (trial start to the next trial's start, minus the
+objective's own time) at the demo's stores (journal file, MLflow SQLite). One study per way of
+tracking; see `benchmarks/tune_overhead.py`.
+""",
+        tune_overhead.measure_critical_path,
+    ),
+    Section(
+        "throughput",
+        "Tune throughput: one core vs every core",
+        """
+Budget: >= 1.8x the trials per minute on 2 cores as on 1, same family, space, seed and trials
+(`podium tune --family F --n-trials N --n-jobs J`). The seeded sampler and the fixed fold order make
+both runs sample and prune the same trials; throughput is counted from the first trial's start to
+the last trial's end.
+""",
+        tune_throughput.measure,
+    ),
+    Section(
+        "peer",
+        "Podium vs an AutoML peer (FLAML) at the demo's budget",
+        """
+Budget: Podium's champion at or below FLAML's holdout log loss and at or above its macro AUC, at the
+same time budget (the demo's `tuning.budget.seconds`), on the same training window (2010-2020), the
+same four season folds and the same 2021-22 holdout, both on every core, in one run. Podium is
+`tune` then `train` (wall includes the refit and the registration); FLAML is `AutoML.fit` (its own
+refit included) with those folds as its splitter and log loss as its metric. Needs `pip install -e
+'.[bench]'`.
+""",
+        lambda root: peer.measure(root, _demo_seconds()),
+    ),
+    Section(
+        "p2",
+        "P2: end-to-end scoring vs raw predict_proba, peak memory",
+        """
+Budget: end to end >= 80% of raw `predict_proba` throughput for tree models at 1M rows; memory
+bounded by the chunk size. The 2021-22 feature rows tiled to the row count in DuckDB; end to end is
+`podium score` in a child process (read through the seam, predict, merge per chunk, each chunk a
+committed transaction), timed by the stage; raw is `predict_proba` over the same rows already in
+memory, same chunks. Peak RSS is the child's.
+""",
+        lambda root: [row for rows in (100_000, 1_000_000) for row in score_throughput.measure(root, rows)],
+    ),
+    Section(
+        "p3",
+        "P3: DuckDB feature build vs seed-style pandas",
+        """
+Budget: DuckDB >= 5x faster than the same features in pandas (groupby + rolling apply) at 1M rows,
+and linear in rows. RAW tables scaled by `benchmarks.generate.scale_raw` (copies of the history
+under new ids, each later in time); the point-in-time driver form is computed both ways and checked
+equal; the full DuckDB build runs every SQL model.
+""",
+        feature_build.measure,
+    ),
+    Section(
+        "demo",
+        "`make demo`'s stages",
+        """The stages of `podium run` on the bundled data, in one process (tune: the spec's budget).""",
+        demo_stages.measure,
+    ),
+]
 
 
 def table(rows: list[dict[str, object]]) -> str:
@@ -23,66 +131,41 @@ def table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    machine = (
-        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {date.today()}"
-    )
-    p1 = _in_tmp(tune_overhead.measure)
-    p2 = [row for rows in (100_000, 1_000_000) for row in _in_tmp(score_throughput.measure, rows)]
-    p3 = _in_tmp(feature_build.measure)
-    demo = _in_tmp(demo_stages.measure)
-    text = f"""# Benchmarks
-
-Measured by `python -m benchmarks` on {machine}. Each table comes from one run; the ratios compare
-figures measured in that same run.
-
-## P1: per-trial overhead (sampler + storage + tracking) vs fit time
-
-Budget: overhead <= 5% of the median fit, and <= 30 ms per trial for short fits. Journal-file Optuna
-storage, MLflow SQLite store, bundled F1 features (4 season folds); scale k repeats the training window
-k times (`benchmarks.generate.tile_window`), so fits grow with the rows.
-
-{table(p1)}
-
-## P2: end-to-end scoring vs raw predict_proba, peak memory
-
-Budget: end to end >= 80% of raw `predict_proba` throughput for tree models at 1M rows; memory bounded by
-the chunk size. The 2021-22 feature rows tiled to the row count in DuckDB; end to end is `podium score` in a
-child process (read through the seam, predict, merge per chunk, each chunk a committed transaction), timed
-by the stage; raw is `predict_proba` over the same rows already in memory, same chunks. Peak RSS is the
-child's.
-
-{table(p2)}
-
-## P3: DuckDB feature build vs seed-style pandas
-
-Budget: DuckDB >= 5x faster than the same features in pandas (groupby + rolling apply) at 1M rows, and
-linear in rows. RAW tables scaled by `benchmarks.generate.scale_raw` (copies of the history under new ids,
-each later in time); the point-in-time driver form is computed both ways and checked equal; the full
-DuckDB build runs all six SQL models.
-
-{table(p3)}
-
-## `make demo`'s stages
-
-The stages of `podium run` on the bundled data, in one process (tune: the spec's 12 trials or 20 s per
-family).
-
-{table(demo)}
-"""
-    RESULTS.write_text(text)
-    print(text)
+    unknown = sorted(set(names) - {s.name for s in SECTIONS})
+    if unknown:
+        raise SystemExit(f"unknown sections {unknown}: choose from {', '.join(s.name for s in SECTIONS)}")
+    kept = _sections(RESULTS.read_text()) if RESULTS.exists() else {}
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    parts = [HEADER]
+    for section in SECTIONS:
+        if names and section.name not in names:
+            parts.append(kept.get(section.title, ""))
+            continue
+        rows = _in_tmp(section.measure)
+        measured = f"Measured on {machine}, {date.today()}."
+        text = f"## {section.title}\n\n{measured}\n\n{section.text.strip()}\n\n{table(rows)}\n"
+        print(text)
+        parts.append(text)
+    RESULTS.write_text("\n".join(p for p in parts if p))
 
 
-def _in_tmp(measure: Callable[..., list[dict[str, object]]], *args: object) -> list[dict[str, object]]:
+def _sections(text: str) -> dict[str, str]:
+    """The sections of an existing results.md, by heading."""
+    chunks = re.split(r"(?m)^(?=## )", text)
+    found = [c for c in chunks if c.startswith("## ")]
+    return {c.splitlines()[0].removeprefix("## ").strip(): c.rstrip() + "\n" for c in found}
+
+
+def _in_tmp(measure: Callable[[Path], list[dict[str, object]]]) -> list[dict[str, object]]:
     """Run one measurement in a fresh temporary folder, with its own MLflow store."""
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         os.environ["MLFLOW_TRACKING_URI"] = uri
         mlflow.set_tracking_uri(uri)
-        return measure(Path(tmp), *args)
+        return measure(Path(tmp))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

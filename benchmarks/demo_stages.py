@@ -14,17 +14,22 @@ from pipelines.config import Profile, load_spec
 from pipelines.tracking import stage_run
 
 
-def measure(root: Path) -> list[dict[str, object]]:
-    """One row per stage, in the order `podium run` chains them, plus the total."""
-    spec = load_spec("f1_podium")
-    profile = Profile.model_validate(
+def bench_profile(root: Path) -> Profile:
+    """A profile of its own under `root`: DuckDB file, journal studies, SQLite MLflow store."""
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'demo.db'}")
+    return Profile.model_validate(
         {
             "name": "bench",
             "warehouse": {"backend": "duckdb", "path": root / "demo.duckdb"},
             "optuna_storage": str(root / "demo.journal"),
         }
     )
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'demo.db'}")
+
+
+def measure(root: Path) -> list[dict[str, object]]:
+    """One row per stage, in the order `podium run` chains them, plus the total."""
+    spec = load_spec("f1_podium")
+    profile = bench_profile(root)
     stages: dict[str, Callable[[], Any]] = {
         "ingest": lambda: ingest.main(profile, spec),
         "features": lambda: features.main(profile, spec),

@@ -178,17 +178,22 @@ def tune(
         str, typer.Option("--family", "-f", help="One model family, or all of the spec's.")
     ] = "all",
     n_trials: Annotated[
-        int, typer.Option("--n-trials", "-n", min=0, help="Trials to add per family (0: the spec's).")
+        int, typer.Option("--n-trials", "-n", min=0, help="At most this many new trials per family.")
     ] = 0,
-    timeout: Annotated[float, typer.Option(min=0, help="Seconds per family (0: the spec's).")] = 0,
+    seconds: Annotated[
+        float, typer.Option("--seconds", "--timeout", min=0, help="Seconds for the whole stage.")
+    ] = 0,
     n_jobs: Annotated[
-        int, typer.Option("--n-jobs", "-j", min=1, help="Parallel trials in this process.")
-    ] = 1,
+        int, typer.Option("--n-jobs", "-j", min=0, help="Cores for cross-validation (0: all).")
+    ] = 0,
     storage: StorageOption = "",
 ) -> None:
-    """Score the baselines, then run or resume one Optuna study per model family.
+    """Score the baselines, then spend the tuning budget on one Optuna study per model family.
 
-    Trains on the training window only (the holdout is never read), with time-ordered CV.
+    Trains on the training window only (the holdout is never read), with time-ordered CV whose
+    folds run on every core. The budget (the spec's tuning.budget; --seconds and --n-trials set
+    this call's own instead) is spent by successive halving: a round for every family, then more time for the
+    better half, until one is left; a trial that would overrun stops at a fold boundary (pruned).
     Each family's study is `<spec>-<family>`; every trial is a child run under the family's
     parent run. Rerunning resumes each study: trial numbers continue. Several processes,
     on one machine or many, may share a study through a shared storage (e.g. PostgreSQL).
@@ -196,14 +201,16 @@ def tune(
 
     [bold]Examples[/]
       podium tune
-          every family of the spec
+          every family of the spec, within the spec's budget
       podium tune --family xgboost --n-trials 50
-          fifty more xgboost trials
-      podium tune -j 2 --storage postgresql://u@host/optuna
-          a worker on a shared study
+          fifty more xgboost trials, however long they take
+      podium tune --seconds 600
+          ten minutes over every family
+      podium tune -j 1 --storage postgresql://u@host/optuna
+          a one-core worker on a shared study
     """
     loaded = _load(profile, spec)
-    display.show(tune_stage.main(*loaded, family, n_trials or None, timeout or None, n_jobs, storage or None))
+    display.show(tune_stage.main(*loaded, family, n_trials or None, seconds or None, n_jobs, storage or None))
 
 
 @command

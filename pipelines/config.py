@@ -150,14 +150,27 @@ class BaselineConfig(Strict):
     column: Identifier
 
 
+class TuningBudget(Strict):
+    """What one `podium tune` call spends: wall-clock seconds for the whole stage, a trial cap, or both."""
+
+    seconds: float | None = Field(None, gt=0, description="the whole stage, spread over families by halving")
+    trials: int | None = Field(None, ge=1, description="at most this many new trials per family")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> TuningBudget:
+        if self.seconds is None and self.trials is None:
+            raise ValueError("set seconds, trials or both: a budget without either never ends")
+        return self
+
+
 class TuningConfig(Strict):
-    """Optuna search: which families, how many trials, how long, which seed."""
+    """Optuna search: which families, what budget, which seed."""
 
     search_space: Path
     families: list[str] = Field(min_length=1)
-    n_trials: int = Field(20, ge=1)
-    timeout: float | None = Field(None, gt=0, description="seconds per family study")
+    budget: TuningBudget = TuningBudget(trials=20)
     seed: int = 42
+    sampler_startup_trials: int = Field(5, ge=1, description="random trials before TPE models the space")
     pruner_startup_trials: int = Field(5, ge=0)
 
 

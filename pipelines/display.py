@@ -46,13 +46,15 @@ def _(result: FeaturesResult) -> None:
 def _(result: TuneResult) -> None:
     table = Table(title="Leaderboard (lower log loss is better)", title_justify="left")
     table.add_column("family", no_wrap=True, min_width=18)
-    for name in ("complete", "pruned", "failed", "CV log loss", "CV AUC", "seconds"):
+    for name in ("complete", "pruned", "failed", "CV log loss", "CV AUC", "seconds", "rounds"):
         table.add_column(name, justify="right")
     for s in sorted(result.leaderboard, key=lambda s: s.cv_log_loss):
         counts = (str(s.complete), str(s.pruned), str(s.failed))
-        figures = (f"{s.cv_log_loss:.4f}", f"{s.cv_auc:.4f}", f"{s.seconds:.1f}")
+        figures = (f"{s.cv_log_loss:.4f}", f"{s.cv_auc:.4f}", f"{s.seconds:.1f}", str(s.rounds))
         table.add_row(s.name, *counts, *figures, style="dim" if s.name.startswith("baseline") else "")
     out.print(table)
+    budget = f" of a {result.budget_seconds:g} s budget" if result.budget_seconds else ""
+    out.print(f"tune took {result.seconds:.1f} s{budget}")
 
 
 @show.register

@@ -15,3 +15,7 @@ class WarehouseError(PodiumError):
 
 class DataQualityError(PodiumError):
     """A data-quality check on a built table failed."""
+
+
+class TrackingStoreError(PodiumError):
+    """The MLflow tracking store failed while runs were written; what it holds is incomplete."""

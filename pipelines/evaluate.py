@@ -3,9 +3,10 @@
 Inputs:  the spec's scoring table joined on its keys with the feature table's actual
          target (rows whose target is still NULL wait); the training window, for drift.
 Outputs: the spec's monitoring table, long format, one row per (model version, period,
-         metric): log loss, AUC, accuracy, rows, the top-k hit rate if the spec asks for
-         it, and `psi.<FEATURE>` per feature (scored rows vs the training window, period
-         `all`). Rerunning replaces the rows it recomputes.
+         metric): log loss, AUC (over the classes the period holds; NULL only if it holds
+         fewer than two), `auc_classes` (how many), accuracy, rows, the top-k hit rate if
+         the spec asks for it, and `psi.<FEATURE>` per feature (scored rows vs the training
+         window, period `all`). Rerunning replaces the rows it recomputes.
 MLflow:  the `evaluate` run: the same figures as metrics (`v<version>.<period>.<metric>`),
          `monitoring.csv`, `plots/monitoring.png`, and a warning tag per drifting feature.
 """
@@ -102,7 +103,7 @@ def load_outcomes(warehouse: Warehouse, spec: Spec) -> pd.DataFrame:
 
 
 def performance(joined: pd.DataFrame, spec: Spec, monitoring: MonitoringConfig) -> pd.DataFrame:
-    """Log loss, AUC, accuracy, rows (and the hit rate) per model version and period."""
+    """Log loss, AUC and its class count, accuracy, rows (and the hit rate) per model version and period."""
     period = pd.to_datetime(joined[spec.time]).dt.to_period(PERIODS[monitoring.period]).astype(str)
     rows = [
         {"MODEL_VERSION": version, "PERIOD": when, "METRIC": metric, "VALUE": value, "ROWS": len(group)}

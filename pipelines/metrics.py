@@ -2,6 +2,10 @@
 
 Predictions arrive as `y` (class indices 0..K-1, see `dataset.encode_target`) and `proba`
 (one column per class, in the spec's class order).
+
+A fold, holdout or period may lack a class: AUC (one-vs-rest, macro) and the per-class figures
+cover the classes present in `y`, and `auc_classes` counts them. Only when fewer than two
+classes occur is AUC undefined (NaN); `undefined` words that for a comparison.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import (
     accuracy_score,
-    balanced_accuracy_score,
     log_loss,
     precision_recall_fscore_support,
     roc_auc_score,
@@ -22,30 +25,32 @@ PSI_FLOOR = 1e-4  # an empty bin's share, so that PSI stays finite
 
 
 def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """Multi-class log loss, macro one-vs-rest AUC and balanced accuracy."""
+    """Multi-class log loss, macro AUC over the classes present (and their count), balanced accuracy."""
     return {
         "log_loss": multi_log_loss(y, proba),
         "auc": macro_auc(y, proba),
-        "balanced_accuracy": float(balanced_accuracy_score(y, proba.argmax(axis=1))),
+        "auc_classes": float(len(auc_classes(y))),
+        "balanced_accuracy": balanced_accuracy(y, proba.argmax(axis=1)),
     }
 
 
 def per_class_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
-    """Precision and recall of each class, named `precision_<class>` and `recall_<class>`."""
-    labels = np.arange(len(classes))
+    """Precision and recall (`precision_<class>`, `recall_<class>`) of each class present in `y`."""
+    labels = np.unique(y)
     precision, recall, _, _ = precision_recall_fscore_support(
         y, proba.argmax(axis=1), labels=labels, zero_division=0
     )
-    out = {f"precision_{c}": float(p) for c, p in zip(classes, precision, strict=True)}
-    return out | {f"recall_{c}": float(r) for c, r in zip(classes, recall, strict=True)}
+    names = [classes[k] for k in labels]
+    out = {f"precision_{c}": float(p) for c, p in zip(names, precision, strict=True)}
+    return out | {f"recall_{c}": float(r) for c, r in zip(names, recall, strict=True)}
 
 
 def period_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """A monitoring period's figures: log loss, macro AUC (NaN unless every class occurs), accuracy, rows."""
-    every_class = len(np.unique(y)) == proba.shape[1]
+    """A monitoring period's figures: log loss, AUC and its class count, accuracy, rows."""
     return {
         "log_loss": multi_log_loss(y, proba),
-        "auc": macro_auc(y, proba) if every_class else float("nan"),
+        "auc": macro_auc(y, proba),
+        "auc_classes": float(len(auc_classes(y))),
         "accuracy": float(accuracy_score(y, proba.argmax(axis=1))),
         "rows": float(len(y)),
     }
@@ -56,10 +61,32 @@ def multi_log_loss(y: np.ndarray, proba: np.ndarray) -> float:
     return float(log_loss(y, proba, labels=np.arange(proba.shape[1])))
 
 
+def balanced_accuracy(y: np.ndarray, predicted: np.ndarray) -> float:
+    """Mean recall over the classes present in `y` (as sklearn's, without its absent-class warning)."""
+    return float(np.mean([np.mean(predicted[y == k] == k) for k in np.unique(y)]))
+
+
+def auc_classes(y: np.ndarray) -> np.ndarray:
+    """The classes a one-vs-rest AUC is defined for: those present in `y`, if at least two are."""
+    present = np.unique(y)
+    return present if len(present) >= 2 else present[:0]
+
+
 def macro_auc(y: np.ndarray, proba: np.ndarray) -> float:
-    """Macro one-vs-rest AUC over every class of `proba`."""
-    labels = np.arange(proba.shape[1])
-    return float(roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=labels))
+    """Macro one-vs-rest AUC over the classes present in `y`; NaN (undefined) if fewer than two are."""
+    used = auc_classes(y)
+    if not len(used):
+        return float("nan")
+    return float(np.mean([roc_auc_score(y == k, proba[:, k]) for k in used]))
+
+
+def undefined(metric: str, where: str, values: dict[str, float | None]) -> str | None:
+    """Why `values` (by side) cannot be compared on `metric`: the sides where it is NaN; None if none is."""
+    sides = [side for side, value in values.items() if value is not None and np.isnan(value)]
+    if not sides:
+        return None
+    cause = " (fewer than two classes present)" if metric == "auc" else ""
+    return f"{metric} is undefined {where} for the {' and the '.join(sides)}{cause}: cannot compare"
 
 
 def improvement(metric: str, candidate: float, incumbent: float) -> float:

@@ -1,8 +1,9 @@
 """Model families: an estimator factory per family, and search spaces read from YAML.
 
-Every family is an sklearn Pipeline: a ColumnTransformer (impute; one-hot categoricals
-with unknown values ignored; scale numerics where the estimator needs it) and then the
-estimator. A new family is one factory here plus one entry in the search-space file.
+Every family is an sklearn Pipeline: a ColumnTransformer (impute; categoricals one-hot
+encoded with unknown values ignored, or for trees one ordinal column each, unknown values
+coded -1; scale numerics where the estimator needs it) and then the estimator. A new
+family is one factory here plus one entry in the search-space file.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 from xgboost import XGBClassifier
@@ -32,19 +33,25 @@ from pipelines.errors import ConfigError
 
 Factory = Callable[[dict[str, Any], int], BaseEstimator]
 
+CALIBRATION = "calibration"  # a search parameter of any family: none, sigmoid or isotonic
+CALIBRATION_FOLDS = 3
+
 FACTORIES: dict[str, Factory] = {
     "logreg": lambda p, seed: LogisticRegression(max_iter=2000, random_state=seed, **p),
     "knn": lambda p, seed: KNeighborsClassifier(**p),
     "svc": lambda p, seed: CalibratedClassifierCV(
-        SVC(random_state=seed, **p), method="sigmoid", ensemble=False
+        SVC(random_state=seed, **p), method="sigmoid", ensemble=False, cv=CALIBRATION_FOLDS
     ),
     "decision_tree": lambda p, seed: DecisionTreeClassifier(random_state=seed, **p),
     "random_forest": lambda p, seed: RandomForestClassifier(random_state=seed, n_jobs=1, **p),
+    "extra_trees": lambda p, seed: ExtraTreesClassifier(random_state=seed, n_jobs=1, **p),
+    "hist_gb": lambda p, seed: HistGradientBoostingClassifier(random_state=seed, early_stopping=False, **p),
     "xgboost": lambda p, seed: XGBClassifier(
         random_state=seed, n_jobs=1, tree_method="hist", objective="multi:softprob", **p
     ),
 }
 SCALED = frozenset({"logreg", "knn", "svc"})  # distance- or margin-based: scale numerics
+TREES = frozenset({"decision_tree", "random_forest", "extra_trees", "hist_gb", "xgboost"})  # split on codes
 
 
 class _Param(BaseModel):
@@ -134,10 +141,12 @@ def make_estimator(family: str, params: dict[str, Any], schema: FeatureSchema, s
     numeric_steps = [SimpleImputer(strategy="median", add_indicator=True)]
     if family in SCALED:
         numeric_steps.append(StandardScaler())
-    categorical_steps = make_pipeline(
-        SimpleImputer(strategy="constant", fill_value="(missing)"),
-        OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+    encoder = (
+        OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)
+        if family in TREES
+        else OneHotEncoder(handle_unknown="ignore", sparse_output=False)
     )
+    categorical_steps = make_pipeline(SimpleImputer(strategy="constant", fill_value="(missing)"), encoder)
     prep = ColumnTransformer(
         [
             ("numeric", make_pipeline(*numeric_steps), schema.numeric),
@@ -145,4 +154,18 @@ def make_estimator(family: str, params: dict[str, Any], schema: FeatureSchema, s
         ],
         remainder="drop",
     )
-    return Pipeline([("prep", prep), ("model", FACTORIES[family](params, seed))])
+    return Pipeline([("prep", prep), ("model", _model(family, params, seed))])
+
+
+def _model(family: str, params: dict[str, Any], seed: int) -> BaseEstimator:
+    """The family's estimator; with `calibration` other than none, calibrated by internal CV.
+
+    Calibration fits the estimator on each of `CALIBRATION_FOLDS` parts of the training rows it
+    is given (a CV fold's, or the whole window at train time), never on the rows it is scored on.
+    """
+    params = dict(params)
+    method = params.pop(CALIBRATION, "none")
+    estimator = FACTORIES[family](params, seed)
+    if method == "none":
+        return estimator
+    return CalibratedClassifierCV(estimator, method=method, cv=CALIBRATION_FOLDS)

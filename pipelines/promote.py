@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -37,7 +38,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import dataset, registry
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
-from pipelines.metrics import classification_metrics, improvement
+from pipelines.metrics import classification_metrics, improvement, undefined
 from pipelines.registry import CHAMPION, STAGES, Target
 from pipelines.tracking import configure, stage_run
 from pipelines.warehouse import Warehouse, connect
@@ -234,14 +235,18 @@ def _gate(
     policy = spec.promotion
     _check_promotable(candidate)
     decision.candidate_value, decision.incumbent_value = _compare(warehouse, spec, candidate, holder)
-    for check in policy.checks:
-        decision.checks[check] = CHECKS[check](warehouse, spec, candidate)
-    failed = [name for name, passed in decision.checks.items() if not passed]
+    failures = {name: CHECKS[name](warehouse, spec, candidate) for name in policy.checks}
+    decision.checks = {name: failure is None for name, failure in failures.items()}
+    failed = [f"{name} ({failure})" for name, failure in failures.items() if failure]
     if failed:
         decision.reason = f"failed checks: {', '.join(failed)}"
         return
     if decision.incumbent_value is None:
         decision.decision, decision.reason = "promoted", f"first holder of {decision.target}; checks passed"
+        return
+    sides = {"challenger": decision.candidate_value, f"holder v{holder.version}": decision.incumbent_value}
+    if cannot := undefined(policy.metric, "on the holdout", sides):
+        decision.reason = cannot
         return
     gain = improvement(policy.metric, decision.candidate_value, decision.incumbent_value)
     verdict = "promoted" if gain >= policy.min_improvement else "refused"
@@ -276,7 +281,8 @@ def _compare(
     return values[0], values[1]
 
 
-def _beats_baseline(warehouse: Warehouse, spec: Spec, candidate: ModelVersion) -> bool:
+def _beats_baseline(warehouse: Warehouse, spec: Spec, candidate: ModelVersion) -> str | None:
+    """Why the version does not beat the policy's baseline on its holdout (None when it does)."""
     policy = spec.promotion
     mine = float(candidate.tags[f"podium.holdout_{policy.metric}"])
     theirs = candidate.tags.get(f"podium.baseline.{policy.baseline}.holdout_{policy.metric}")
@@ -285,16 +291,25 @@ def _beats_baseline(warehouse: Warehouse, spec: Spec, candidate: ModelVersion) -
             f"version {candidate.version} has no holdout score for baseline {policy.baseline!r}: "
             "fix promotion.baseline (prior, or heuristic when the spec has a baseline column)."
         )
-    return improvement(policy.metric, mine, float(theirs)) > 0
+    sides = {"challenger": mine, f"baseline {policy.baseline}": float(theirs)}
+    if cannot := undefined(policy.metric, "on the holdout", sides):
+        return cannot
+    if improvement(policy.metric, mine, float(theirs)) > 0:
+        return None
+    return f"{policy.metric} {mine:.4f} vs baseline {policy.baseline} {float(theirs):.4f}"
 
 
-def _signature_matches(warehouse: Warehouse, spec: Spec, candidate: ModelVersion) -> bool:
-    """Every input the model's signature names is a column of the current feature table."""
+def _signature_matches(warehouse: Warehouse, spec: Spec, candidate: ModelVersion) -> str | None:
+    """None if every input the model's signature names is a column of the feature table; else the missing."""
     needed = [c.name for c in registry.model_inputs(spec.model_name, str(candidate.version))]
-    return set(needed) <= set(warehouse.columns(spec.table))
+    missing = sorted(set(needed) - set(warehouse.columns(spec.table)))
+    return f"{spec.table} lacks {', '.join(missing)}" if missing else None
 
 
-CHECKS = {"beats_baseline": _beats_baseline, "signature_matches": _signature_matches}
+CHECKS: dict[str, Callable[[Warehouse, Spec, ModelVersion], str | None]] = {
+    "beats_baseline": _beats_baseline,
+    "signature_matches": _signature_matches,
+}
 
 
 def _check_promotable(version: ModelVersion) -> None:

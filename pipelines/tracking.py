@@ -8,18 +8,24 @@ carries the resolved spec as `spec.json`.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
+import queue
 import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
+import urllib.request
 import warnings
-from collections import Counter
+import weakref
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -35,7 +41,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipelines.config import Profile, Spec
-from pipelines.errors import PodiumError
+from pipelines.errors import PodiumError, TrackingStoreError
 from pipelines.warehouse.base import first_line
 
 log = logging.getLogger(__name__)
@@ -60,15 +66,20 @@ STORE_ERRORS = (MlflowException, ImportError, sqlalchemy.exc.SQLAlchemyError)
 
 def store_error(exc: Exception) -> PodiumError:
     """A tracking store MLflow cannot use, as one clear error: its URI (password hidden), why, and the fix."""
-    text = " ".join(str(getattr(exc, "message", exc)).split()) or type(exc).__name__
-    refused = re.search(r"\[Errno -?\d+\][^\"')]*", text)  # a server that does not answer: say only that
-    detail = refused.group(0) if refused else text if len(text) <= 200 else text[:200].rsplit(". ", 1)[0]
     uri = hide_password(mlflow.get_tracking_uri())
     return PodiumError(
-        f"cannot use the MLflow tracking store {uri}: {detail.strip().rstrip('.')}. Fix "
+        f"cannot use the MLflow tracking store {uri}: {store_detail(exc)}. Fix "
         "MLFLOW_TRACKING_URI or "
         "the profile's tracking_uri (e.g. sqlite:///mlflow.db), or start the server it names."
     )
+
+
+def store_detail(exc: BaseException) -> str:
+    """Why a store failed, in one short clause: a refused connection's errno, else its first 200 chars."""
+    text = " ".join(str(getattr(exc, "message", exc)).split()) or type(exc).__name__
+    refused = re.search(r"\[Errno -?\d+\][^\"')]*", text)  # a server that does not answer: say only that
+    detail = refused.group(0) if refused else text if len(text) <= 200 else text[:200].rsplit(". ", 1)[0]
+    return detail.strip().rstrip(".")
 
 
 def hide_password(url: str) -> str:
@@ -109,7 +120,36 @@ def stage_run(profile: Profile, spec: Spec, stage: str) -> Iterator[mlflow.Activ
         )
         mlflow.log_dict(spec.model_dump(mode="json", by_alias=True), "spec.json")
         end_stale_runs(MlflowClient(), run.info.experiment_id, f"tags.`podium.stage` = '{stage}'")
-        yield run
+        try:
+            yield run
+        except Exception as exc:
+            _end_failed(run, exc)
+            raise
+
+
+RETRIES_VARIABLE = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+
+
+def _end_failed(run: mlflow.ActiveRun, exc: Exception) -> None:
+    """End `run` FAILED if still active, keeping `exc` the error a user sees even if the store fails here too.
+
+    After a TrackingStoreError the store is known to be down, so it is tried once, without MLflow's retries.
+    """
+    active = mlflow.active_run()
+    if active is None or active.info.run_id != run.info.run_id:
+        return
+    previous = os.environ.get(RETRIES_VARIABLE)
+    if isinstance(exc, TrackingStoreError):
+        os.environ[RETRIES_VARIABLE] = "0"
+    try:
+        mlflow.end_run("FAILED")
+    except STORE_ERRORS as failed:
+        log.debug("could not end the run FAILED after %s: %s", type(exc).__name__, first_line(failed))
+    finally:
+        if previous is None:
+            os.environ.pop(RETRIES_VARIABLE, None)
+        else:
+            os.environ[RETRIES_VARIABLE] = previous
 
 
 # --- runs and trials left RUNNING by a killed process ----------------------------------
@@ -205,11 +245,13 @@ STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optu
 
 
 class StudyBridge:
-    """One parent run per family study, one nested child run per trial.
+    """One parent run per family study, one nested child run per trial, written off the trial's path.
 
-    Each trial costs three tracking calls: create the child run, one `log_batch` with its
-    params, metrics and tags, and its end status. Parents are shared: every process that
-    works on a study logs under the same parent (the earliest created), so resumed and
+    `log_trial` queues the trial's run and returns at once; a writer thread writes it in three tracking
+    calls (create the run, one `log_batch` with its params, metrics and tags, its end status). `finish`
+    waits for the queue, reports a store that failed as one error naming the trials whose runs are
+    missing, and writes the runs that trials of ended processes lack, from the study. Parents are shared:
+    every process that works on a study logs under the same parent (the earliest created), so resumed and
     parallel workers add children to one tree. No autolog, no model per trial.
     """
 
@@ -225,6 +267,8 @@ class StudyBridge:
     ) -> None:
         self.client, self.experiment_id, self.parent_id = client, experiment_id, parent_id
         self.study_name, self.family, self.tags, self.storage = study_name, family, tags, storage
+        self._writer: RunWriter | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def open(
@@ -264,34 +308,40 @@ class StudyBridge:
 
     def log_trial(
         self,
-        trial: optuna.Trial,
+        trial: optuna.Trial | optuna.trial.FrozenTrial,
         state: str,
         params: dict[str, Any],
         metrics: dict[str, float],
         error: str | None = None,
     ) -> None:
-        """Record one finished trial as a child run whose status mirrors Optuna's state."""
-        started = trial.datetime_start or datetime.now()
-        tags = self.tags | {
-            MLFLOW_PARENT_RUN_ID: self.parent_id,
-            "podium.family": self.family,
-            "podium.study": self.study_name,
-            "podium.trial": str(trial.number),
-            "podium.state": state,
-        }
-        if state == "PRUNED":
-            tags["podium.pruned"] = "true"
-        if error:
-            tags["podium.error"] = error[:4000]
-        name = f"{self.family}-{trial.number:04d}"
-        log_run(self.client, self.experiment_id, name, tags, metrics, params, STATUS[state], started)
+        """Queue one finished trial's child run (its status mirrors Optuna's state); returns at once."""
+        self._queue(self._record(trial, state, params, metrics, error))
+
+    def flush(self) -> None:
+        """Wait until every run queued so far is written; stop the writer (the next `log_trial` starts one).
+
+        After a store failure, the runs not written are tried once more if the store answers now; those still
+        missing are one TrackingStoreError naming their trials.
+        """
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        missing, error = writer.close(), writer.error
+        if missing and store_answers(self.client.tracking_uri):
+            missing, error = write_all(self.client, self.experiment_id, missing)
+        if missing:
+            raise self._failed(error, sorted({r.trial for r in missing if r.trial is not None}))
 
     def finish(self, study: optuna.Study) -> None:
-        """Put the study's best value and params, trial counts and plots on the parent run.
+        """Write every queued run and the runs trials lack, then put the study's summary on the parent run.
 
-        Best params are tags (`best.<name>`), not params: a resumed study may find a new best.
+        The summary is its best value and params, trial counts and plots. Best params are tags
+        (`best.<name>`), not params: a resumed study may find a new best.
         """
+        self.flush()
         self._settle()
+        self.mend(study)
         counts = trial_counts(study)
         metrics = {f"trials.{state.name.lower()}": float(counts[state.name]) for state in STATES}
         tags: dict[str, str] = {}
@@ -308,6 +358,87 @@ class StudyBridge:
         )
         self.client.set_terminated(self.parent_id, status="FINISHED")
 
+    def mend(self, study: optuna.Study) -> list[int]:
+        """Write the child runs finished trials lack, from the study; end those left RUNNING. Their numbers.
+
+        Only trials of this process (its queue is flushed) or of processes that ended are mended: a live
+        worker's runs may still wait in its own queue. A killed worker or a failed store leaves such gaps.
+        """
+        children: dict[str, list[Any]] = defaultdict(list)
+        for run in self._children():
+            children[run.data.tags.get("podium.trial", "")].append(run)
+        mended = []
+        for trial in _unattended_trials(study):
+            status, runs = STATUS[trial.state.name], children.get(str(trial.number), [])
+            ended = trial.datetime_complete or datetime.now()
+            for run in runs:
+                if run.info.status == "RUNNING":  # its writer was killed before it ended the run
+                    self.client.set_terminated(run.info.run_id, status=status, end_time=_ms(ended))
+                    mended.append(trial.number)
+            if not runs:
+                record = self._record(
+                    trial, trial.state.name, trial.params, _kept_metrics(trial), ended=ended
+                )
+                record.tags["podium.mended"] = "written from the Optuna study: the trial's run was missing"
+                self._queue(record)
+                mended.append(trial.number)
+        self.flush()
+        if mended:
+            log.info("%s: wrote the missing MLflow runs of trials %s", self.study_name, number_ranges(mended))
+        return mended
+
+    def _record(
+        self,
+        trial: optuna.Trial | optuna.trial.FrozenTrial,
+        state: str,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        error: str | None = None,
+        ended: datetime | None = None,
+    ) -> RunRecord:
+        """The child run of one trial, ready to write."""
+        tags = self.tags | {
+            MLFLOW_PARENT_RUN_ID: self.parent_id,
+            "podium.family": self.family,
+            "podium.study": self.study_name,
+            "podium.trial": str(trial.number),
+            "podium.state": state,
+        }
+        if state == "PRUNED":
+            tags["podium.pruned"] = "true"
+        if error:
+            tags["podium.error"] = error[:4000]
+        name, started = f"{self.family}-{trial.number:04d}", trial.datetime_start or datetime.now()
+        status, start_ms, end_ms = STATUS[state], _ms(started), _ms(ended or datetime.now())
+        return RunRecord(name, tags, dict(metrics), dict(params), status, start_ms, end_ms, trial.number)
+
+    def _queue(self, record: RunRecord) -> None:
+        """Hand a run to this bridge's writer thread, starting one if none runs."""
+        with self._lock:
+            if self._writer is None:
+                self._writer = RunWriter(self.client, self.experiment_id)
+            self._writer.put(record)
+
+    def _failed(self, error: BaseException | None, trials: list[int]) -> TrackingStoreError:
+        """One error: the failed store, the study kept intact, the trials whose runs are missing, the fix."""
+        uri = hide_password(self.client.tracking_uri)
+        return TrackingStoreError(
+            f"the MLflow tracking store {uri} failed while study {self.study_name} ran "
+            f"({store_detail(error or TimeoutError())}): every trial is intact in the Optuna study, but the "
+            f"MLflow runs of trials {number_ranges(trials)} are missing. Start the tracking server or fix "
+            "MLFLOW_TRACKING_URI (or the profile's tracking_uri), then rerun the same `podium tune` command "
+            f"(e.g. `podium tune --family {self.family}`): the study resumes, and the rerun writes the "
+            "missing runs from the trials the study kept."
+        )
+
+    def _children(self) -> list[Any]:
+        """The child runs under this bridge's parent run."""
+        return self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_id}'",
+            max_results=50000,
+        )
+
     def _settle(self) -> None:
         """If a concurrent worker's parent run is the earlier one, move this worker's children there.
 
@@ -317,15 +448,207 @@ class StudyBridge:
         earliest = _parent_runs(self.client, self.experiment_id, self.study_name, self.storage)[0]
         if earliest == self.parent_id:
             return
-        mine = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_id}'",
-            max_results=50000,
-        )
-        for child in mine:
+        for child in self._children():
             self.client.set_tag(child.info.run_id, MLFLOW_PARENT_RUN_ID, earliest)
         self.client.delete_run(self.parent_id)
         self.parent_id = earliest
+
+
+def _unattended_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Finished trials run by this process or by one that has ended: no live writer holds their runs."""
+    me, ended = process_id(), {}
+    found = []
+    for trial in study.get_trials(deepcopy=False, states=STATES):
+        owner = trial.user_attrs.get(PROCESS_TAG)
+        if owner not in ended:
+            ended[owner] = owner == me or process_gone(owner)
+        if ended[owner]:
+            found.append(trial)
+    return found
+
+
+def _kept_metrics(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
+    """The CV means a trial keeps in Optuna (`cv_<metric>`), for a run written from the study."""
+    return {f"cv_{k}": float(v) for k, v in trial.user_attrs.get("metrics", {}).items()}
+
+
+def number_ranges(numbers: list[int]) -> str:
+    """Trial numbers, runs of consecutive ones shortened: [1, 3, 4, 5, 9] -> "1, 3-5, 9"."""
+    spans: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+# --- the background writer of trial runs -----------------------------------------------
+
+WRITER_THREAD = "podium-run-writer"
+
+
+@dataclass
+class RunRecord:
+    """One finished run to write, and how far writing it got (a write cut short resumes there)."""
+
+    name: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    params: dict[str, Any]
+    status: str
+    start_ms: int
+    end_ms: int
+    trial: int | None = None
+    run_id: str | None = None  # set once the run exists
+    batched: bool = False  # its log_batch went through
+
+
+def write_run(client: MlflowClient, experiment_id: str, record: RunRecord) -> str:
+    """Create the run, one `log_batch` with its metrics, params and tags, then end it with its status."""
+    if record.run_id is None:
+        created = client.create_run(
+            experiment_id, start_time=record.start_ms, tags={MLFLOW_RUN_NAME: record.name}
+        )
+        record.run_id = created.info.run_id
+    if not record.batched:
+        client.log_batch(
+            record.run_id,
+            metrics=[Metric(k, float(v), record.end_ms, 0) for k, v in record.metrics.items()],
+            params=[Param(k, str(v)) for k, v in record.params.items()],
+            tags=[RunTag(k, v) for k, v in record.tags.items()],
+        )
+        record.batched = True
+    client.set_terminated(record.run_id, status=record.status, end_time=record.end_ms)
+    return record.run_id
+
+
+def write_all(
+    client: MlflowClient, experiment_id: str, records: list[RunRecord]
+) -> tuple[list[RunRecord], Exception | None]:
+    """Write `records` in order until one fails: (those not written, the failure)."""
+    for i, record in enumerate(records):
+        try:
+            write_run(client, experiment_id, record)
+        except Exception as exc:  # noqa: BLE001 - whatever stops the store, the rest are reported
+            return records[i:], exc
+    return [], None
+
+
+# A run is written this long after its trial ended: by then the next trial has been sampled and is
+# fitting, so the writes (and their fsyncs) do not compete with the bookkeeping between two trials.
+WRITE_DELAY = 0.03
+
+
+class RunWriter:
+    """A daemon thread that writes queued runs in order, each `delay` s after it was queued.
+
+    Once the store fails it stops trying (MLflow has already retried that call): every later run is kept
+    as missing, for the flush to report once. Nothing is dropped. Closing writes what is left at once.
+    """
+
+    def __init__(self, client: MlflowClient, experiment_id: str, delay: float = WRITE_DELAY) -> None:
+        self.client, self.experiment_id, self.delay = client, experiment_id, delay
+        self.error: Exception | None = None
+        self.missing: list[RunRecord] = []
+        self._queue: queue.SimpleQueue[tuple[float, RunRecord] | None] = queue.SimpleQueue()
+        self._current: RunRecord | None = None
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._drain, name=WRITER_THREAD, daemon=True)
+        _on_first_writer()
+        _OPEN_WRITERS.add(self)
+        self._thread.start()
+
+    def put(self, record: RunRecord) -> None:
+        self._queue.put((time.monotonic(), record))
+
+    def stop(self) -> None:
+        """Ask the thread to write what is queued at once, then end."""
+        if not self._closing.is_set():
+            self._closing.set()
+            self._queue.put(None)
+
+    def close(self, timeout: float | None = None) -> list[RunRecord]:
+        """Write what is queued, stop; the runs not written (after `timeout` s, the rest of the queue too)."""
+        self.stop()
+        self._thread.join(timeout)
+        _OPEN_WRITERS.discard(self)
+        if not self._thread.is_alive():
+            return self.missing
+        current = [self._current] if self._current else []
+        return [*self.missing, *current, *iter(self._take, None)]
+
+    def _take(self) -> RunRecord | None:
+        try:
+            item = self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        return item[1] if item else None
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            queued, self._current = item
+            wait = queued + self.delay - time.monotonic()
+            if wait > 0:
+                self._closing.wait(wait)  # cut short by close()
+            self._write(self._current)
+            self._current = None
+
+    def _write(self, record: RunRecord) -> None:
+        if self.error is None:
+            try:
+                write_run(self.client, self.experiment_id, record)
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure of the store: reported once, by the flush
+                log.debug("writing run %s failed: %s", record.name, exc)
+                self.error = exc
+        self.missing.append(record)
+
+
+_OPEN_WRITERS: weakref.WeakSet[RunWriter] = weakref.WeakSet()
+
+
+@lru_cache(maxsize=1)
+def _on_first_writer() -> None:
+    """Once per process: writers still open at exit get to write; urllib3 stays quiet about their retries."""
+    atexit.register(_close_at_exit)
+    logging.getLogger("urllib3.connectionpool").addFilter(_not_from_writer)
+
+
+def _not_from_writer(record: logging.LogRecord) -> bool:
+    """Drop urllib3's retry warnings logged by a writer thread: its failure is reported once, by the flush."""
+    return record.threadName != WRITER_THREAD
+
+
+def _close_at_exit(timeout: float = 10.0) -> None:
+    """Let writers left open (a stage raised before their flush) write for `timeout` s in all; warn once."""
+    writers = list(_OPEN_WRITERS)
+    for writer in writers:
+        writer.stop()
+    deadline, unwritten = time.monotonic() + timeout, defaultdict[str, list[int]](list)
+    for writer in writers:
+        for record in writer.close(max(0.0, deadline - time.monotonic())):
+            unwritten[record.tags.get("podium.study", "?")].append(record.trial or 0)
+    if unwritten:
+        log.warning(
+            "MLflow runs not written before exit (%s): rerun `podium tune` to write them from the studies",
+            "; ".join(f"{study} trials {number_ranges(trials)}" for study, trials in unwritten.items()),
+        )
+
+
+def store_answers(uri: str, timeout: float = 2.0) -> bool:
+    """Whether the store may work now: an HTTP server's /health answers (no retries); other stores: yes."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            return response.status == 200
+    except (OSError, ValueError):
+        return False
 
 
 def log_figures(figures: dict[str, Any]) -> None:
@@ -363,18 +686,12 @@ def log_run(
     status: str = "FINISHED",
     started: datetime | None = None,
 ) -> str:
-    """A finished run in three calls: create it, one `log_batch`, end it with `status`."""
-    start_ms = int((started.timestamp() if started else time.time()) * 1000)
-    run_id = client.create_run(experiment_id, start_time=start_ms, tags={MLFLOW_RUN_NAME: name}).info.run_id
+    """A finished run in three calls, written now: create it, one `log_batch`, end it with `status`."""
     now = int(time.time() * 1000)
-    client.log_batch(
-        run_id,
-        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-        params=[Param(k, str(v)) for k, v in (params or {}).items()],
-        tags=[RunTag(k, v) for k, v in tags.items()],
+    start_ms = _ms(started) if started else now
+    return write_run(
+        client, experiment_id, RunRecord(name, tags, metrics, params or {}, status, start_ms, now)
     )
-    client.set_terminated(run_id, status=status, end_time=now)
-    return run_id
 
 
 def storage_key(storage: str) -> str:

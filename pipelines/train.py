@@ -28,7 +28,7 @@ from pipelines.baselines import baselines
 from pipelines.config import Profile, Spec
 from pipelines.dataset import FeatureSchema, Window
 from pipelines.errors import PodiumError
-from pipelines.metrics import METRICS, classification_metrics, per_class_metrics
+from pipelines.metrics import METRICS, auc_classes, classification_metrics, per_class_metrics
 from pipelines.models import make_estimator
 from pipelines.progress import progress
 from pipelines.registry import CHALLENGER, Candidate, best_trials, client
@@ -77,7 +77,8 @@ def main(
     if top_k < 1:
         raise PodiumError(f"--top-k must be at least 1, got {top_k}.")
     spec.require("tuning")
-    candidates = best_trials(spec, storage or profile.optuna_storage, family)[:top_k]
+    families = best_trials(spec, storage or profile.optuna_storage, family)
+    candidates = families[:top_k]
     with connect(profile, read_only=True) as warehouse:
         schema = dataset.read_schema(warehouse, spec)
         data = Windows(
@@ -88,6 +89,10 @@ def main(
     with stage_run(profile, spec, "train"):
         lineage = _record_windows(spec, data)
         reference = _score_baselines(spec, data)
+        if warning := baseline_won_cv(families, cv_baselines(lineage["podium.data_digest"])):
+            log.warning("%s", warning)
+            mlflow.set_tag("podium.cv_warning", warning)
+            lineage["podium.cv_warning"] = warning  # on every version, and in its model card
         trained = [_train_one(spec, c, data, reference, lineage) for c in progress(candidates, "train")]
         client().set_registered_model_alias(spec.model_name, CHALLENGER, trained[0].version)
         mlflow.set_tags({"podium.model": spec.model_name, "podium.challenger": trained[0].version})
@@ -98,6 +103,37 @@ def main(
 def holdout_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
     """The shared metrics plus per-class precision and recall."""
     return classification_metrics(y, proba) | per_class_metrics(y, proba, classes)
+
+
+def cv_baselines(data_digest: str) -> dict[str, float]:
+    """Each baseline's CV log loss as tune last logged it, in this run's experiment, on this training data."""
+    runs = client().search_runs(
+        [mlflow.active_run().info.experiment_id],
+        filter_string=f"tags.`podium.role` = 'baseline' and tags.`podium.data_digest` = '{data_digest}'",
+        order_by=["attributes.start_time DESC"],
+    )
+    found: dict[str, float] = {}
+    for run in runs:
+        if "cv_log_loss" in run.data.metrics and "podium.baseline" in run.data.tags:
+            found.setdefault(run.data.tags["podium.baseline"], run.data.metrics["cv_log_loss"])
+    return found
+
+
+def baseline_won_cv(families: list[Candidate], baselines_cv: dict[str, float]) -> str | None:
+    """One line when a baseline's CV log loss beat every family's best trial; None otherwise."""
+    if not families or not baselines_cv:
+        return None
+    name, loss = min(baselines_cv.items(), key=lambda item: item[1])
+    if any(c.cv.get("log_loss", np.inf) <= loss for c in families):
+        return None
+    best = "; ".join(
+        f"{c.family} {c.cv['log_loss']:.4f} at trial {c.trial}, AUC {c.cv.get('auc', np.nan):.4f}"
+        for c in families
+    )
+    return (
+        f"baseline {name} beat every family's best trial in CV (log loss {loss:.4f} vs {best}): "
+        "the registered model is no better than that baseline; check the features and the search space"
+    )
 
 
 def pip_requirements(family: str) -> list[str]:
@@ -253,9 +289,11 @@ def model_card(
             "",
             f"**Features ({len(features)}).** {', '.join(features)}. Numeric inputs are float64.",
             "",
-            f"**Metrics.** CV log loss {candidate.cv.get('log_loss', float('nan')):.4f}.",
+            f"**Metrics.** CV log loss {candidate.cv.get('log_loss', float('nan')):.4f}. "
+            + _auc_coverage(spec.classes, data.holdout.y),
             "",
             *_metrics_table(metrics, reference),
+            *(["", f"**Warning.** {tags['podium.cv_warning']}."] if "podium.cv_warning" in tags else []),
             "",
             f"**Lineage.** run `{tags['podium.run_id']}`, data digest `{tags['podium.data_digest']}`, "
             f"holdout digest `{tags['podium.holdout_digest']}`, git `{tags['podium.git_sha']}`.",
@@ -268,7 +306,28 @@ def _metrics_table(metrics: dict[str, float], reference: dict[str, dict[str, flo
     header = "| metric | this model | " + " | ".join(f"baseline: {n}" for n in reference) + " |"
     rule = "|---" * (2 + len(reference)) + "|"
     rows = [
-        f"| holdout {k} | {metrics[k]:.4f} | " + " | ".join(f"{m[k]:.4f}" for m in reference.values()) + " |"
+        f"| holdout {k} | {_figure(metrics[k])} | "
+        + " | ".join(_figure(m[k]) for m in reference.values())
+        + " |"
         for k in METRICS
     ]
     return [header, rule, *rows]
+
+
+def _auc_coverage(classes: list[str], y: np.ndarray) -> str:
+    """Which classes the holdout AUC covers: every one, those present, or too few to define it."""
+    used = auc_classes(y)
+    if not len(used):
+        return "Holdout AUC is undefined: fewer than two classes occur in the holdout."
+    absent = [c for k, c in enumerate(classes) if k not in used]
+    if not absent:
+        return f"Holdout AUC is macro one-vs-rest over all {len(classes)} classes."
+    return (
+        f"Holdout AUC and per-class figures cover the {len(used)} of {len(classes)} classes present in the "
+        f"holdout ({', '.join(absent)} never occurs there)."
+    )
+
+
+def _figure(value: float) -> str:
+    """A card figure: four decimals, or `undefined` for NaN."""
+    return "undefined" if np.isnan(value) else f"{value:.4f}"

@@ -3,7 +3,8 @@
 Inputs:  the spec's feature table, rows with train_start <= time < holdout_start only (the
          holdout is excluded by the query and asserted absent); the spec's search spaces.
 Outputs: one resumable Optuna study per (spec, family), named `<spec>-<family>`, in the
-         profile's storage (or `--storage`).
+         profile's storage (or `--storage`), searched within the spec's `tuning.budget` by
+         successive halving over the families, each trial's folds on every core.
 MLflow:  under the `tune` run (or the run `mlflow run` created): a run per baseline, a
          parent run per family study with a child run per trial (FINISHED / KILLED if
          pruned / FAILED), `leaderboard.csv`, `splits.json`, `spec.json`, and the
@@ -13,6 +14,7 @@ MLflow:  under the `tune` run (or the run `mlflow run` created): a run per basel
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,14 +25,15 @@ import optuna
 import pandas as pd
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator
 
 from pipelines import dataset, plots
 from pipelines.baselines import baselines
-from pipelines.config import Profile, Spec, TuningConfig
+from pipelines.config import Profile, Spec, TuningBudget, TuningConfig
+from pipelines.crossval import FoldRunner, available_cores, fold_order
 from pipelines.dataset import FeatureSchema, Window
 from pipelines.errors import ConfigError, PodiumError
-from pipelines.metrics import METRICS, classification_metrics
+from pipelines.metrics import METRICS
 from pipelines.models import FACTORIES, make_estimator, read_spaces, suggest
 from pipelines.progress import counter
 from pipelines.registry import study_name
@@ -61,6 +64,11 @@ class TrainingData:
     folds: list[Fold]
     schema: FeatureSchema
 
+    @property
+    def order(self) -> list[int]:
+        """Fold indices in the order cross-validation reports them."""
+        return [f.index for f in fold_order(self.folds)]
+
 
 @dataclass(frozen=True)
 class Standing:
@@ -73,20 +81,40 @@ class Standing:
     cv_log_loss: float
     cv_auc: float
     seconds: float
+    rounds: int = 1
 
 
 @dataclass(frozen=True)
 class TuneResult:
     leaderboard: list[Standing]
+    budget_seconds: float | None = None
+    seconds: float = 0.0
 
 
-@dataclass(frozen=True)
-class Budget:
-    """How much one call spends per family: trials, seconds and parallel trials."""
+@dataclass
+class Search:
+    """One family's study, as the stage spends its budget on it round after round."""
 
-    n_trials: int
-    timeout: float | None
-    n_jobs: int
+    family: str
+    study: optuna.Study
+    bridge: StudyBridge
+    space: dict
+    added: int = 0  # trials this call ran
+    seconds: float = 0.0
+    rounds: int = 0
+    standing: Standing | None = None  # set when closed
+
+    def close(self) -> Standing:
+        """Close the family's parent run (once) and return its leaderboard row."""
+        if self.standing is None:
+            self.bridge.finish(self.study)
+            self.standing = _standing(self)
+        return self.standing
+
+    def best(self) -> float:
+        """The study's best CV log loss so far (infinite before its first complete trial)."""
+        complete = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        return min((t.value for t in complete if t.value is not None), default=math.inf)
 
 
 def main(
@@ -94,36 +122,44 @@ def main(
     spec: Spec,
     family: str = "all",
     n_trials: int | None = None,
-    timeout: float | None = None,
-    n_jobs: int = 1,
+    seconds: float | None = None,
+    n_jobs: int = 0,
     storage: str | None = None,
 ) -> TuneResult:
-    """Score the baselines, then run (or resume) one study per family."""
+    """Score the baselines, then spend the stage's budget on one study per family (run or resumed).
+
+    `n_trials` caps new trials per family and `seconds` bounds the whole stage (either replaces
+    the spec's budget); `n_jobs` is the cores cross-validation uses (0: all of them).
+    """
+    started = time.monotonic()
     tuning: TuningConfig = spec.require("tuning")
     families = resolve_families(tuning, family)
-    spaces = read_spaces(tuning.search_space)
-    missing = [f for f in families if f not in spaces]
-    if missing:
-        raise ConfigError(f"{tuning.search_space} has no search space for {missing}: add one per family.")
+    spaces = _spaces(tuning, families)
+    budget = _budget(tuning, n_trials, seconds)
     with connect(profile, read_only=True) as warehouse:
         data = load_training_data(warehouse, spec)
-    budget = Budget(n_trials or tuning.n_trials, timeout or tuning.timeout, n_jobs)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with stage_run(profile, spec, "tune") as top:
-        tags = _record_context(spec, data, top.info.run_id)
-        column = spec.baseline.column if spec.baseline else None
-        standings = [_score_baseline(name, est, data, top, tags) for name, est in baselines(column).items()]
-        for name in families:
+    window = data.window
+    with FoldRunner(window.X, window.y, data.folds, n_jobs or available_cores()) as runner:
+        with stage_run(profile, spec, "tune") as top:
+            tags = _record_context(spec, data, top.info.run_id, budget, runner.n_jobs)
+            column = spec.baseline.column if spec.baseline else None
+            standings = [
+                _score_baseline(name, est, data, runner, top, tags) for name, est in baselines(column).items()
+            ]
             where = storage or profile.optuna_storage
-            study = _open_study(study_name(spec, name), where, tuning)
-            bridge = StudyBridge.open(
-                study.study_name, name, top.info.experiment_id, top.info.run_id, tags, where
+            searches = [_open_search(spec, name, spaces[name], where, top, tags) for name in families]
+            deadline = None if budget.seconds is None else started + budget.seconds
+            run = lambda search, until: _search(
+                search, data, tuning.seed, runner, until, deadline, budget.trials
             )
-            standings.append(_search(study, bridge, name, spaces[name], data, tuning.seed, budget))
-        board = pd.DataFrame([s.__dict__ for s in standings])
-        mlflow.log_text(board.to_csv(index=False), "leaderboard.csv")
-        log_figures({"plots/leaderboard.png": plots.leaderboard_figure(board)})
-    return TuneResult(standings)
+            _spend(searches, deadline, run)
+            standings += [search.close() for search in searches]
+            board = pd.DataFrame([s.__dict__ for s in standings])
+            mlflow.log_metric("tune_seconds", time.monotonic() - started)
+            mlflow.log_text(board.to_csv(index=False), "leaderboard.csv")
+            log_figures({"plots/leaderboard.png": plots.leaderboard_figure(board)})
+    return TuneResult(standings, budget.seconds, round(time.monotonic() - started, 1))
 
 
 def resolve_families(tuning: TuningConfig, family: str) -> list[str]:
@@ -135,6 +171,22 @@ def resolve_families(tuning: TuningConfig, family: str) -> list[str]:
     return [family]
 
 
+def _spaces(tuning: TuningConfig, families: list[str]) -> dict[str, dict]:
+    """The search space of each family, all of them present."""
+    spaces = read_spaces(tuning.search_space)
+    missing = [f for f in families if f not in spaces]
+    if missing:
+        raise ConfigError(f"{tuning.search_space} has no search space for {missing}: add one per family.")
+    return spaces
+
+
+def _budget(tuning: TuningConfig, n_trials: int | None, seconds: float | None) -> TuningBudget:
+    """The spec's budget, with a trial cap or seconds given for this call replacing its own."""
+    if n_trials is None and seconds is None:
+        return tuning.budget
+    return TuningBudget(seconds=seconds, trials=n_trials)
+
+
 def load_training_data(warehouse: Warehouse, spec: Spec) -> TrainingData:
     """Read the training window (never the holdout) and cut it into season folds."""
     schema = dataset.read_schema(warehouse, spec)
@@ -142,82 +194,142 @@ def load_training_data(warehouse: Warehouse, spec: Spec) -> TrainingData:
     return TrainingData(window, season_folds(window.times, spec.cv.folds, spec.cv.gap), schema)
 
 
-def cross_validate(
-    estimator: BaseEstimator, data: TrainingData, trial: optuna.Trial | None = None
-) -> list[dict[str, float]]:
-    """Fit a fresh copy on each fold's training part, score its season; report to the pruner."""
-    X, y = data.window.X, data.window.y
-    scores: list[dict[str, float]] = []
-    for fold in data.folds:
-        model = clone(estimator).fit(X.iloc[fold.train_rows], y[fold.train_rows])
-        scores.append(
-            classification_metrics(y[fold.valid_rows], model.predict_proba(X.iloc[fold.valid_rows]))
-        )
-        if trial is not None:
-            trial.report(float(np.mean([s["log_loss"] for s in scores])), fold.index)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-    return scores
-
-
-def summarize(scores: list[dict[str, float]]) -> dict[str, float]:
-    """Per-fold metrics as `fold<i>.<metric>` plus their means as `cv_<metric>`."""
-    out = {f"fold{i}.{k}": v for i, s in enumerate(scores) for k, v in s.items()}
+def summarize(scores: list[dict[str, float]], order: list[int]) -> dict[str, float]:
+    """Per-fold metrics as `fold<i>.<metric>` (i: the fold's index) plus their means as `cv_<metric>`."""
+    out = {f"fold{i}.{k}": v for i, s in zip(order, scores, strict=False) for k, v in s.items()}
     if len(scores):
         out |= {f"cv_{k}": float(np.mean([s[k] for s in scores])) for k in METRICS}
     return out
 
 
+def halving_rounds(families: int) -> int:
+    """Rounds of successive halving that take `families` down to one: ceil(log2 n) + 1."""
+    return math.ceil(math.log2(families)) + 1 if families > 1 else 1
+
+
+def _spend(
+    searches: list[Search], deadline: float | None, run: Callable[[Search, float | None], None]
+) -> None:
+    """Successive halving over families until `deadline` (a `time.monotonic()`), each round the same time.
+
+    Each round shares its time among the families still in contention; after it, the better
+    half by best CV log loss goes on. A family's first trial may run to the stage's deadline,
+    so a slow family is judged on one complete trial. Without seconds, each family runs once.
+    """
+    if deadline is None:
+        for search in searches:
+            run(search, None)
+        return
+    alive = list(searches)
+    total = halving_rounds(len(alive))
+    for r in range(total):
+        left = deadline - time.monotonic()
+        log.info("round %d of %d, %.0f s left: %s", r + 1, total, left, ", ".join(s.family for s in alive))
+        round_end = time.monotonic() + left / (total - r)
+        for i, search in enumerate(alive):
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            run(search, now + (round_end - now) / (len(alive) - i))
+        ranked = sorted(alive, key=Search.best)
+        alive = ranked[: math.ceil(len(alive) / 2)]
+        for search in ranked[len(alive) :]:
+            search.close()  # within the budget: only the last survivors close after the deadline
+
+
+def _open_search(
+    spec: Spec, family: str, space: dict, storage: str, top: mlflow.ActiveRun, tags: dict
+) -> Search:
+    """The family's study (created or resumed) and its MLflow parent; stale trials failed first."""
+    tuning: TuningConfig = spec.require("tuning")
+    study = _open_study(study_name(spec, family), storage, tuning)
+    bridge = StudyBridge.open(
+        study.study_name, family, top.info.experiment_id, top.info.run_id, tags, storage
+    )
+    fail_stale_trials(study, bridge)
+    return Search(family, study, bridge, space)
+
+
 def _search(
-    study: optuna.Study,
-    bridge: StudyBridge,
-    family: str,
-    space: dict,
+    search: Search,
     data: TrainingData,
     seed: int,
-    budget: Budget,
-) -> Standing:
-    """Run trials of one family's study; each trial is logged once through the bridge."""
-    fail_stale_trials(study, bridge)
-    started = time.perf_counter()
-    with counter(f"tune {family}", budget.n_trials) as advance:
-        study.optimize(
-            _objective(bridge, family, space, data, seed),
-            n_trials=budget.n_trials,
-            timeout=budget.timeout,
-            n_jobs=budget.n_jobs,
+    runner: FoldRunner,
+    until: float | None,
+    deadline: float | None,
+    cap: int | None,
+) -> None:
+    """One round of a family: trials until `until` or the trial cap; each logged once through the bridge.
+
+    A trial still running at `until` stops at its next fold boundary (pruned), except a family's
+    first complete trial, which may run on to the stage's `deadline`.
+    """
+    left = None if cap is None else cap - search.added
+    if left == 0:
+        return
+    stop = deadline if search.best() == math.inf else until
+    started = time.monotonic()
+    with counter(f"tune {search.family}", left) as advance:
+        search.study.optimize(
+            _objective(search, data, seed, runner, stop),
+            n_trials=left,
+            timeout=None if until is None else max(until - started, 0.001),
             catch=(Exception,),
             callbacks=[lambda *_: advance()],
         )
-    bridge.finish(study)
-    return _standing(family, study, time.perf_counter() - started)
+    search.seconds += time.monotonic() - started
+    search.rounds += 1
+    if runner.failure:
+        raise runner.failure
 
 
 def _objective(
-    bridge: StudyBridge, family: str, space: dict, data: TrainingData, seed: int
+    search: Search, data: TrainingData, seed: int, runner: FoldRunner, until: float | None
 ) -> Callable[[optuna.Trial], float]:
     """One trial: sample, cross-validate with pruning, log it once; the mean CV log loss."""
+    bridge, family = search.bridge, search.family
 
     def objective(trial: optuna.Trial) -> float:
+        search.added += 1
         trial.set_user_attr(PROCESS_TAG, process_id())
-        params = suggest(trial, space)
-        scores: list[dict[str, float]] = []
+        params = suggest(trial, search.space)
+        seen: list[dict[str, float]] = []
         started = time.perf_counter()
         try:
             estimator = make_estimator(family, params, data.schema, seed)
-            scores = cross_validate(estimator, data, trial)
+            runner.run(estimator, _fold_check(trial, len(data.folds), until, seen))
         except optuna.TrialPruned:
-            bridge.log_trial(trial, "PRUNED", params, summarize(scores) | _fit_time(started))
+            bridge.log_trial(trial, "PRUNED", params, summarize(seen, data.order) | _fit_time(started))
             raise
         except Exception as exc:
-            bridge.log_trial(trial, "FAIL", params, summarize(scores), error=f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            bridge.log_trial(trial, "FAIL", params, summarize(seen, data.order), error=error)
+            if runner.failure:
+                search.study.stop()
             raise
-        metrics = summarize(scores)
+        metrics = summarize(seen, data.order)
         trial.set_user_attr("metrics", {k: metrics[f"cv_{k}"] for k in METRICS})
         bridge.log_trial(trial, "COMPLETE", params, metrics | _fit_time(started))
         return metrics["cv_log_loss"]
 
     return objective
+
+
+def _fold_check(
+    trial: optuna.Trial, folds: int, until: float | None, seen: list[dict[str, float]]
+) -> Callable[[list[dict[str, float]]], None]:
+    """After each fold: keep its scores, report the running mean, stop if pruned or out of time."""
+
+    def check(scores: list[dict[str, float]]) -> None:
+        seen[:] = scores
+        trial.report(float(np.mean([s["log_loss"] for s in scores])), len(scores) - 1)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+        if until is not None and len(scores) < folds and time.monotonic() >= until:
+            trial.set_user_attr("stopped", "out of budget at a fold boundary")
+            raise optuna.TrialPruned()
+
+    return check
 
 
 def fail_stale_trials(study: optuna.Study, bridge: StudyBridge) -> list[int]:
@@ -239,35 +351,40 @@ def _fit_time(started: float) -> dict[str, float]:
     return {"fit_seconds": time.perf_counter() - started}
 
 
-def _standing(name: str, study: optuna.Study, seconds: float) -> Standing:
-    """A family's leaderboard row: trial counts and its best trial's CV metrics."""
-    states = trial_counts(study)
-    best = study.best_trial.user_attrs.get("metrics", {}) if states["COMPLETE"] else {}
+def _standing(search: Search) -> Standing:
+    """A family's leaderboard row: trial counts, its best trial's CV metrics, the time this call spent."""
+    states = trial_counts(search.study)
+    best = search.study.best_trial.user_attrs.get("metrics", {}) if states["COMPLETE"] else {}
     nan = float("nan")
     return Standing(
-        name,
+        search.family,
         states["COMPLETE"],
         states["PRUNED"],
         states["FAIL"],
         best.get("log_loss", nan),
         best.get("auc", nan),
-        round(seconds, 1),
+        round(search.seconds, 1),
+        search.rounds,
     )
 
 
 def _open_study(name: str, storage: str, tuning: TuningConfig) -> optuna.Study:
-    """Create or resume a study: seeded TPE, a median pruner over per-fold reports."""
+    """Create or resume a study: seeded multivariate TPE, a median pruner over per-fold reports."""
     return optuna.create_study(
         study_name=name,
         storage=open_storage(storage),
         direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=tuning.seed),
+        sampler=optuna.samplers.TPESampler(
+            seed=tuning.seed, n_startup_trials=tuning.sampler_startup_trials, multivariate=True
+        ),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=tuning.pruner_startup_trials, n_warmup_steps=1),
         load_if_exists=True,
     )
 
 
-def _record_context(spec: Spec, data: TrainingData, run_id: str) -> dict[str, str]:
+def _record_context(
+    spec: Spec, data: TrainingData, run_id: str, budget: TuningBudget, cores: int
+) -> dict[str, str]:
     """Log the training window and folds on the top run; return the tags every run carries."""
     lineage = dataset.lineage_dataset(spec, data.window, dataset.training_name(spec))
     log_dataset(lineage, context="training")
@@ -275,7 +392,8 @@ def _record_context(spec: Spec, data: TrainingData, run_id: str) -> dict[str, st
     bounds = {"train_start": str(spec.train_start), "holdout_start": str(spec.holdout_start)}
     mlflow.log_dict(bounds | {"folds": folds}, "splits.json")
     seed = spec.tuning.seed if spec.tuning else None
-    mlflow.log_params(bounds | {"cv_folds": len(folds), "seed": seed, "rows": len(data.window.X)})
+    spend = {"budget_seconds": budget.seconds, "budget_trials": budget.trials, "n_jobs": cores}
+    mlflow.log_params(bounds | spend | {"cv_folds": len(folds), "seed": seed, "rows": len(data.window.X)})
     return {
         "podium.spec": spec.name,
         "podium.data_digest": lineage.digest,
@@ -287,11 +405,16 @@ def _record_context(spec: Spec, data: TrainingData, run_id: str) -> dict[str, st
 
 
 def _score_baseline(
-    name: str, estimator: BaseEstimator, data: TrainingData, top: mlflow.ActiveRun, tags: dict[str, str]
+    name: str,
+    estimator: BaseEstimator,
+    data: TrainingData,
+    runner: FoldRunner,
+    top: mlflow.ActiveRun,
+    tags: dict[str, str],
 ) -> Standing:
     """Cross-validate one baseline and log it as a child run with the same metric names."""
     started = time.perf_counter()
-    metrics = summarize(cross_validate(estimator, data))
+    metrics = summarize(runner.run(estimator, here=True), data.order)
     tags = tags | {
         MLFLOW_PARENT_RUN_ID: top.info.run_id,
         "podium.role": "baseline",

@@ -86,7 +86,7 @@ def tuned(
     root = tmp_path_factory.mktemp("tuned")
     (root / "space.yaml").write_text(TUNED_SPACE)
     tuning = spec.tuning.model_copy(
-        update={"search_space": root / "space.yaml", "families": ["decision_tree", "logreg"], "timeout": None}
+        update={"search_space": root / "space.yaml", "families": ["decision_tree", "logreg"]}
     )
     small = spec.model_copy(update={"tuning": tuning})
     profile = built_profile.model_copy(update={"optuna_storage": str(root / "studies.journal")})

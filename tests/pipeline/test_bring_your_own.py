@@ -97,7 +97,7 @@ def test_the_example_runs_every_stage_from_its_spec(
     quarters = ["2024Q1", "2024Q2", "2024Q3", "2024Q4"]
     timed = monitoring[monitoring.PERIOD != "all"]
     assert sorted(timed.PERIOD.unique()) == quarters
-    assert set(timed.METRIC) == {"log_loss", "auc", "accuracy", "rows", "hit_rate_top2_high"}
+    assert set(timed.METRIC) == {"log_loss", "auc", "auc_classes", "accuracy", "rows", "hit_rate_top2_high"}
     assert timed[timed.METRIC == "rows"].VALUE.sum() == len(window)
     assert {f"psi.{c}" for c in ("PROMO_DEPTH", "REGION", "SALES_LAST_WEEK")} <= set(monitoring.METRIC)
     assert len(result.rows) == len(monitoring)

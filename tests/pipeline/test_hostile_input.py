@@ -121,8 +121,7 @@ def test_mlflow_http_retries_are_bounded_unless_the_user_set_them(profile: Profi
 def test_a_torn_journal_line_loses_no_study(built_profile: Profile, spec: Spec, tmp_path: Path) -> None:
     """`truncate -s -37` on the journal, as a writer killed mid-line leaves it: tune mends it and goes on."""
     journal = tmp_path / "studies.journal"
-    small = spec.model_copy(update={"tuning": spec.tuning.model_copy(update={"timeout": None})})
-    tune.main(built_profile, small, family="decision_tree", n_trials=3, storage=str(journal))
+    tune.main(built_profile, spec, family="decision_tree", n_trials=3, storage=str(journal))
     whole = journal.read_bytes()
     journal.write_bytes(whole[:-37])
     before = optuna.load_study(
@@ -130,7 +129,7 @@ def test_a_torn_journal_line_loses_no_study(built_profile: Profile, spec: Spec, 
     )
     kept = {t.number: t.state for t in before.trials}
 
-    tune.main(built_profile, small, family="decision_tree", n_trials=1, storage=str(journal))
+    tune.main(built_profile, spec, family="decision_tree", n_trials=1, storage=str(journal))
 
     (backup,) = tmp_path.glob("studies.journal.torn-*")
     assert backup.read_bytes() == whole[:-37] and journal.read_bytes().startswith(

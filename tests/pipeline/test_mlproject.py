@@ -18,6 +18,9 @@ from pipelines.tracking import STATUS
 from pipelines.warehouse import connect
 from tests.helpers import FAST_SPACE, REPO
 
+# the families as experiments/f1_podium.yaml lists them
+SPEC_FAMILIES = "[logreg, knn, svc, decision_tree, random_forest, extra_trees, hist_gb, xgboost]"
+
 
 def mlflow_run(entry_point: str, params: dict[str, str], tracking_uri: str, cwd: Path) -> None:
     """`mlflow run` this repo's entry point in the active venv, into experiment podium-test."""
@@ -72,7 +75,10 @@ def test_tune_entry_point_nests_one_parent_per_family_under_the_mlflow_run(
     (tmp_path / "space.yaml").write_text(FAST_SPACE)
     text = (REPO / "experiments" / "f1_podium.yaml").read_text()
     text = text.replace("experiments/search_spaces/default.yaml", str(tmp_path / "space.yaml"))
-    text = text.replace("[logreg, knn, svc, decision_tree, random_forest, xgboost]", "[decision_tree, knn]")
+    text = text.replace(
+        "[logreg, knn, svc, decision_tree, random_forest, extra_trees, hist_gb, xgboost]",
+        "[decision_tree, knn]",
+    )
     (tmp_path / "spec.yaml").write_text(text)
     storage = tmp_path / "studies.journal"
     params = {
@@ -109,9 +115,7 @@ def test_train_and_promote_entry_points_register_and_crown_a_champion(
 ) -> None:
     profile, _ = tuned
     text = (REPO / "experiments" / "f1_podium.yaml").read_text()
-    (tmp_path / "spec.yaml").write_text(
-        text.replace("[logreg, knn, svc, decision_tree, random_forest, xgboost]", "[decision_tree, logreg]")
-    )
+    (tmp_path / "spec.yaml").write_text(text.replace(SPEC_FAMILIES, "[decision_tree, logreg]"))
     profile_path = copy_profile(profile, tmp_path)
     profile_path.write_text(profile_path.read_text() + f"optuna_storage: {profile.optuna_storage}\n")
     common = {"profile": str(profile_path), "spec": str(tmp_path / "spec.yaml")}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,6 +19,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from pipelines import tracking, tune
 from pipelines.config import Profile, Spec
+from pipelines.crossval import FoldRunner, fold_order
 from pipelines.errors import PodiumError
 from pipelines.models import make_estimator
 from pipelines.warehouse import connect
@@ -40,7 +43,7 @@ def fast_spec(spec: Spec, tmp_path: Path, families: list[str]) -> Spec:
     space = tmp_path / "space.yaml"
     space.write_text(FAST_SPACE)
     tuning = spec.tuning.model_copy(
-        update={"search_space": space, "families": families, "timeout": None, "pruner_startup_trials": 1}
+        update={"search_space": space, "families": families, "pruner_startup_trials": 1}
     )
     return spec.model_copy(update={"tuning": tuning})
 
@@ -180,10 +183,11 @@ def test_each_fold_fits_on_its_training_part_only(built_profile: Profile, spec: 
     with connect(built_profile) as warehouse:
         data = tune.load_training_data(warehouse, spec)
     FitRecorder.fitted_on.clear()
-    tune.cross_validate(FitRecorder(), data)
-    assert len(FitRecorder.fitted_on) == len(data.folds) == 4
     window = data.window
-    for fold, index in zip(data.folds, FitRecorder.fitted_on, strict=True):
+    with FoldRunner(window.X, window.y, data.folds, n_jobs=1) as runner:
+        runner.run(FitRecorder())
+    assert len(FitRecorder.fitted_on) == len(data.folds) == 4
+    for fold, index in zip(fold_order(data.folds), FitRecorder.fitted_on, strict=True):
         assert list(index) == list(window.X.index[fold.train_rows])
         assert window.times.iloc[fold.train_rows].max() < window.times.iloc[fold.valid_rows].min()
 
@@ -309,3 +313,85 @@ def test_two_storages_with_a_study_of_one_name_get_a_parent_each(
     parents, children = mlflow_tree()
     assert len(parents) == 2 and {p.data.tags["podium.study"] for p in parents} == {"f1_podium-decision_tree"}
     assert sorted(len(children[p.info.run_id]) for p in parents) == [2, 2]
+
+
+HALVING_SPACE = """decision_tree:
+  max_depth: {type: int, low: 2, high: 8}
+  min_samples_leaf: {type: int, low: 5, high: 100, log: true}
+logreg:
+  C: {type: float, low: 0.01, high: 10.0, log: true}
+knn:
+  n_neighbors: {type: int, low: 5, high: 100, log: true}
+random_forest:  # a slow family: a single fold of it outlasts the whole budget below
+  n_estimators: {type: int, low: 800, high: 1000}
+  min_samples_leaf: {type: int, low: 1, high: 2}
+"""
+
+
+def halving_spec(spec: Spec, tmp_path: Path, families: list[str]) -> Spec:
+    space = tmp_path / "halving.yaml"
+    space.write_text(HALVING_SPACE)
+    update = {"search_space": space, "families": families, "pruner_startup_trials": 50}
+    return spec.model_copy(update={"tuning": spec.tuning.model_copy(update=update)})
+
+
+def test_cross_validation_reports_the_same_figures_on_one_core_and_on_two(
+    built_profile: Profile, spec: Spec
+) -> None:
+    with connect(built_profile) as warehouse:
+        data = tune.load_training_data(warehouse, spec)
+    estimator = make_estimator("decision_tree", {"max_depth": 6, "min_samples_leaf": 20}, data.schema, seed=3)
+    window, seen = data.window, {}
+    for cores in (1, 2):
+        with FoldRunner(window.X, window.y, data.folds, n_jobs=cores) as runner:
+            steps: list[int] = []
+            seen[cores] = runner.run(estimator, lambda scores, into=steps: into.append(len(scores)))
+        assert steps == [1, 2, 3, 4], "the check sees every fold boundary, in order"
+    assert seen[1] == seen[2]
+    assert [f.valid_season for f in fold_order(data.folds)] == [2020, 2019, 2018, 2017]
+
+
+def test_a_budget_in_seconds_is_spent_by_successive_halving(
+    built_profile: Profile, spec: Spec, tmp_path: Path
+) -> None:
+    families = ["decision_tree", "logreg", "knn"]
+    result = tune.main(
+        built_profile, halving_spec(spec, tmp_path, families), seconds=15, storage=str(tmp_path / "s.journal")
+    )
+    board = {s.name: s for s in result.leaderboard if s.name in families}
+    ranked = sorted(board.values(), key=lambda s: s.cv_log_loss)
+    assert tune.halving_rounds(3) == 3
+    assert [s.rounds for s in ranked] == [3, 2, 1], "each round keeps the better half"
+    assert ranked[0].complete > ranked[-1].complete
+    assert_children_mirror_trials(str(tmp_path / "s.journal"))
+
+
+def test_a_trial_that_would_overrun_the_budget_stops_at_a_fold_boundary(
+    built_profile: Profile, spec: Spec, tmp_path: Path
+) -> None:
+    storage = str(tmp_path / "s.journal")
+    result = tune.main(
+        built_profile, halving_spec(spec, tmp_path, ["random_forest"]), seconds=6, storage=storage
+    )
+    (study,) = studies(storage).values()
+    (trial,) = study.trials
+    assert trial.state.name == "PRUNED" and trial.user_attrs["stopped"] == "out of budget at a fold boundary"
+    assert 1 <= len(trial.intermediate_values) < 4, "stopped after a fold, before the last"
+    assert next(s for s in result.leaderboard if s.name == "random_forest").pruned == 1
+    assert_children_mirror_trials(storage)
+
+
+def test_a_fold_worker_killed_mid_fold_stops_the_search_with_one_clear_error(
+    built_profile: Profile, spec: Spec
+) -> None:
+    with connect(built_profile) as warehouse:
+        data = tune.load_training_data(warehouse, spec)
+    slow = make_estimator("random_forest", {"n_estimators": 600}, data.schema, seed=0)
+    window = data.window
+    with FoldRunner(window.X, window.y, data.folds, n_jobs=2) as runner:
+        runner.run(make_estimator("decision_tree", {"max_depth": 3}, data.schema, seed=0))  # workers are up
+        victim = next(iter(runner._pool._processes.values()))
+        threading.Timer(1.0, os.kill, (victim.pid, signal.SIGKILL)).start()
+        with pytest.raises(PodiumError, match="a cross-validation worker process died"):
+            runner.run(slow)
+        assert runner.failure is not None

@@ -1,0 +1,64 @@
+"""Tune throughput on one core and on every core: the same family, space, seed and trials.
+
+Each run is `podium tune --family F --n-trials N --n-jobs J` on a fresh study of the bundled F1
+features. The sampler is seeded and cross-validation reports its folds in a fixed order, so
+both runs sample and prune the same trials; only the cores differ. Throughput is trials per
+minute between the first trial's start and the last trial's end (the worker pool's start-up,
+paid once per stage, is reported apart).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import optuna
+
+from benchmarks.demo_stages import bench_profile
+from pipelines import features, ingest, tune
+from pipelines.config import load_spec
+from pipelines.crossval import available_cores
+from pipelines.registry import study_name
+from pipelines.tracking import open_storage
+
+CASES = (("extra_trees", 8), ("decision_tree", 30))
+
+
+def measure(root: Path) -> list[dict[str, object]]:
+    """Per family: trials per minute on 1 core and on all cores, and their ratio."""
+    spec = load_spec("f1_podium")
+    base = bench_profile(root)
+    ingest.main(base, spec)
+    features.main(base, spec)
+    rows = []
+    for family, trials in CASES:
+        rates = {}
+        for cores in (1, available_cores()):
+            profile = base.model_copy(update={"optuna_storage": str(root / f"{family}-{cores}.journal")})
+            started = time.perf_counter()
+            tune.main(profile, spec, family=family, n_trials=trials, n_jobs=cores)
+            stage = time.perf_counter() - started
+            storage = open_storage(profile.optuna_storage)
+            study = optuna.load_study(study_name=study_name(spec, family), storage=storage)
+            rates[cores] = (_per_minute(study), stage)
+        (one, one_stage), (many, many_stage) = rates[1], rates[available_cores()]
+        rows.append(
+            {
+                "family": family,
+                "trials": trials,
+                "cores": available_cores(),
+                "trials/min, 1 core": f"{one:.1f}",
+                f"trials/min, {available_cores()} cores": f"{many:.1f}",
+                "speed-up": f"{many / one:.2f}x",
+                "stage wall, 1 core (s)": round(one_stage, 1),
+                f"stage wall, {available_cores()} cores (s)": round(many_stage, 1),
+            }
+        )
+    return rows
+
+
+def _per_minute(study: optuna.Study) -> float:
+    """Finished trials per minute, first start to last end."""
+    done = [t for t in study.trials if t.datetime_complete is not None]
+    span = max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)
+    return 60 * len(done) / span.total_seconds()
