@@ -392,7 +392,7 @@ def _record_context(
     bounds = {"train_start": str(spec.train_start), "holdout_start": str(spec.holdout_start)}
     mlflow.log_dict(bounds | {"folds": folds}, "splits.json")
     seed = spec.tuning.seed if spec.tuning else None
-    spend = {"budget_seconds": budget.seconds, "budget_trials": budget.trials, "n_jobs": cores}
+    spend = {"budget_seconds": budget.seconds, "budget_trials": budget.trials, "cv_workers": cores}
     mlflow.log_params(bounds | spend | {"cv_folds": len(folds), "seed": seed, "rows": len(data.window.X)})
     return {
         "podium.spec": spec.name,
