@@ -74,8 +74,8 @@ tracking; see `benchmarks/tune_overhead.py`.
         """
 Budget: >= 1.8x the trials per minute on 2 cores as on 1, same family, space, seed and trials
 (`podium tune --family F --n-trials N --n-jobs J`). The seeded sampler and the fixed fold order make
-both runs sample and prune the same trials; throughput is counted from the first trial's start to
-the last trial's end.
+both runs sample and prune the same trials (the benchmark checks it); throughput is counted from
+the second trial's start to the last trial's end (the first may wait for the workers to start).
 """,
         tune_throughput.measure,
     ),
