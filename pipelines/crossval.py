@@ -68,8 +68,14 @@ class FoldRunner:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Stop the workers; a fold still running belongs to a trial already stopped, so it is cut."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            workers = list(self._pool._processes.values())  # Python 3.14 has terminate_workers()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for worker in workers:
+                worker.terminate()
+            for worker in workers:
+                worker.join()
             self._pool = None
 
     def run(self, estimator: BaseEstimator, check: FoldCheck | None = None, here: bool = False) -> Scores:

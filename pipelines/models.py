@@ -57,6 +57,8 @@ TREES = frozenset({"decision_tree", "random_forest", "extra_trees", "hist_gb", "
 class _Param(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    start: Any = Field(None, description="the value of a new study's first trial (a sensible default)")
+
 
 class IntParam(_Param):
     type: Literal["int"]
@@ -70,7 +72,7 @@ class IntParam(_Param):
 
     @model_validator(mode="after")
     def _range(self) -> IntParam:
-        _check_range(self.low, self.high, self.log)
+        _check_range(self.low, self.high, self.log, self.start)
         return self
 
 
@@ -85,7 +87,7 @@ class FloatParam(_Param):
 
     @model_validator(mode="after")
     def _range(self) -> FloatParam:
-        _check_range(self.low, self.high, self.log)
+        _check_range(self.low, self.high, self.log, self.start)
         return self
 
 
@@ -96,16 +98,24 @@ class CategoricalParam(_Param):
     def suggest(self, trial: optuna.Trial, name: str) -> Any:
         return trial.suggest_categorical(name, self.choices)
 
+    @model_validator(mode="after")
+    def _start_is_a_choice(self) -> CategoricalParam:
+        if self.start is not None and self.start not in self.choices:
+            raise ValueError(f"start {self.start!r} is not one of the choices {self.choices}")
+        return self
+
 
 Param = Annotated[IntParam | FloatParam | CategoricalParam, Field(discriminator="type")]
 SPACES = TypeAdapter(dict[str, dict[str, Param]])
 
 
-def _check_range(low: float, high: float, log: bool) -> None:
+def _check_range(low: float, high: float, log: bool, start: Any) -> None:
     if low >= high:
         raise ValueError(f"low ({low}) must be below high ({high})")
     if log and low <= 0:
         raise ValueError(f"a log-scale range needs low > 0, got {low}")
+    if start is not None and not low <= start <= high:
+        raise ValueError(f"start ({start}) must lie in [{low}, {high}]")
 
 
 def read_spaces(path: Path) -> dict[str, dict[str, Param]]:
@@ -134,6 +144,11 @@ def read_spaces(path: Path) -> dict[str, dict[str, Param]]:
 def suggest(trial: optuna.Trial, space: dict[str, Param]) -> dict[str, Any]:
     """Sample one parameter set from a family's space."""
     return {name: param.suggest(trial, name) for name, param in space.items()}
+
+
+def start_point(space: dict[str, Param]) -> dict[str, Any]:
+    """The parameters given a `start` value: a new study's first trial takes them (others are sampled)."""
+    return {name: param.start for name, param in space.items() if param.start is not None}
 
 
 def make_estimator(family: str, params: dict[str, Any], schema: FeatureSchema, seed: int) -> Pipeline:

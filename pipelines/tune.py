@@ -34,7 +34,7 @@ from pipelines.crossval import FoldRunner, available_cores, fold_order
 from pipelines.dataset import FeatureSchema, Window
 from pipelines.errors import ConfigError, PodiumError
 from pipelines.metrics import METRICS
-from pipelines.models import FACTORIES, make_estimator, read_spaces, suggest
+from pipelines.models import FACTORIES, make_estimator, read_spaces, start_point, suggest
 from pipelines.progress import counter
 from pipelines.registry import study_name
 from pipelines.splits import Fold, season_folds
@@ -54,6 +54,8 @@ from pipelines.tracking import (
 from pipelines.warehouse import Warehouse, connect
 
 log = logging.getLogger(__name__)
+
+CLOSING_SECONDS = 2.0  # of a seconds budget, kept to close the last studies and draw the leaderboard
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ def main(
             ]
             where = storage or profile.optuna_storage
             searches = [_open_search(spec, name, spaces[name], where, top, tags) for name in families]
-            deadline = None if budget.seconds is None else started + budget.seconds
+            deadline = None if budget.seconds is None else started + budget.seconds - CLOSING_SECONDS
             run = lambda search, until: _search(
                 search, data, tuning.seed, runner, until, deadline, budget.trials
             )
@@ -247,6 +249,9 @@ def _open_search(
         study.study_name, family, top.info.experiment_id, top.info.run_id, tags, storage
     )
     fail_stale_trials(study, bridge)
+    start = start_point(space)
+    if start and not study.trials:
+        study.enqueue_trial(start, skip_if_exists=True)  # a known-good first trial, as FLAML starts from one
     return Search(family, study, bridge, space)
 
 

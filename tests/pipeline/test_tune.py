@@ -323,7 +323,7 @@ logreg:
 knn:
   n_neighbors: {type: int, low: 5, high: 100, log: true}
 random_forest:  # a slow family: a single fold of it outlasts the whole budget below
-  n_estimators: {type: int, low: 800, high: 1000}
+  n_estimators: {type: int, low: 1500, high: 2000}
   min_samples_leaf: {type: int, low: 1, high: 2}
 """
 
@@ -371,7 +371,7 @@ def test_a_trial_that_would_overrun_the_budget_stops_at_a_fold_boundary(
 ) -> None:
     storage = str(tmp_path / "s.journal")
     result = tune.main(
-        built_profile, halving_spec(spec, tmp_path, ["random_forest"]), seconds=6, storage=storage
+        built_profile, halving_spec(spec, tmp_path, ["random_forest"]), seconds=8, storage=storage
     )
     (study,) = studies(storage).values()
     (trial,) = study.trials
@@ -395,3 +395,25 @@ def test_a_fold_worker_killed_mid_fold_stops_the_search_with_one_clear_error(
         with pytest.raises(PodiumError, match="a cross-validation worker process died"):
             runner.run(slow)
         assert runner.failure is not None
+
+
+def test_a_new_study_starts_from_the_spaces_start_point(
+    built_profile: Profile, spec: Spec, tmp_path: Path
+) -> None:
+    space = tmp_path / "start.yaml"
+    space.write_text(
+        "decision_tree:\n"
+        "  max_depth: {type: int, low: 2, high: 8, start: 5}\n"
+        "  min_samples_leaf: {type: int, low: 5, high: 100, log: true}\n"
+    )
+    tuning = spec.tuning.model_copy(update={"search_space": space, "families": ["decision_tree"]})
+    storage = str(tmp_path / "s.journal")
+    for _ in range(2):  # a resumed study is not sent back to its start
+        tune.main(built_profile, spec.model_copy(update={"tuning": tuning}), n_trials=2, storage=storage)
+    (study,) = studies(storage).values()
+    first, resumed = study.trials[0], study.trials[2]
+    assert first.params["max_depth"] == 5 and "fixed_params" in first.system_attrs
+    assert "fixed_params" not in resumed.system_attrs, (
+        "the rerun samples; it does not enqueue the start again"
+    )
+    assert len(study.trials) == 4
