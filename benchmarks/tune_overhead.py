@@ -33,7 +33,8 @@ from pipelines.config import Profile, Spec, load_spec
 from pipelines.metrics import METRICS
 from pipelines.models import read_spaces, suggest
 from pipelines.registry import study_name
-from pipelines.tracking import PROCESS_TAG, StudyBridge, experiment_id, open_storage, process_id, write_run
+from pipelines.runwriter import write_run
+from pipelines.tracking import PROCESS_TAG, StudyBridge, experiment_id, open_storage, process_id
 from pipelines.warehouse import connect
 
 FAMILIES = {"decision_tree": 30, "random_forest": 6}

@@ -24,18 +24,11 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipelines import tracking, tune
+from pipelines import runwriter, tune
 from pipelines.config import Profile, Spec
 from pipelines.errors import TrackingStoreError
-from pipelines.tracking import (
-    PROCESS_TAG,
-    WRITER_THREAD,
-    StudyBridge,
-    experiment_id,
-    number_ranges,
-    open_storage,
-    process_id,
-)
+from pipelines.runwriter import WRITER_THREAD, number_ranges
+from pipelines.tracking import PROCESS_TAG, StudyBridge, experiment_id, open_storage, process_id
 from tests.helpers import (
     FAST_SPACE,
     REPO,
@@ -170,7 +163,7 @@ def test_runs_still_queued_at_exit_are_written(caplog: pytest.LogCaptureFixture)
     """A stage that raised before its flush: the interpreter's exit hook writes what the writer holds."""
     bridge = bridge_on(MlflowClient())
     study_with(bridge, 3)
-    tracking._close_at_exit()
+    runwriter._close_at_exit()
     assert [r.info.run_name for r in children(bridge)] == [f"tree-{n:04d}" for n in range(3)]
     assert "not written before exit" not in caplog.text
 
