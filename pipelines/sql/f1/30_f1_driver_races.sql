@@ -1,7 +1,8 @@
 -- ML.F1_DRIVER_RACES: one row per (RACE_ID, DRIVER_ID), all history since 1950.
 -- Entries of a driver in one race are combined: points summed, best classified position
 -- and best finishing order kept, DNF only if no entry finished. The car (constructor, grid)
--- is the one of the best-placed entry. FINISH_CLASS is this race's label.
+-- is the one of the best-placed entry. FINISH_CLASS is this race's label. GRID 0 is a pit-lane
+-- start; START_SLOT is the grid slot with that case NULL, the form the other models compare.
 WITH ranked_entries AS (
     SELECT
         e.RACE_ID,
@@ -51,6 +52,7 @@ SELECT
     t.CIRCUIT_ID,
     m.CONSTRUCTOR_ID,
     m.GRID,
+    CASE WHEN m.GRID = 0 THEN NULL ELSE m.GRID END AS START_SLOT,
     t.POINTS,
     t.BEST_CLASSIFIED_POSITION,
     t.FINISH_ORDER,

@@ -9,7 +9,7 @@ WITH entries AS (
         dr.RACE_ID,
         dr.DRIVER_ID,
         dr.CONSTRUCTOR_ID,
-        CASE WHEN dr.GRID = 0 THEN NULL ELSE dr.GRID END AS GRID,
+        dr.START_SLOT AS GRID,
         qp.QUALI_GAP_PCT,
         df.DRIVER_POINTS_LAST5
     FROM ML.F1_DRIVER_RACES AS dr
