@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import mlflow
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from benchmarks.generate import tile_window
-from pipelines import dataset, features, ingest, train, tune
+from pipelines import features, ingest, served, train, tune
 from pipelines.config import Profile, Spec, load_spec
 from pipelines.models import make_estimator
+from pipelines.served import NamedClassifier
 from pipelines.warehouse import connect
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,21 +84,15 @@ def _register(spec: Spec, family: str, params: dict, data: tune.TrainingData) ->
     model = make_estimator(family, params, data.schema, seed=42).fit(X, y)
     mlflow.set_experiment("p2-scoring")
     with mlflow.start_run(run_name=f"bench-{family}"):
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=infer_signature(X.head(100), model.predict_proba(X.head(100))),
-            pip_requirements=train.pip_requirements(family),
-            pyfunc_predict_fn="predict_proba",
-            skops_trusted_types=train._trusted_types(model),
-        )
+        named = NamedClassifier.of(model, spec.classes, data.schema.numeric)
+        info = served.log_model(named, X, train.pip_requirements(family), {"classes": spec.classes})
     return str(mlflow.register_model(info.model_uri, spec.model_name).version)
 
 
 def _raw_seconds(uri: str, window, chunk_rows: int) -> float:  # noqa: ANN001
-    model = mlflow.sklearn.load_model(uri)
+    model = mlflow.sklearn.load_model(uri).estimator_  # the fitted pipeline, without the float64 cast
     features = window[list(model.feature_names_in_)]
-    X = dataset.model_input(features, list(features.select_dtypes(include="number").columns))
+    X = served.model_input(features, list(features.select_dtypes(include="number").columns))
     started = time.perf_counter()
     for i in range(0, len(X), chunk_rows):
         model.predict_proba(X.iloc[i : i + chunk_rows])

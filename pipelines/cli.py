@@ -29,7 +29,7 @@ from pipelines import score as score_stage
 from pipelines import status as status_stage
 from pipelines import train as train_stage
 from pipelines import tune as tune_stage
-from pipelines.config import DEFAULT_PROFILE, Profile, Spec, load_profile, load_spec
+from pipelines.config import DEFAULT_PROFILE, Profile, Spec, load, load_profile
 from pipelines.errors import PodiumError
 from pipelines.registry import CHAMPION
 from pipelines.warehouse import connect
@@ -59,7 +59,7 @@ EPILOG = """[bold]Examples[/]
   PODIUM_PROFILE, PODIUM_SPEC
       defaults for --profile and --spec
   MLFLOW_TRACKING_URI
-      the MLflow store; else the profile's tracking_uri, else sqlite:///mlflow.db
+      the MLflow store; else the profile's tracking_uri, else the project's sqlite:///mlflow.db
   PODIUM_LOG_LEVEL
       INFO (default), DEBUG or WARNING
   PODIUM_ACTOR
@@ -418,7 +418,7 @@ def run(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") -> None
 
 
 def _load(profile: str, spec: str) -> tuple[Profile, Spec]:
-    return load_profile(profile), load_spec(spec or None)
+    return load(profile, spec or None)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

@@ -93,7 +93,8 @@ class Profile(Strict):
     name: str
     warehouse: DuckDBConfig | SnowflakeConfig = Field(discriminator="backend")
     tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db"
+        None,
+        description="MLflow tracking URI; MLFLOW_TRACKING_URI wins; default the project's sqlite:///mlflow.db",
     )
     optuna_storage: str = Field(
         "optuna/studies.journal",
@@ -288,21 +289,45 @@ SECTION_HINTS = {
 M = TypeVar("M", bound=BaseModel)
 
 
+def load(profile: str, spec: str | None) -> tuple[Profile, Spec]:
+    """A profile and a spec read from the profile's project, whatever the current directory."""
+    root = project_root(profile_path(profile))
+    return load_profile(profile), load_spec(spec, root=root)
+
+
 def load_profile(name: str = DEFAULT_PROFILE, root: Path | None = None) -> Profile:
-    """Load a profile by name (conf/<name>.yaml) or by path to a YAML file."""
-    root = root or Path.cwd()
-    path = _locate(name, root / "conf", "profile", "--profile / PODIUM_PROFILE")
+    """Load a profile by name (conf/<name>.yaml) or by path to a YAML file.
+
+    Relative paths in it (the DuckDB file, a journal, a sqlite:/// URL) are read from its
+    project (`project_root`); with no tracking_uri, MLflow's store is the project's mlflow.db.
+    """
+    path = profile_path(name, root)
+    root = project_root(path)
     data = read_yaml(path)
     data.setdefault("name", path.stem)
     profile = _validate(Profile, data, path)
-    if "://" not in profile.optuna_storage:
-        profile = profile.model_copy(
-            update={"optuna_storage": str(_under(root, Path(profile.optuna_storage)))}
-        )
+    storage = profile.optuna_storage
+    update: dict[str, Any] = {
+        "optuna_storage": (
+            _sqlite_under(root, storage) if "://" in storage else str(_under(root, Path(storage)))
+        ),
+        "tracking_uri": _sqlite_under(root, profile.tracking_uri or "sqlite:///mlflow.db"),
+    }
     if isinstance(profile.warehouse, DuckDBConfig):
-        warehouse = profile.warehouse.model_copy(update={"path": _under(root, profile.warehouse.path)})
-        profile = profile.model_copy(update={"warehouse": warehouse})
-    return profile
+        path = _under(root, profile.warehouse.path)
+        update["warehouse"] = profile.warehouse.model_copy(update={"path": path})
+    return profile.model_copy(update=update)
+
+
+def profile_path(name: str, root: Path | None = None) -> Path:
+    """The YAML file a profile path, or a name (conf/<name>.yaml under `root`, default the cwd), names."""
+    return _locate(name, (root or Path.cwd()) / "conf", "profile", "--profile / PODIUM_PROFILE")
+
+
+def project_root(profile: Path) -> Path:
+    """The project a profile file belongs to: the folder holding its conf/ folder; else the current one."""
+    folder = profile.resolve().parent
+    return folder.parent if folder.name == "conf" else Path.cwd()
 
 
 def load_spec(name: str | None = None, root: Path | None = None) -> Spec:
@@ -407,3 +432,11 @@ def _describe(error: Any) -> str:
 
 def _under(root: Path, path: Path) -> Path:
     return path if path.is_absolute() else root / path
+
+
+def _sqlite_under(root: Path, url: str) -> str:
+    """A relative sqlite:/// URL made absolute under `root`; any other URL as it is."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url.startswith(prefix + "/") or url == prefix + ":memory:":
+        return url
+    return prefix + str(_under(root, Path(url.removeprefix(prefix))))

@@ -3,7 +3,7 @@
 - The feature schema: which columns of the spec's table are numeric and categorical inputs.
 - Windows read through the warehouse seam: training (never the holdout), holdout, and the
   scoring selection.
-- Target encoding (class names <-> indices in the spec's order) and the one model-input cast.
+- Target encoding (class names <-> indices in the spec's order); the model-input cast is `served`'s.
 - Lineage datasets (`mlflow.data`) and the names and types of the columns a score is written as.
 
 Stages that feed a model or read its output go through here, so a row means one thing everywhere.
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from mlflow.data.pandas_dataset import PandasDataset
 
+from pipelines import served
 from pipelines.config import Spec
 from pipelines.errors import ConfigError, PodiumError
 from pipelines.splits import check_before_holdout
@@ -190,16 +191,6 @@ def decode_target(indices: np.ndarray, spec: Spec) -> np.ndarray:
     return np.asarray(spec.classes, dtype=object)[indices]
 
 
-def model_input(frame: pd.DataFrame, numeric: list[str]) -> pd.DataFrame:
-    """Numeric inputs as float64, as every model is trained and its signature says."""
-    return frame.astype({c: "float64" for c in numeric})
-
-
-def predict_proba(estimator: Any, frame: pd.DataFrame, numeric: list[str]) -> np.ndarray:
-    """Class probabilities of feature rows, in the spec's class order."""
-    return estimator.predict_proba(model_input(frame, numeric))
-
-
 def lineage_dataset(spec: Spec, window: Window, name: str) -> PandasDataset:
     """A window of rows as an `mlflow.data` dataset (inputs and class labels), digested for lineage."""
     labelled = window.X.assign(**{spec.target: decode_target(window.y, spec)})
@@ -216,7 +207,7 @@ def holdout_name(spec: Spec) -> str:
 
 def probability_column(label: str) -> str:
     """The score column of one class: P_<CLASS>."""
-    return check_identifier(f"P_{label}")
+    return check_identifier(served.probability_column(label))
 
 
 def probability_columns(spec: Spec) -> list[str]:
@@ -227,11 +218,11 @@ def scoring_columns(spec: Spec, source: dict[str, str]) -> dict[str, str]:
     """The scoring table's explicit schema: keys and time typed as in the feature table, then the scores."""
     ids = {name: source.get(name, "VARCHAR") for name in spec.id_columns}
     probabilities = dict.fromkeys(probability_columns(spec), "DOUBLE")
-    return ids | {"PREDICTED_CLASS": "VARCHAR"} | probabilities | LINEAGE
+    return ids | {served.PREDICTED: "VARCHAR"} | probabilities | LINEAGE
 
 
 def _window(frame: pd.DataFrame, spec: Spec, schema: FeatureSchema) -> Window:
-    X = model_input(frame[schema.columns], schema.numeric)
+    X = served.model_input(frame[schema.columns], schema.numeric)
     return Window(X, encode_target(frame[spec.target], spec), frame[spec.time])
 
 

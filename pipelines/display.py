@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
@@ -16,6 +17,7 @@ from rich.table import Table
 from pipelines.evaluate import EvaluateResult
 from pipelines.features import FeaturesResult, QualityCheck
 from pipelines.ingest import IngestResult
+from pipelines.metrics import COUNTS
 from pipelines.promote import Decisions
 from pipelines.score import ScoreResult
 from pipelines.status import Status
@@ -90,6 +92,13 @@ def _(result: Decisions) -> None:
 
 @show.register
 def _(result: ScoreResult) -> None:
+    if not result.batch_id:
+        out.print(
+            f"nothing to score: {result.model.name} v{result.model.version} has scored every row of the "
+            f"window in {result.table} (`--full` rescores them)",
+            highlight=False,
+        )
+        return
     out.print(
         f"scored [bold]{result.rows_written:,}[/] of {result.rows_read:,} rows read into {result.table} with "
         f"{result.model.name} v{result.model.version} ({result.model.uri}); batch {result.batch_id}",
@@ -101,11 +110,11 @@ def _(result: ScoreResult) -> None:
 def _(result: EvaluateResult) -> None:
     timed = result.rows[result.rows["PERIOD"] != "all"]
     wide = timed.pivot_table(
-        index=["MODEL_VERSION", "PERIOD"], columns="METRIC", values="VALUE"
+        index=["MODEL_VERSION", "PERIOD"], columns="METRIC", values="VALUE", dropna=False
     ).reset_index()
     table = Table(*[str(c) for c in wide.columns], title=f"Monitoring ({result.table})", title_justify="left")
-    for row in wide.itertuples(index=False):
-        table.add_row(*[v if isinstance(v, str) else f"{v:.4f}" for v in row])
+    for row in wide.to_dict("records"):
+        table.add_row(*[v if isinstance(v, str) else figure(str(m), v) for m, v in row.items()])
     out.print(table)
     drift = ", ".join(result.drifting) or "none"
     out.print(f"features drifting past the PSI threshold: {drift}", highlight=False)
@@ -116,6 +125,8 @@ def _(status: Status) -> None:
     out.print(
         f"[bold]{status.spec}[/] on profile [bold]{status.profile}[/] ({status.backend})", highlight=False
     )
+    for name, where in status.locations.items():
+        out.print(f"  {name}: {where}", highlight=False, soft_wrap=True)
     tables = Table("table", "rows", title="Warehouse", title_justify="left")
     for t in status.tables:
         tables.add_row(t.table, "[dim]missing[/]" if t.rows is None else f"{t.rows:,}")
@@ -203,9 +214,16 @@ def _monitoring(rows: list[dict[str, Any]]) -> None:
     metrics = [k for k in rows[0] if k not in ("version", "period")]
     table = Table("version", "period", *metrics, title="Latest monitoring", title_justify="left")
     for row in rows:
-        figures = [f"{row[m]:,}" if m == "rows" else f"{row.get(m, float('nan')):.4f}" for m in metrics]
+        figures = [figure(m, row.get(m, float("nan"))) for m in metrics]
         table.add_row(row["version"], row["period"], *figures)
     out.print(table)
+
+
+def figure(metric: str, value: float) -> str:
+    """A monitoring figure: a count as a whole number, a metric to four decimals, NaN as undefined."""
+    if value is None or np.isnan(value):
+        return "undefined"
+    return f"{int(value):,}" if metric in COUNTS else f"{value:.4f}"
 
 
 def _counts(verb: str, rows: dict[str, int]) -> None:

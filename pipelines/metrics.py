@@ -21,6 +21,7 @@ from sklearn.metrics import (
 
 METRICS = ("log_loss", "auc", "balanced_accuracy")
 HIGHER_IS_BETTER = {"log_loss": False, "auc": True, "balanced_accuracy": True, "accuracy": True}
+COUNTS = ("auc_classes", "rows")  # period figures that are whole numbers
 PSI_FLOOR = 1e-4  # an empty bin's share, so that PSI stays finite
 
 
@@ -29,7 +30,7 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]
     return {
         "log_loss": multi_log_loss(y, proba),
         "auc": macro_auc(y, proba),
-        "auc_classes": float(len(auc_classes(y))),
+        "auc_classes": float(len(auc_classes(y))),  # 0: AUC is undefined (one class in the period)
         "balanced_accuracy": balanced_accuracy(y, proba.argmax(axis=1)),
     }
 
@@ -50,7 +51,7 @@ def period_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     return {
         "log_loss": multi_log_loss(y, proba),
         "auc": macro_auc(y, proba),
-        "auc_classes": float(len(auc_classes(y))),
+        "auc_classes": float(len(auc_classes(y))),  # 0: AUC is undefined (one class in the period)
         "accuracy": float(accuracy_score(y, proba.argmax(axis=1))),
         "rows": float(len(y)),
     }

@@ -166,7 +166,7 @@ def model_inputs(model: str, version: str) -> list[Any]:
 
 
 def load_estimator(model: str, version: str) -> Any:
-    """A version's fitted sklearn pipeline."""
+    """A version's native model: a `served.NamedClassifier`."""
     return mlflow.sklearn.load_model(version_uri(model, version))
 
 

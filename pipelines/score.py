@@ -16,7 +16,6 @@ intact, and a rerun (incremental by default) scores only what is missing.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 import uuid
@@ -32,6 +31,7 @@ from pipelines.config import Profile, ScoringConfig, Spec
 from pipelines.errors import PodiumError
 from pipelines.progress import counter
 from pipelines.registry import CHAMPION, ResolvedModel
+from pipelines.served import PREDICTED
 from pipelines.tracking import PROCESS_TAG, configure, process_gone, stage_run
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.base import ScoringJob
@@ -46,7 +46,7 @@ ENGINES = ("local", "warehouse")
 class ScoreResult:
     table: str
     model: ResolvedModel
-    batch_id: str
+    batch_id: str  # "" when there was nothing to score (no batch, no run)
     rows_read: int
     rows_written: int
 
@@ -84,23 +84,33 @@ def main(
     unfinished = interrupted_rescore(spec, model) if full and engine == "local" else None
     estimator = registry.load_estimator(model.name, model.version)
     batch = Batch(model, estimator, unfinished or uuid.uuid4().hex, full, rows, resumed=bool(unfinished))
-    with connect(profile) as warehouse, stage_run(profile, spec, "score"):
+    with connect(profile) as warehouse:
         check_features(warehouse, spec, model)
         ensure_table(warehouse, spec)
-        mlflow.log_params(_params(batch) | {"engine": engine})
-        started = time.perf_counter()
-        if engine == "warehouse":
-            read, written = warehouse.score_in_warehouse(_job(spec, scoring, batch))
-        else:
-            read, written = _stream(warehouse, spec, scoring, batch)
-        mlflow.log_metrics(
-            {"rows_read": read, "rows_written": written, "seconds": time.perf_counter() - started}
-        )
-        mlflow.set_tags({"podium.model_version": model.version, "podium.batch_id": batch.batch_id})
+        pending = None if engine == "warehouse" else _pending(warehouse, spec, scoring, batch)
+        if pending == 0 and not full:
+            return ScoreResult(spec.scoring_table, model, "", 0, 0)
+        with stage_run(profile, spec, "score"):
+            read, written = _tracked(warehouse, spec, scoring, batch, engine, pending)
     log.info(
         "scored %s rows into %s with %s v%s (batch %s)", f"{written:,}", spec.scoring_table, *_who(batch)
     )
     return ScoreResult(spec.scoring_table, model, batch.batch_id, read, written)
+
+
+def _tracked(
+    warehouse: Warehouse, spec: Spec, scoring: ScoringConfig, batch: Batch, engine: str, pending: int | None
+) -> tuple[int, int]:
+    """Score the batch inside the active `score` run, logging what and how much: (rows read, written)."""
+    mlflow.log_params(_params(batch) | {"engine": engine})
+    started = time.perf_counter()
+    if engine == "warehouse":
+        read, written = warehouse.score_in_warehouse(_job(spec, scoring, batch))
+    else:
+        read, written = _stream(warehouse, spec, scoring, batch, pending or 0)
+    mlflow.log_metrics({"rows_read": read, "rows_written": written, "seconds": time.perf_counter() - started})
+    mlflow.set_tags({"podium.model_version": batch.model.version, "podium.batch_id": batch.batch_id})
+    return read, written
 
 
 def interrupted_rescore(spec: Spec, model: ResolvedModel) -> str | None:
@@ -184,16 +194,30 @@ def ensure_table(warehouse: Warehouse, spec: Spec) -> None:
         )
 
 
-def _stream(warehouse: Warehouse, spec: Spec, scoring: ScoringConfig, batch: Batch) -> tuple[int, int]:
+def _selection(spec: Spec, scoring: ScoringConfig, batch: Batch) -> tuple[str, list[object]]:
+    """The WHERE clause (feature table `f`) of the batch's rows, and its values."""
+    resumed = batch.batch_id if batch.resumed else None
+    return dataset.scoring_selection(
+        spec, scoring.start, scoring.end, batch.model.version, batch.full, resumed
+    )
+
+
+def _pending(warehouse: Warehouse, spec: Spec, scoring: ScoringConfig, batch: Batch) -> int:
+    """How many rows the batch has to score."""
+    where, params = _selection(spec, scoring, batch)
+    return int(
+        warehouse.query(f"SELECT COUNT(*) AS N FROM {quote(spec.table)} AS f WHERE {where}", params).N[0]
+    )
+
+
+def _stream(
+    warehouse: Warehouse, spec: Spec, scoring: ScoringConfig, batch: Batch, total: int
+) -> tuple[int, int]:
     """Read, predict and merge chunk by chunk; return (rows read, rows written)."""
     model = batch.model
-    where, params = dataset.scoring_selection(
-        spec, scoring.start, scoring.end, model.version, batch.full, batch.batch_id if batch.resumed else None
-    )
-    source = quote(spec.table)
-    total = int(warehouse.query(f"SELECT COUNT(*) AS N FROM {source} AS f WHERE {where}", params).N[0])
+    where, params = _selection(spec, scoring, batch)
     read = written = 0
-    sql = f"SELECT f.* FROM {source} AS f WHERE {where}"  # any order: each chunk merges on its own
+    sql = f"SELECT f.* FROM {quote(spec.table)} AS f WHERE {where}"  # any order: each chunk merges on its own
     with counter(f"score {model.name} v{model.version}", total) as advance:
         for chunk in warehouse.batches(sql, batch.chunk_rows, params):
             scored = predict(chunk, spec, batch)
@@ -210,11 +234,8 @@ def predict(chunk: pd.DataFrame, spec: Spec, batch: Batch) -> pd.DataFrame:
     """One chunk's scores, in the scoring table's column order."""
     model = batch.model
     features = chunk[model.features] if model.features else chunk
-    proba = dataset.predict_proba(batch.estimator, features, model.numeric)
-    out = chunk[spec.id_columns].reset_index(drop=True)
-    out["PREDICTED_CLASS"] = dataset.decode_target(proba.argmax(axis=1), spec)
-    for i, column in enumerate(dataset.probability_columns(spec)):
-        out[column] = proba[:, i]
+    scores = batch.estimator.predict_frame(features)
+    out = pd.concat([chunk[spec.id_columns].reset_index(drop=True), scores], axis=1)
     return out.assign(**_lineage(batch, datetime.now(UTC).replace(tzinfo=None)))
 
 
@@ -244,9 +265,8 @@ def _job(spec: Spec, scoring: ScoringConfig, batch: Batch) -> ScoringJob:
         keys=list(spec.keys),
         id_columns=spec.id_columns,
         features=model.features,
-        predict=functools.partial(dataset.predict_proba, batch.estimator, numeric=model.numeric),
-        classes=list(spec.classes),
-        probability_columns=dataset.probability_columns(spec),
+        predict=batch.estimator.predict_frame,
+        columns=[PREDICTED, *dataset.probability_columns(spec)],
         lineage=_lineage(batch, datetime.now(UTC).replace(tzinfo=None)),
         table=spec.scoring_table,
     )

@@ -15,11 +15,12 @@ import optuna
 import pandas as pd
 
 from pipelines import pipeline, registry
-from pipelines.config import Profile, Spec
+from pipelines.config import DuckDBConfig, Profile, Spec
 from pipelines.tracking import (
     PROCESS_TAG,
     STORE_ERRORS,
     configure,
+    hide_password,
     open_storage,
     process_gone,
     stale_runs,
@@ -74,6 +75,8 @@ class Status:
     promotion_drift: list[str] = field(default_factory=list)
     # stage runs left RUNNING by a killed process (the next run of that stage ends them FAILED)
     stale_runs: list[dict[str, str]] = field(default_factory=list)
+    # where it looked: the warehouse, the MLflow store and the Optuna storage (passwords hidden)
+    locations: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,8 +98,19 @@ def main(profile: Profile, spec: Spec, storage: str | None = None) -> Status:
         model=spec.model_name,
         versions=versions(spec.model_name),
         stale_runs=stale_stage_runs(spec),
+        locations=locations(profile, storage or profile.optuna_storage),
         **seen,
     )
+
+
+def locations(profile: Profile, storage: str) -> dict[str, str]:
+    """The absolute places this profile reads, for a reader who wonders why a table is missing."""
+    warehouse = profile.warehouse
+    return {
+        "warehouse": str(warehouse.path) if isinstance(warehouse, DuckDBConfig) else "Snowflake",
+        "tracking": hide_password(mlflow.get_tracking_uri()),
+        "studies": hide_password(storage),
+    }
 
 
 def _warehouse_view(warehouse: Warehouse, spec: Spec, tables: list[str]) -> dict[str, Any]:

@@ -93,6 +93,7 @@ def stage_run(profile: Profile, spec: Spec, stage: str) -> Iterator[mlflow.Activ
         if mlflow.active_run():
             run = nested_run(stage)
         elif resumed:
+            check_experiment(resumed, spec)
             run = mlflow.start_run()
         else:
             run = mlflow.start_run(experiment_id=experiment_id(spec.name), run_name=stage)
@@ -122,6 +123,20 @@ def stage_run(profile: Profile, spec: Spec, stage: str) -> Iterator[mlflow.Activ
         except Exception as exc:
             _end_failed(run, exc)
             raise
+
+
+def check_experiment(run_id: str, spec: Spec) -> None:
+    """A run that `mlflow run` opened must be in the spec's experiment, or a study would get two parents."""
+    try:
+        experiment = MlflowClient().get_experiment(MlflowClient().get_run(run_id).info.experiment_id)
+    except MlflowException:
+        return  # no such run: start_run says so, with the fix
+    if experiment.name != spec.name:
+        raise PodiumError(
+            f"`mlflow run` put this run in experiment {experiment.name!r}, but spec {spec.name} files "
+            f"its runs and studies in experiment {spec.name!r}: pass `--experiment-name {spec.name}` to "
+            "`mlflow run`."
+        )
 
 
 RETRIES_VARIABLE = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
@@ -344,7 +359,7 @@ class StudyBridge:
         tags: dict[str, str] = {}
         if metrics["trials.complete"]:
             best = study.best_trial
-            metrics |= {f"best_cv_{k}": float(v) for k, v in best.user_attrs.get("metrics", {}).items()}
+            metrics |= _kept_metrics(best)  # cv_<metric>: the column baselines and trials use too
             tags = {f"best.{k}": str(v) for k, v in best.params.items()} | {"best.trial": str(best.number)}
             _log_plots(self.client, self.parent_id, study)
         now = int(time.time() * 1000)

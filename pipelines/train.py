@@ -6,9 +6,9 @@ Inputs:  the spec's studies (`<spec>-<family>`) in the Optuna storage; the spec'
 Outputs: a registered model version per trained family, tagged with its lineage and
          metrics and described by a model card; the alias `challenger` on the best one.
 MLflow:  the `train` run holds the baselines' holdout metrics and `holdout.json`; each
-         trained family gets a nested run with the model (signature, input example, pinned
-         pip requirements, `predict_proba` as its pyfunc), holdout metrics including
-         per-class precision and recall, and plots/*.png.
+         trained family gets a nested run with the model (a `served.NamedClassifier`: signature,
+         input example, pinned pip requirements; pyfunc returns PREDICTED_CLASS and P_<CLASS>),
+         holdout metrics including per-class precision and recall, and plots/*.png.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from importlib.metadata import version as installed
 
 import mlflow
 import numpy as np
-from mlflow.models import infer_signature
 from sklearn.base import BaseEstimator, clone
 
-from pipelines import dataset, plots
+from pipelines import dataset, plots, served
 from pipelines.baselines import baselines
 from pipelines.config import Profile, Spec
 from pipelines.dataset import FeatureSchema, Window
@@ -32,6 +31,7 @@ from pipelines.metrics import METRICS, auc_classes, classification_metrics, per_
 from pipelines.models import make_estimator
 from pipelines.progress import progress
 from pipelines.registry import CHALLENGER, Candidate, best_trials, client
+from pipelines.served import NamedClassifier
 from pipelines.tracking import git_sha, log_dataset, log_figures, nested_run, stage_run
 from pipelines.warehouse import connect
 
@@ -150,13 +150,6 @@ def package_version(name: str) -> str:
         return installed(f"{name}-cpu")
 
 
-def _trusted_types(model: BaseEstimator) -> list[str]:
-    """The types inside a pipeline this run just fitted: skops (MLflow's format) loads only listed ones."""
-    from skops.io import dumps, get_untrusted_types
-
-    return get_untrusted_types(data=dumps(model))
-
-
 def _fit(estimator: BaseEstimator, window: Window) -> BaseEstimator:
     return clone(estimator).fit(window.X, window.y)
 
@@ -212,7 +205,7 @@ def _train_one(
         cv = {f"cv_{k}": v for k, v in candidate.cv.items()}
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()} | cv)
         _log_plots(model, data, proba, spec.classes, seed)
-        info = _log_model(model, data, proba, candidate.family, spec.classes)
+        info = _log_model(model, data, candidate.family, spec.classes)
         tags = (
             lineage | _version_tags(spec, candidate, metrics, reference) | {"podium.run_id": run.info.run_id}
         )
@@ -223,20 +216,12 @@ def _train_one(
 
 
 def _log_model(
-    model: BaseEstimator, data: Windows, proba: np.ndarray, family: str, classes: list[str]
+    model: BaseEstimator, data: Windows, family: str, classes: list[str]
 ) -> mlflow.models.model.ModelInfo:
-    """Log the fitted pipeline: signature, input example, pinned requirements, `predict_proba` as pyfunc."""
-    X = data.training.X
-    return mlflow.sklearn.log_model(
-        model,
-        name="model",
-        signature=infer_signature(X.head(100), proba[:100]),
-        input_example=X.head(5),
-        pip_requirements=pip_requirements(family),
-        pyfunc_predict_fn="predict_proba",
-        skops_trusted_types=_trusted_types(model),
-        metadata={"classes": classes, "features": data.schema.columns},
-    )
+    """Log the fitted pipeline as a NamedClassifier: signature, input example, pinned requirements."""
+    named = NamedClassifier.of(model, classes, data.schema.numeric)
+    metadata = {"classes": classes, "features": data.schema.columns}
+    return served.log_model(named, data.training.X, pip_requirements(family), metadata)
 
 
 def _log_plots(model: BaseEstimator, data: Windows, proba: np.ndarray, classes: list[str], seed: int) -> None:
@@ -282,7 +267,8 @@ def model_card(
             f"`{candidate.study}`.",
             "",
             f"**Intended use.** {spec.description or spec.name} Predicts a probability for each of "
-            f"{', '.join(spec.classes)}; `pyfunc.predict` returns them in that order.",
+            f"{', '.join(spec.classes)}: `pyfunc.predict` returns PREDICTED_CLASS and "
+            f"{', '.join(dataset.probability_columns(spec))}; the sklearn flavor predicts class names.",
             "",
             f"**Data.** `{spec.table}`: trained on {spec.time} in [{spec.train_start}, {spec.holdout_start}) "
             f"({training:,} rows); evaluated once on {spec.time} >= {spec.holdout_start} ({holdout:,} rows).",

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal, Protocol
 
-import numpy as np
 import pandas as pd
 
 from pipelines.errors import WarehouseError
@@ -28,8 +27,9 @@ class ScoringJob:
 
     The backend selects the rows of `source` with `start <= time < end` (without those
     `version` has already scored in `table`, unless `full`), calls `predict` on their
-    `features`, and merges keys, `PREDICTED_CLASS`, one probability column per class and
-    the constant `lineage` columns into `table` by (keys, MODEL_VERSION).
+    `features` (a frame of `columns` back: PREDICTED_CLASS, then one probability per class),
+    and merges keys, those columns and the constant `lineage` columns into `table` by (keys,
+    MODEL_VERSION).
     """
 
     source: str
@@ -41,9 +41,8 @@ class ScoringJob:
     keys: list[str]
     id_columns: list[str]
     features: list[str]
-    predict: Callable[[pd.DataFrame], np.ndarray]
-    classes: list[str]
-    probability_columns: list[str]
+    predict: Callable[[pd.DataFrame], pd.DataFrame]
+    columns: list[str]
     lineage: dict[str, Any]
     table: str
 

@@ -1,8 +1,9 @@
 """Scoring inside Snowflake (`podium score --engine warehouse`): rows never leave it.
 
 The model travels to Snowflake as a vectorized (pandas) UDF. One Snowpark plan selects the
-window's unscored rows, calls the UDF on an array of the model's features, splits the
-probabilities into P_<CLASS> columns, picks the predicted class and adds the lineage
+window's unscored rows, calls the UDF on an array of the model's features (the model's own
+`predict_frame`, as in local scoring, returned as one array per row: the predicted class,
+then a probability per class), splits it into the scoring columns and adds the lineage
 columns; the result lands in a temporary staging table and one MERGE by (keys,
 MODEL_VERSION) moves it into the scoring table.
 
@@ -12,20 +13,17 @@ whole batch (a Series of arrays, in Snowflake) or a single array (local testing)
 
 from __future__ import annotations
 
-import operator
 import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import reduce
 from typing import TYPE_CHECKING
 
 import cloudpickle
-import numpy as np
 import pandas as pd
-from snowflake.snowpark import Column, DataFrame
-from snowflake.snowpark.functions import array_construct, col, lit, pandas_udf, when
-from snowflake.snowpark.types import ArrayType, DoubleType, PandasSeriesType
+from snowflake.snowpark import DataFrame
+from snowflake.snowpark.functions import array_construct, col, lit, pandas_udf
+from snowflake.snowpark.types import ArrayType, DoubleType, PandasSeriesType, StringType
 
 from pipelines.warehouse.base import ScoringJob
 from pipelines.warehouse.dialect import quote
@@ -43,7 +41,7 @@ def run_job(warehouse: SnowparkWarehouse, job: ScoringJob) -> tuple[int, int]:
     with _pickled_by_value(job.predict):
         udf = pandas_udf(
             handler(job.predict, job.features),
-            return_type=PandasSeriesType(ArrayType(DoubleType())),
+            return_type=PandasSeriesType(ArrayType()),
             input_types=[PandasSeriesType(ArrayType())],
             packages=PACKAGES,
             session=session,
@@ -60,14 +58,15 @@ def run_job(warehouse: SnowparkWarehouse, job: ScoringJob) -> tuple[int, int]:
 
 
 def handler(
-    predict: Callable[[pd.DataFrame], np.ndarray], features: list[str]
+    predict: Callable[[pd.DataFrame], pd.DataFrame], features: list[str]
 ) -> Callable[[pd.Series], pd.Series]:
-    """The UDF body: feature arrays in, one probability per class out."""
+    """The UDF body: feature arrays in, [predicted class, probability per class] out."""
 
     def body(values: pd.Series) -> pd.Series:  # hints Snowpark reads; local testing passes one array
         batch = isinstance(values, pd.Series)
-        proba = predict(pd.DataFrame(values.tolist() if batch else [values], columns=features))
-        return pd.Series(proba.tolist(), index=values.index) if batch else proba[0].tolist()
+        scores = predict(pd.DataFrame(values.tolist() if batch else [values], columns=features))
+        rows = scores.astype(object).to_numpy().tolist()
+        return pd.Series(rows, index=values.index) if batch else rows[0]
 
     return body
 
@@ -75,8 +74,7 @@ def handler(
 @contextmanager
 def _pickled_by_value(function: Callable) -> Iterator[None]:
     """Ship the module that defines `function` inside the UDF: Snowflake cannot import Podium itself."""
-    target = getattr(function, "func", function)  # a functools.partial names its function
-    module = sys.modules[target.__module__]
+    module = sys.modules[function.__module__]  # a bound method: its class's module
     cloudpickle.register_pickle_by_value(module)
     try:
         yield
@@ -96,23 +94,9 @@ def _selection(warehouse: SnowparkWarehouse, job: ScoringJob) -> DataFrame:
 
 
 def _scores(scored: DataFrame, job: ScoringJob) -> DataFrame:
-    """The scoring table's columns from the UDF's probability array."""
-    probabilities = [scored["P"][i].cast(DoubleType()) for i in range(len(job.classes))]
-    named = [p.alias(name) for p, name in zip(probabilities, job.probability_columns, strict=True)]
+    """The scoring table's columns from the UDF's array: the predicted class, then the probabilities."""
+    predicted, *probabilities = job.columns
+    named = [scored["P"][i + 1].cast(DoubleType()).alias(name) for i, name in enumerate(probabilities)]
     lineage = [lit(value).alias(name) for name, value in job.lineage.items()]
-    return scored.select(
-        *job.id_columns, _argmax(probabilities, job.classes).alias("PREDICTED_CLASS"), *named, *lineage
-    )
-
-
-def _argmax(probabilities: list[Column], classes: list[str]) -> Column:
-    """The first class whose probability is at least every later one's: numpy's argmax, in SQL."""
-    chosen = None
-    for i, p in enumerate(probabilities[:-1]):
-        beats_later = reduce(operator.and_, [p >= q for q in probabilities[i + 1 :]])
-        chosen = (
-            when(beats_later, lit(classes[i]))
-            if chosen is None
-            else chosen.when(beats_later, lit(classes[i]))
-        )
-    return chosen.otherwise(lit(classes[-1]))
+    label = scored["P"][0].cast(StringType()).alias(predicted)
+    return scored.select(*job.id_columns, label, *named, *lineage)

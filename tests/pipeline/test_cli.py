@@ -118,6 +118,7 @@ def test_each_command_has_a_manual_with_an_example(
     code, out, _ = podium([command, "--help"], capsys, monkeypatch)
     assert code == 0 and "Examples" in out
     assert re.search(rf"^\s+podium {command}\b", out, re.MULTILINE), f"no example of `podium {command}`"
+    assert not re.search(r"--help\s+<", out), "a flag is listed as taking a value"
 
 
 def test_no_traceback_from_the_real_console_script(tmp_path: Path) -> None:

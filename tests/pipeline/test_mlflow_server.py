@@ -60,7 +60,7 @@ def test_pipeline_runs_against_an_mlflow_tracking_server(
         for parent in parents:
             children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
             assert len(children) == 3, parent.data.tags["podium.family"]
-            assert parent.info.status == "FINISHED" and "best_cv_log_loss" in parent.data.metrics
+            assert parent.info.status == "FINISHED" and "cv_log_loss" in parent.data.metrics
         assert {r.data.tags.get("podium.stage") for r in runs} >= {"tune", "train", "promote", "score"}
 
         model = client.get_registered_model(spec.model_name)

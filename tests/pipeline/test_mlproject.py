@@ -22,8 +22,15 @@ from tests.helpers import FAST_SPACE, REPO
 SPEC_FAMILIES = "[logreg, knn, svc, decision_tree, random_forest, extra_trees, hist_gb, xgboost]"
 
 
-def mlflow_run(entry_point: str, params: dict[str, str], tracking_uri: str, cwd: Path) -> None:
-    """`mlflow run` this repo's entry point in the active venv, into experiment podium-test."""
+def mlflow_run(
+    entry_point: str,
+    params: dict[str, str],
+    tracking_uri: str,
+    cwd: Path,
+    experiment: str | None = "f1_podium",
+    ok: bool = True,
+) -> subprocess.CompletedProcess:
+    """`mlflow run` this repo's entry point in the active venv, into `experiment` (None: MLflow's default)."""
     venv_bin = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env |= {
@@ -39,12 +46,12 @@ def mlflow_run(entry_point: str, params: dict[str, str], tracking_uri: str, cwd:
         entry_point,
         "--env-manager",
         "local",
-        "--experiment-name",
-        "podium-test",
+        *(["--experiment-name", experiment] if experiment else []),
     ]
     command += [arg for key, value in params.items() for arg in ("-P", f"{key}={value}")]
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert (done.returncode == 0) == ok, done.stderr[-2000:]
+    return done
 
 
 def copy_profile(built_profile: Profile, tmp_path: Path) -> Path:
@@ -54,6 +61,15 @@ def copy_profile(built_profile: Profile, tmp_path: Path) -> Path:
     return profile
 
 
+def fast_spec(tmp_path: Path) -> str:
+    """The bundled spec with two families and the fast search space, as a file under tmp_path."""
+    (tmp_path / "space.yaml").write_text(FAST_SPACE)
+    text = (REPO / "experiments" / "f1_podium.yaml").read_text()
+    text = text.replace("experiments/search_spaces/default.yaml", str(tmp_path / "space.yaml"))
+    (tmp_path / "spec.yaml").write_text(text.replace(SPEC_FAMILIES, "[decision_tree, knn]"))
+    return str(tmp_path / "spec.yaml")
+
+
 @pytest.mark.slow
 def test_features_entry_point_records_row_counts(
     built_profile: Profile, tmp_path: Path, mlflow_store: str
@@ -61,7 +77,7 @@ def test_features_entry_point_records_row_counts(
     mlflow_run("features", {"profile": str(copy_profile(built_profile, tmp_path))}, mlflow_store, tmp_path)
 
     client = MlflowClient(mlflow_store)
-    (run,) = client.search_runs([client.get_experiment_by_name("podium-test").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name("f1_podium").experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.tags["podium.stage"] == "features"
     assert 5_000 <= run.data.metrics["rows.ML.F1_FEATURES"] <= 6_500
@@ -72,18 +88,10 @@ def test_features_entry_point_records_row_counts(
 def test_tune_entry_point_nests_one_parent_per_family_under_the_mlflow_run(
     built_profile: Profile, tmp_path: Path, mlflow_store: str
 ) -> None:
-    (tmp_path / "space.yaml").write_text(FAST_SPACE)
-    text = (REPO / "experiments" / "f1_podium.yaml").read_text()
-    text = text.replace("experiments/search_spaces/default.yaml", str(tmp_path / "space.yaml"))
-    text = text.replace(
-        "[logreg, knn, svc, decision_tree, random_forest, extra_trees, hist_gb, xgboost]",
-        "[decision_tree, knn]",
-    )
-    (tmp_path / "spec.yaml").write_text(text)
     storage = tmp_path / "studies.journal"
     params = {
         "profile": str(copy_profile(built_profile, tmp_path)),
-        "spec": str(tmp_path / "spec.yaml"),
+        "spec": fast_spec(tmp_path),
         "family": "all",
         "n_trials": "3",
         "storage": str(storage),
@@ -91,7 +99,7 @@ def test_tune_entry_point_nests_one_parent_per_family_under_the_mlflow_run(
     mlflow_run("tune", params, mlflow_store, tmp_path)
 
     client = MlflowClient(mlflow_store)
-    runs = client.search_runs([client.get_experiment_by_name("podium-test").experiment_id], max_results=500)
+    runs = client.search_runs([client.get_experiment_by_name("f1_podium").experiment_id], max_results=500)
     (top,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     parents = [r for r in runs if r.data.tags.get("podium.role") == "study"]
     assert sorted(p.data.tags["podium.family"] for p in parents) == ["decision_tree", "knn"]
@@ -128,7 +136,7 @@ def test_train_and_promote_entry_points_register_and_crown_a_champion(
     champion = client.get_model_version_by_alias("f1_podium", "champion")
     assert champion.version == client.get_model_version_by_alias("f1_podium", "challenger").version
     assert champion.current_stage == "Production"
-    runs = client.search_runs([client.get_experiment_by_name("podium-test").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("f1_podium").experiment_id])
     assert {r.data.tags.get("podium.stage") for r in runs} >= {"train", "promote"}
 
 
@@ -150,5 +158,26 @@ def test_score_entry_point_twice_more_adds_no_rows(
         )
     assert (rows.N[0], rows.B[0]) == (first.rows_written, 1)
     client = MlflowClient(mlflow_store)
-    runs = client.search_runs([client.get_experiment_by_name("podium-test").experiment_id])
-    assert sorted(r.data.metrics["rows_written"] for r in runs) == [0, 0]
+    runs = client.search_runs([client.get_experiment_by_name("f1_podium").experiment_id])
+    projects = [r for r in runs if r.data.tags.get("mlflow.source.type") == "PROJECT"]
+    assert len(projects) == 2 and not [r for r in projects if "rows_written" in r.data.metrics]  # nothing new
+
+
+@pytest.mark.slow
+def test_mlflow_run_outside_the_spec_experiment_stops_before_any_trial(
+    built_profile: Profile, tmp_path: Path, mlflow_store: str
+) -> None:
+    storage = tmp_path / "studies.journal"
+    common = {"profile": str(copy_profile(built_profile, tmp_path)), "spec": fast_spec(tmp_path)}
+    tune = common | {"n_trials": "2", "storage": str(storage)}
+
+    for entry_point, params in [("tune", tune), ("tune", tune), ("main", common)]:
+        done = mlflow_run(entry_point, params, mlflow_store, tmp_path, experiment=None, ok=False)
+        assert "pass `--experiment-name f1_podium` to `mlflow run`" in done.stderr
+        assert "Traceback" not in done.stderr
+
+    assert not storage.exists() or not optuna.get_all_study_names(tracking.open_storage(str(storage)))
+    client = MlflowClient(mlflow_store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=500)
+    assert len(runs) == 3 and not [r for r in runs if r.data.tags.get("podium.role") == "study"]
+    assert client.get_experiment_by_name("f1_podium") is None  # nothing was filed under the spec either

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -11,7 +15,7 @@ import pytest
 
 from pipelines import evaluate, promote, score, train
 from pipelines.config import Profile, Spec
-from tests.helpers import duckdb_profile, podium
+from tests.helpers import REPO, duckdb_profile, podium
 
 
 def profile_yaml(tmp_path: Path, profile: Profile) -> str:
@@ -110,3 +114,33 @@ def test_status_has_no_csv_form(tmp_path: Path, capsys, monkeypatch) -> None:
         ["status", "-p", profile_yaml(tmp_path, profile), "-f", "csv"], capsys, monkeypatch
     )
     assert code == 1 and "status has no csv form" in stderr
+
+
+@pytest.mark.slow
+def test_status_from_another_folder_reads_the_profile_project(built_profile: Profile, tmp_path: Path) -> None:
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (project / "warehouse").mkdir(parents=True)
+    (project / "conf").mkdir()
+    (project / "experiments").mkdir()
+    elsewhere.mkdir()
+    shutil.copy(built_profile.warehouse.path, project / "warehouse" / "podium.duckdb")
+    shutil.copy(REPO / "conf" / "local.yaml", project / "conf" / "local.yaml")  # relative paths, as shipped
+    shutil.copy(REPO / "experiments" / "f1_podium.yaml", project / "experiments" / "f1_podium.yaml")
+    shutil.copytree(REPO / "pipelines" / "sql", project / "pipelines" / "sql")  # the spec's feature models
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PODIUM_"))}
+    command = [str(Path(sys.executable).parent / "podium"), "status", "--format", "json"]
+    command += ["--profile", str(project / "conf" / "local.yaml")]
+    done = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+    status = json.loads(done.stdout)
+    rows = {t["table"]: t["rows"] for t in status["tables"]}
+    with duckdb.connect(str(built_profile.warehouse.path), read_only=True) as con:
+        names = con.execute("SELECT schema_name, table_name FROM duckdb_tables()").fetchall()
+    built = {f"{schema}.{name}".upper() for schema, name in names}
+    assert {t for t, n in rows.items() if n is not None} == built & set(rows) != set()
+    assert rows["ML.F1_FEATURES"] > 5_000
+    assert status["locations"]["warehouse"] == str(project / "warehouse" / "podium.duckdb")
+    assert status["locations"]["tracking"] == f"sqlite:///{project / 'mlflow.db'}"
+    assert status["locations"]["studies"] == str(project / "optuna" / "studies.journal")
+    assert not list(elsewhere.iterdir())  # nothing was created in the current folder

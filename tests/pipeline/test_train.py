@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import train
+from pipelines import dataset, train
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
 from pipelines.warehouse import connect
@@ -69,9 +69,19 @@ def test_registered_model_predicts_on_feature_table_rows(
     model = mlflow.pyfunc.load_model(f"models:/{spec.model_name}@challenger")
     with connect(trained_profile, read_only=True) as warehouse:
         rows = warehouse.query(f"SELECT * FROM {spec.table} WHERE {spec.time} >= '2022-01-01' LIMIT 40")
-    proba = np.asarray(model.predict(rows))
-    assert proba.shape == (40, len(spec.classes))
-    assert np.allclose(proba.sum(axis=1), 1.0)
+    scores = model.predict(rows)
+    probabilities = dataset.probability_columns(spec)
+    assert list(scores.columns) == ["PREDICTED_CLASS", *probabilities] and len(scores) == 40
+    assert np.allclose(scores[probabilities].sum(axis=1), 1.0)
+    assert set(scores.PREDICTED_CLASS) <= set(spec.classes)
+    outputs = model.metadata.get_output_schema()
+    assert outputs.input_names() == ["PREDICTED_CLASS", *probabilities]
+    assert [t.name for t in outputs.input_types()] == ["string", *["double"] * len(probabilities)]
+
+    native = mlflow.sklearn.load_model(f"models:/{spec.model_name}@challenger")
+    assert list(native.classes_) == spec.classes
+    assert native.predict(rows).tolist() == scores.PREDICTED_CLASS.tolist()
+    assert np.allclose(native.predict_proba(rows), scores[probabilities].to_numpy())
 
     run = MlflowClient().get_run(result.champion.run_id)
     assert run.data.metrics["holdout_log_loss"] == pytest.approx(result.champion.holdout["log_loss"])

@@ -62,7 +62,7 @@ def test_one_parent_per_family_and_children_mirror_trial_states(
     failed = children[knn.info.run_id][0]
     assert "n_neighbors" in failed.data.tags["podium.error"] and failed.data.params["n_neighbors"]
     tree = next(p for p in parents if p.data.tags["podium.family"] == "decision_tree")
-    assert tree.data.metrics["best_cv_log_loss"] == pytest.approx(
+    assert tree.data.metrics["cv_log_loss"] == pytest.approx(
         studies(storage)["f1_podium-decision_tree"].best_value
     )
     assert {"best.max_depth", "best.min_samples_leaf"} <= set(tree.data.tags)
