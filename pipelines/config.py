@@ -73,6 +73,11 @@ class DuckDBConfig(Strict):
 
     backend: Literal["duckdb"]
     path: Path = Path("warehouse/podium.duckdb")
+    memory_limit: str | None = Field(
+        "512MB",
+        pattern=r"^\d+(\.\d+)?\s*([KMGT]i?B)$",
+        description="DuckDB's buffer cap, e.g. 1GB or 512MiB (joins and sorts spill past it); null: 80% RAM",
+    )
 
 
 class SnowflakeConfig(Strict):
@@ -195,11 +200,14 @@ class PromotionPolicy(Strict):
 
 
 class ScoringConfig(Strict):
-    """Which rows `score` selects: time in [start, end), and how many rows per chunk."""
+    """Which rows `score` selects: time in [start, end); rows per chunk and per commit."""
 
     start: date
     end: date | None = None
-    chunk_rows: int = Field(50_000, gt=0)
+    chunk_rows: int = Field(131_072, gt=0, description="rows per read-predict-write chunk: bounds memory")
+    commit_rows: int | None = Field(
+        None, gt=0, description="rows per commit (one MERGE each on Snowflake); default: every chunk"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> ScoringConfig:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from sklearn.metrics import (
-    accuracy_score,
     log_loss,
     precision_recall_fscore_support,
     roc_auc_score,
@@ -44,17 +43,6 @@ def per_class_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> d
     names = [classes[k] for k in labels]
     out = {f"precision_{c}": float(p) for c, p in zip(names, precision, strict=True)}
     return out | {f"recall_{c}": float(r) for c, r in zip(names, recall, strict=True)}
-
-
-def period_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """A monitoring period's figures: log loss, AUC and its class count, accuracy, rows."""
-    return {
-        "log_loss": multi_log_loss(y, proba),
-        "auc": macro_auc(y, proba),
-        "auc_classes": float(len(auc_classes(y))),  # 0: AUC is undefined (one class in the period)
-        "accuracy": float(accuracy_score(y, proba.argmax(axis=1))),
-        "rows": float(len(y)),
-    }
 
 
 def multi_log_loss(y: np.ndarray, proba: np.ndarray) -> float:
@@ -95,24 +83,53 @@ def improvement(metric: str, candidate: float, incumbent: float) -> float:
     return candidate - incumbent if HIGHER_IS_BETTER[metric] else incumbent - candidate
 
 
-def top_k_hit_rate(
-    frame: pd.DataFrame, group: str, ranked_by: str, actual: str, target: str, k: int
-) -> float:
-    """Share of the top `k` rows by `ranked_by` in each `group` whose `actual` column holds `target`."""
-    top = frame.sort_values(ranked_by, ascending=False).groupby(group, sort=False).head(k)
-    return float((top[actual] == target).mean())
+def period_figures(sums: dict[str, float], n_classes: int) -> dict[str, float]:
+    """A monitoring period's figures from its sums (as `evaluate` computes them in the warehouse).
+
+    `sums`: N rows, HITS (argmax = actual), LOSS (summed -ln p(actual)), and per class i POS_i
+    (rows of that class) and RANKS_i (the sum of their average ranks by P(class i)). AUC is
+    Mann-Whitney's: (RANKS_i - POS_i (POS_i + 1) / 2) / (POS_i (N - POS_i)), macro over the
+    classes present; undefined (NaN) when fewer than two are.
+    """
+    n = float(sums["N"])
+    positives = {i: float(sums[f"POS_{i}"]) for i in range(n_classes) if sums[f"POS_{i}"] > 0}
+    defined = len(positives) >= 2
+    aucs = [(sums[f"RANKS_{i}"] - p * (p + 1) / 2) / (p * (n - p)) for i, p in positives.items() if defined]
+    return {
+        "log_loss": float(sums["LOSS"]) / n,
+        "auc": float(np.mean(aucs)) if defined else float("nan"),
+        "auc_classes": float(len(positives)) if defined else 0.0,
+        "accuracy": float(sums["HITS"]) / n,
+        "rows": n,
+    }
 
 
-def psi(expected: pd.Series, actual: pd.Series, bins: int = 10) -> float:
-    """Population stability index of `actual` against `expected`: deciles for numbers, levels otherwise."""
-    if pd.api.types.is_numeric_dtype(expected):
-        edges = np.unique(np.nanquantile(expected.astype(float), np.linspace(0, 1, bins + 1)))
-        edges[0], edges[-1] = -np.inf, np.inf
-        e = pd.cut(expected.astype(float), edges).value_counts(normalize=True, sort=False, dropna=False)
-        a = pd.cut(actual.astype(float), edges).value_counts(normalize=True, sort=False, dropna=False)
-    else:
-        e = expected.fillna("(missing)").value_counts(normalize=True)
-        a = actual.fillna("(missing)").value_counts(normalize=True)
+def inner_edges(quantiles: list[float]) -> list[float]:
+    """Bin edges between a sample's quantiles (min ... max): the distinct values, the outer two dropped.
+
+    Bins are then (-inf, e1], (e1, e2], ..., (en, inf), as `pd.cut` over [-inf, e1..en, inf].
+    """
+    known = [q for q in quantiles if q is not None and not np.isnan(q)]
+    distinct = np.unique(np.asarray(known, dtype=float))
+    return distinct[1:-1].tolist()
+
+
+def psi_of_counts(expected: pd.Series, actual: pd.Series) -> float:
+    """Population stability index from rows per bin (indexed by bin), each empty share floored."""
+    e, a = (counts / counts.sum() for counts in (expected.astype(float), actual.astype(float)))
     e, a = e.align(a, fill_value=0.0)
     e, a = np.clip(e.to_numpy(), PSI_FLOOR, None), np.clip(a.to_numpy(), PSI_FLOOR, None)
     return float(np.sum((a - e) * np.log(a / e)))
+
+
+def psi(expected: pd.Series, actual: pd.Series, bins: int = 10) -> float:
+    """PSI of `actual` against `expected` in memory: `expected`'s deciles for numbers, levels otherwise."""
+    if pd.api.types.is_numeric_dtype(expected):
+        quantiles = np.nanquantile(expected.astype(float), np.linspace(0, 1, bins + 1)).tolist()
+        edges = [-np.inf, *inner_edges(quantiles), np.inf]
+        e = pd.cut(expected.astype(float), edges).value_counts(sort=False, dropna=False)
+        a = pd.cut(actual.astype(float), edges).value_counts(sort=False, dropna=False)
+    else:
+        e = expected.fillna("(missing)").value_counts()
+        a = actual.fillna("(missing)").value_counts()
+    return psi_of_counts(e, a)

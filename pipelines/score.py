@@ -9,24 +9,29 @@ Outputs: the spec's scoring table: keys, time, PREDICTED_CLASS, P_<CLASS> per cl
 MLflow:  one `score` run per batch: model URI, version, batch id, rescore_all and
          rows_per_chunk as params; rows read, rows written and seconds as metrics.
 
-Rows stream through the warehouse seam in chunks of `chunk_rows`; each chunk is merged
-by (keys, MODEL_VERSION) in its own transaction. A crash leaves every committed chunk
-intact, and a rerun (incremental by default) scores only what is missing.
+Rows stream through the warehouse seam in chunks of `chunk_rows`, read ahead and written
+behind while the model predicts (`overlap`). An incremental batch appends (its rows are
+new to the table), a `--full` one merges by (keys, MODEL_VERSION); either commits every
+`commit_rows` rows. A crash leaves every committed interval intact, and a rerun
+(incremental by default) scores only what is missing.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import mlflow
+import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from pipelines import dataset, registry
+from pipelines import dataset, overlap, registry
 from pipelines.config import Profile, ScoringConfig, Spec
 from pipelines.errors import PodiumError
 from pipelines.progress import counter
@@ -213,30 +218,70 @@ def _pending(warehouse: Warehouse, spec: Spec, scoring: ScoringConfig, batch: Ba
 def _stream(
     warehouse: Warehouse, spec: Spec, scoring: ScoringConfig, batch: Batch, total: int
 ) -> tuple[int, int]:
-    """Read, predict and merge chunk by chunk; return (rows read, rows written)."""
+    """Read, predict and write chunks, the three overlapped; return (rows read, rows written).
+
+    The next chunk is read and the previous one written while this one is predicted: at most
+    five chunks are in memory (one read, one waiting, one predicted, one waiting, one written).
+    An incremental batch's rows are new to the table, so they are appended; `--full` merges.
+    """
     model = batch.model
     where, params = _selection(spec, scoring, batch)
-    read = written = 0
-    sql = f"SELECT f.* FROM {quote(spec.table)} AS f WHERE {where}"  # any order: each chunk merges on its own
+    sql = f"SELECT {_read_columns(spec, model)} FROM {quote(spec.table)} AS f WHERE {where}"  # any order
+    read = 0
     with counter(f"score {model.name} v{model.version}", total) as advance:
-        for chunk in warehouse.batches(sql, batch.chunk_rows, params):
-            scored = predict(chunk, spec, batch)
-            written += warehouse.write(
-                scored, spec.scoring_table, mode="merge", keys=[*spec.keys, "MODEL_VERSION"]
-            )
-            read += len(chunk)
-            log.debug("chunk of %d rows merged (%d of %d)", len(chunk), read, total)
-            advance(len(chunk))
+
+        def scored() -> Iterator[pd.DataFrame]:
+            nonlocal read
+            for chunk in overlap.prefetched(warehouse.batches(sql, batch.chunk_rows, params)):
+                yield predict(chunk, spec, batch)
+                read += len(chunk)
+                advance(len(chunk))
+
+        write = functools.partial(
+            warehouse.write_chunks,
+            table=spec.scoring_table,
+            keys=[*spec.keys, "MODEL_VERSION"],
+            new_only=not batch.full,
+            commit_rows=scoring.commit_rows or batch.chunk_rows,
+            committed=lambda rows, seconds: log.debug(
+                "%d rows committed (%d of %d read; %.4f s writing)", rows, read, total, seconds
+            ),
+        )
+        written = overlap.drained(write, scored())
     return read, written
 
 
+def _read_columns(spec: Spec, model: ResolvedModel) -> str:
+    """The id columns and the model's inputs, numbers cast to DOUBLE in the warehouse, as models take them."""
+    if not model.features:
+        return "f.*"
+    inputs = [
+        f"CAST(f.{quote(c)} AS DOUBLE) AS {quote(c)}" if c in model.numeric else f"f.{quote(c)}"
+        for c in model.features
+        if c not in spec.id_columns
+    ]
+    return ", ".join([*(f"f.{quote(c)}" for c in spec.id_columns), *inputs])
+
+
 def predict(chunk: pd.DataFrame, spec: Spec, batch: Batch) -> pd.DataFrame:
-    """One chunk's scores, in the scoring table's column order."""
+    """One chunk's scores, in the scoring table's column order.
+
+    The text columns are categoricals (PREDICTED_CLASS over the classes, one level for each of
+    the batch's constants), which the warehouse reads as dictionaries, not a string per row.
+    """
     model = batch.model
     features = chunk[model.features] if model.features else chunk
     scores = batch.estimator.predict_frame(features)
     out = pd.concat([chunk[spec.id_columns].reset_index(drop=True), scores], axis=1)
-    return out.assign(**_lineage(batch, datetime.now(UTC).replace(tzinfo=None)))
+    constants = _lineage(batch, datetime.now(UTC).replace(tzinfo=None))
+    return out.assign(**{name: _constant(value, len(out)) for name, value in constants.items()})
+
+
+def _constant(value: object, rows: int) -> object:
+    """A batch constant as a column: text as a one-level categorical, anything else as it is."""
+    return (
+        pd.Categorical.from_codes(np.zeros(rows, dtype="int8"), [value]) if isinstance(value, str) else value
+    )
 
 
 def _lineage(batch: Batch, scored_at: datetime) -> dict[str, object]:

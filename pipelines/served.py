@@ -35,8 +35,9 @@ def probability_column(label: str) -> str:
 
 
 def model_input(frame: pd.DataFrame, numeric: list[str]) -> pd.DataFrame:
-    """Numeric inputs as float64, as every model is trained and its signature says."""
-    return frame.astype({c: "float64" for c in numeric})
+    """Numeric inputs as float64, as every model is trained and its signature says (no copy if they are)."""
+    cast = {c: "float64" for c in numeric if frame[c].dtype != "float64"}
+    return frame.astype(cast) if cast else frame
 
 
 class NamedClassifier(ClassifierMixin, BaseEstimator):
@@ -72,10 +73,10 @@ class NamedClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
     def predict_frame(self, X: pd.DataFrame) -> pd.DataFrame:
-        """PREDICTED_CLASS and P_<CLASS> per class, one row per input row (a fresh 0..n-1 index)."""
+        """PREDICTED_CLASS (a categorical over the classes) and P_<CLASS> per class, one row per input row."""
         proba = self.predict_proba(X)
         frame = pd.DataFrame(proba, columns=[probability_column(c) for c in self.classes_])
-        frame.insert(0, PREDICTED, self.classes_[proba.argmax(axis=1)].astype(object))
+        frame.insert(0, PREDICTED, pd.Categorical.from_codes(proba.argmax(axis=1), list(self.classes_)))
         return frame
 
     def _input(self, X: pd.DataFrame) -> pd.DataFrame:

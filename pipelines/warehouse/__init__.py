@@ -21,7 +21,9 @@ def connect(profile: Profile, read_only: bool = False) -> Iterator[Warehouse]:
     if config.backend == "duckdb":
         from pipelines.warehouse.duckdb import DuckDBWarehouse
 
-        warehouse: Warehouse = DuckDBWarehouse(config.path, read_only=read_only)
+        warehouse: Warehouse = DuckDBWarehouse(
+            config.path, read_only=read_only, memory_limit=config.memory_limit
+        )
     else:
         from pipelines.warehouse.snowpark import SnowparkWarehouse
 

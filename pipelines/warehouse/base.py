@@ -7,7 +7,7 @@ bulk (Arrow / pandas), never row by row.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal, Protocol
@@ -63,6 +63,23 @@ class Warehouse(Protocol):
 
     def write(self, df: pd.DataFrame, table: str, *, mode: WriteMode, keys: Sequence[str] = ()) -> int:
         """Write a frame atomically: append, replace the table, or merge by `keys`."""
+
+    def write_chunks(
+        self,
+        frames: Iterable[pd.DataFrame],
+        table: str,
+        *,
+        keys: Sequence[str],
+        new_only: bool,
+        commit_rows: int,
+        committed: Callable[[int, float], None] = lambda rows, seconds: None,
+    ) -> int:
+        """Write a stream of frames into existing `table`, one row per `keys`, committed every `commit_rows`.
+
+        `new_only`: the caller selected rows whose keys the table lacks (a backend may append
+        them). A crash keeps every committed interval; after each commit, `committed` hears the
+        rows written so far and the seconds this interval spent writing. Returns the rows written.
+        """
 
     def columns(self, table: str) -> dict[str, str]:
         """Column names (upper case) and types of an existing table."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,17 @@ class DuckDBWarehouse(TableOps):
 
     backend = "duckdb"
 
-    def __init__(self, path: Path | str, read_only: bool = False, wait: float = LOCK_WAIT_SECONDS) -> None:
-        """Open the file; while another process writes it (DuckDB's file lock), wait up to `wait` seconds."""
+    def __init__(
+        self,
+        path: Path | str,
+        read_only: bool = False,
+        wait: float = LOCK_WAIT_SECONDS,
+        memory_limit: str | None = None,
+    ) -> None:
+        """Open the file; while another process writes it (DuckDB's file lock), wait up to `wait` seconds.
+
+        `memory_limit` caps DuckDB's buffers (e.g. "1GB"): beyond it, joins and sorts spill to disk.
+        """
         try:
             if str(path) != ":memory:" and not read_only:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +54,8 @@ class DuckDBWarehouse(TableOps):
         while True:
             try:
                 self._con = duckdb.connect(str(path), read_only=read_only)
+                if memory_limit:
+                    self._con.execute("SET memory_limit = ?", [memory_limit])
                 return
             except duckdb.IOException as exc:
                 if _damaged(exc):
@@ -79,7 +90,8 @@ class DuckDBWarehouse(TableOps):
         cursor = self._con.cursor()
         try:
             relation = cursor.sql(self._single(sql), params=list(params) or None)
-            yield from rechunk((batch.to_pandas() for batch in relation.to_arrow_reader(rows)), rows)
+            frames = (batch.to_pandas(date_as_object=False) for batch in relation.to_arrow_reader(rows))
+            yield from rechunk(frames, rows)
         except duckdb.Error as exc:
             raise WarehouseError(first_line(exc)) from None
         finally:
@@ -99,9 +111,7 @@ class DuckDBWarehouse(TableOps):
                 self._con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM {staged}")
             else:
                 self._con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM {staged} LIMIT 0")
-                if mode == "merge":
-                    self._con.execute(f"DELETE FROM {target} AS t USING {staged} AS s WHERE {_match(keys)}")
-                self._con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {staged}")
+                self._insert(df, table, keys if mode == "merge" else None)
             self._con.execute("COMMIT")
         except duckdb.Error as exc:
             self._con.execute("ROLLBACK")
@@ -109,6 +119,60 @@ class DuckDBWarehouse(TableOps):
         finally:
             self._con.unregister(staged)
         return len(df)
+
+    def write_chunks(
+        self,
+        frames: Iterable[pd.DataFrame],
+        table: str,
+        *,
+        keys: Sequence[str],
+        new_only: bool,
+        commit_rows: int,
+        committed: Callable[[int, float], None] = lambda rows, seconds: None,
+    ) -> int:
+        """Write a stream of frames into an existing `table`, committing every `commit_rows` rows.
+
+        `new_only`: the frames' keys are not in the table (the caller selected them so, and
+        DuckDB lets one process write the file), so each frame is appended; else each is merged
+        (DELETE ... USING, then INSERT). A failure rolls back only the uncommitted rows.
+        """
+        written = pending = 0
+        seconds = 0.0
+        try:
+            for df in frames:
+                started = time.perf_counter()
+                if not pending:
+                    self._con.execute("BEGIN TRANSACTION")
+                self._insert(df, table, None if new_only else keys)
+                pending += len(df)
+                if pending >= commit_rows:
+                    self._con.execute("COMMIT")
+                    written, pending = written + pending, 0
+                seconds += time.perf_counter() - started
+                if not pending:
+                    committed(written, seconds)
+                    seconds = 0.0
+            if pending:
+                self._con.execute("COMMIT")
+                committed(written + pending, seconds)
+        except BaseException as exc:
+            if pending:
+                self._con.execute("ROLLBACK")
+            if isinstance(exc, duckdb.Error):
+                raise write_failed(table, exc) from None
+            raise
+        return written + pending
+
+    def _insert(self, df: pd.DataFrame, table: str, keys: Sequence[str] | None) -> None:
+        """Insert one frame (replacing the rows with its `keys`, if given) inside the open transaction."""
+        target, staged = quote(table), f"podium_stage_{uuid.uuid4().hex}"
+        self._con.register(staged, df)
+        try:
+            if keys:
+                self._con.execute(f"DELETE FROM {target} AS t USING {staged} AS s WHERE {_match(keys)}")
+            self._con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {staged}")
+        finally:
+            self._con.unregister(staged)
 
     def columns(self, table: str) -> dict[str, str]:
         """Column names and DuckDB types of a table, in order."""

@@ -11,7 +11,9 @@ import atexit
 import logging
 import operator
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import reduce
 from typing import TYPE_CHECKING, Any
 
@@ -189,6 +191,49 @@ class SnowparkWarehouse(TableOps):
     def score_in_warehouse(self, job: ScoringJob) -> tuple[int, int]:
         """Score inside Snowflake with the model as a vectorized UDF (see `snowpark_scoring`)."""
         return snowpark_scoring.run_job(self, job)
+
+    def write_chunks(
+        self,
+        frames: Iterable[pd.DataFrame],
+        table: str,
+        *,
+        keys: Sequence[str],
+        new_only: bool,
+        commit_rows: int,
+        committed: Callable[[int, float], None] = lambda rows, seconds: None,
+    ) -> int:
+        """Stage the frames in a temporary table; MERGE it into `table` by `keys` every `commit_rows` rows.
+
+        One MERGE per interval, never one per row. `new_only` changes nothing
+        here: other sessions may score the same rows, and the MERGE keeps one row per key.
+        """
+        staging = f"PODIUM_CHUNKS_{uuid.uuid4().hex.upper()}"
+        written = pending = 0
+        started = time.perf_counter()
+        try:
+            for df in frames:
+                uploaded = self.session.create_dataframe(_plain(df)).write
+                uploaded.save_as_table(staging, mode="append", table_type="temporary", column_order="name")
+                pending += len(df)
+                if pending >= commit_rows:
+                    written, pending = written + self._merge_staged(staging, table, keys), 0
+                    committed(written, time.perf_counter() - started)
+                    started = time.perf_counter()
+            if pending:
+                written += self._merge_staged(staging, table, keys)
+                committed(written, time.perf_counter() - started)
+        except (SnowparkSQLException, SnowparkClientException, ConnectorError) as exc:
+            raise write_failed(table, exc) from None
+        finally:
+            if pending and self.exists(staging):  # an interval a failure left staged
+                self.session.table(staging).drop_table()
+        return written
+
+    def _merge_staged(self, staging: str, table: str, keys: Sequence[str]) -> int:
+        """MERGE the staging table into `table`, then drop it: the next interval stages afresh."""
+        merged = self.merge_dataframe(self.session.table(staging), table, keys)
+        self.session.table(staging).drop_table()
+        return merged
 
     def merge_dataframe(self, staged, table: str, keys: Sequence[str]) -> int:  # noqa: ANN001 (a Snowpark DataFrame)
         """MERGE a Snowpark DataFrame into `table` by `keys` (created if absent); the rows written."""

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import mlflow
-import numpy as np
 import pytest
 
-from pipelines import train
+from pipelines import dataset, train
 from pipelines.config import Profile, Spec
 from pipelines.warehouse import connect
 
@@ -22,9 +21,9 @@ def test_a_better_grid_slot_never_lowers_the_podium_probability_much(
         rows = warehouse.query(
             f"SELECT * FROM {spec.table} WHERE {spec.time} >= ? LIMIT 200", [spec.holdout_start]
         )
-    podium = spec.classes.index("podium")
+    podium = dataset.probability_column("podium")
     front, back = (
-        np.asarray(model.predict(rows.assign(GRID=float(g), QUALI_POSITION=float(g)))) for g in (1, 20)
+        model.predict(rows.assign(GRID=float(g), QUALI_POSITION=float(g)))[podium].to_numpy() for g in (1, 20)
     )
-    assert (front[:, podium] >= back[:, podium] - 0.05).all()
-    assert front[:, podium].mean() > back[:, podium].mean() + 0.1
+    assert (front >= back - 0.05).all()
+    assert front.mean() > back.mean() + 0.1

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
 from pipelines import dataset, evaluate, metrics, promote, score, train
 from pipelines.config import Profile, Spec
@@ -107,10 +108,10 @@ def test_kill_9_mid_write_keeps_earlier_chunks_and_a_rerun_completes(
         profile_file(tmp_path, profile),
     ]
     worker = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-    merged = 0
+    committed = 0
     for line in worker.stderr:
-        merged += "merged" in line
-        if merged == 5:
+        committed += "rows committed" in line
+        if committed == 5:
             os.kill(worker.pid, signal.SIGKILL)
             break
     worker.wait(timeout=60)
@@ -150,6 +151,58 @@ def test_evaluate_reports_each_version_and_period_and_reruns_replace(champion: t
         stored = warehouse.query(f"SELECT * FROM {spec.monitoring.table}")
     assert len(stored) == len(first.rows)
     assert not stored.duplicated(evaluate.KEYS).any()
+
+
+def test_evaluate_in_the_warehouse_matches_the_figures_computed_in_memory(
+    champion: tuple[Profile, Spec],
+) -> None:
+    profile, spec = champion
+    score.main(profile, spec)
+    score.main(profile, spec, "models:/f1_podium/Production")
+    written = evaluate.main(profile, spec).rows.set_index(["MODEL_VERSION", "PERIOD", "METRIC"]).VALUE
+    joined, reference = _scored_with_actuals(profile, spec)
+    probabilities = dataset.probability_columns(spec)
+    for (version, year), group in joined.groupby(
+        ["MODEL_VERSION", pd.to_datetime(joined[spec.time]).dt.year]
+    ):
+        y, proba = dataset.encode_target(group[spec.target], spec), group[probabilities].to_numpy()
+        expected = {
+            "rows": len(group),
+            "accuracy": accuracy_score(y, proba.argmax(axis=1)),
+            "log_loss": log_loss(y, proba, labels=range(len(spec.classes))),
+            "auc": np.mean([roc_auc_score(y == k, proba[:, k]) for k in np.unique(y)]),
+            "auc_classes": len(np.unique(y)),
+            "hit_rate_top3_podium": _top3_podium(group, spec),
+        }
+        for metric, value in expected.items():
+            assert written[(version, str(year), metric)] == pytest.approx(value, rel=1e-9), metric
+    for version, group in joined.groupby("MODEL_VERSION"):
+        for feature in _features(profile, spec):
+            value = metrics.psi(reference[feature], group[feature])
+            assert written[(version, "all", f"psi.{feature}")] == pytest.approx(value, rel=1e-9), feature
+
+
+def _scored_with_actuals(profile: Profile, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The scores joined with the feature rows whose actual class is known, and the training window."""
+    match = " AND ".join(f"s.{k} = f.{k}" for k in spec.keys)
+    with connect(profile, read_only=True) as warehouse:
+        scores = ", ".join(f"s.{c}" for c in dataset.probability_columns(spec))
+        joined = warehouse.query(
+            f"SELECT s.MODEL_VERSION, s.PREDICTED_CLASS, {scores}, f.* FROM {spec.scoring_table} AS s "
+            f"JOIN {spec.table} AS f ON {match} WHERE f.{spec.target} IS NOT NULL"
+        )
+        return joined, dataset.read_training_rows(warehouse, spec)
+
+
+def _features(profile: Profile, spec: Spec) -> list[str]:
+    with connect(profile, read_only=True) as warehouse:
+        return dataset.read_schema(warehouse, spec).columns
+
+
+def _top3_podium(group: pd.DataFrame, spec: Spec) -> float:
+    """Per race, the share of the three highest-P_PODIUM drivers (ties by key) who finished on the podium."""
+    ranked = group.sort_values(["P_PODIUM", *spec.keys], ascending=[False, *[True] * len(spec.keys)])
+    return float((ranked.groupby("RACE_ID").head(3)[spec.target] == "podium").mean())
 
 
 def test_psi_is_zero_for_the_same_distribution_and_large_for_a_shift() -> None:

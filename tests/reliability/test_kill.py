@@ -8,7 +8,12 @@ stage again and checks that it completes the work.
 from __future__ import annotations
 
 import gzip
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from multiprocessing.context import BaseContext
 from pathlib import Path
@@ -239,6 +244,46 @@ def test_scoring_keeps_one_row_per_key_and_version_and_a_rerun_completes(
             assert set(rows["BATCH_ID"]) == {result.batch_id}, "a rerun of --full finishes the whole rescore"
         assert not _running_score_runs(spec), f"kill {i}: a killed score run stays RUNNING after the next run"
     assert not full or resumed >= 2, f"only {resumed} kills landed inside a --full rescore's writes"
+
+
+def test_a_kill_with_chunks_in_flight_keeps_only_whole_committed_chunks(
+    champion: tuple[Profile, Spec, list[str]], tmp_path: Path
+) -> None:
+    """Killed right after its k-th commit, while later chunks are read or predicted but not written."""
+    profile, spec, _ = champion
+    args = ["score", "--chunk-rows", "10", "-p", profile_file(tmp_path, profile)]
+    env = worker_env() | {"PODIUM_LOG_LEVEL": "DEBUG"}
+    expected, ahead = window_rows(profile, spec), []
+    for commits in (1, 2, 4, 8, 16, 32, 64):
+        with connect(profile) as warehouse:
+            warehouse.execute(f"DELETE FROM {spec.scoring_table}")
+        committed, read = _kill_after_commits(args, env, commits)
+        ahead.append(read - committed)
+        survived = score_rows(profile, spec)
+        assert len(survived) % 10 == 0 and committed <= len(survived) < expected, f"after {commits} commits"
+        assert not survived.duplicated([*spec.keys, "MODEL_VERSION"]).any()
+        score.main(profile, spec, chunk_rows=10)
+        complete = score_rows(profile, spec)
+        assert len(complete) == expected and not complete.duplicated([*spec.keys, "MODEL_VERSION"]).any()
+        kept = complete.merge(survived, on=[*spec.keys, "MODEL_VERSION"], suffixes=("", "_before"))
+        assert len(kept) == len(survived) and (kept.BATCH_ID == kept.BATCH_ID_before).all()
+    assert max(ahead) > 0, f"no kill found a chunk read ahead of the writes (rows ahead: {ahead})"
+
+
+def _kill_after_commits(args: list[str], env: dict[str, str], commits: int) -> tuple[int, int]:
+    """Run `podium ARGS`; SIGKILL it as soon as it logs its `commits`-th commit: (rows committed, read)."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
+    )
+    seen = 0
+    for line in worker.stderr:
+        if found := re.search(r"(\d+) rows committed \((\d+) of", line):
+            seen += 1
+            if seen == commits:
+                os.kill(worker.pid, signal.SIGKILL)
+                worker.wait(timeout=60)
+                return int(found.group(1)), int(found.group(2))
+    raise AssertionError(f"podium {' '.join(args)} ended after {seen} commits, before the kill")
 
 
 def _running_score_runs(spec: Spec) -> list[str]:

@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from pipelines import display
 from pipelines.evaluate import EvaluateResult
-from pipelines.metrics import period_metrics
+from pipelines.metrics import period_figures
 
 
 def test_a_period_with_one_class_prints_auc_as_undefined_and_counts_as_whole_numbers(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(display.out, "width", 160)  # one line per row, whatever the terminal
-    y = np.array([0, 0, 0])  # one class only: AUC is undefined
-    proba = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.5, 0.4, 0.1]])
-    mixed = period_metrics(np.array([0, 1, 2, 1]), np.vstack([proba, [[0.1, 0.8, 0.1]]]))
+    one_class = {"N": 3, "HITS": 3, "LOSS": 1.2, "POS_0": 3, "RANKS_0": 6, "POS_1": 0, "RANKS_1": 0}
+    mixed = {"N": 4, "HITS": 3, "LOSS": 2.0, "POS_0": 2, "RANKS_0": 7, "POS_1": 2, "RANKS_1": 3}
     rows = pd.DataFrame(
         [
             {"MODEL_VERSION": "1", "PERIOD": period, "METRIC": metric, "VALUE": value}
-            for period, figures in [("2021", period_metrics(y, proba)), ("2022", mixed)]
-            for metric, value in figures.items()
+            for period, sums in [("2021", one_class), ("2022", mixed)]
+            for metric, value in period_figures(sums, 2).items()
         ]
     )
     display.show(EvaluateResult("ML.MONITORING", rows, []))

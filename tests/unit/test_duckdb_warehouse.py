@@ -151,3 +151,32 @@ def test_a_command_waits_for_the_writer_to_finish(tmp_path: Path, caplog: pytest
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_write_chunks_appends_or_merges_and_commits_per_interval(warehouse: DuckDBWarehouse) -> None:
+    warehouse.write(frame([1, 2], "a"), "ML.T", mode="replace")
+    commits: list[int] = []
+    stream = iter([frame([3], "b"), frame([4], "b"), frame([5], "b")])
+    done = warehouse.write_chunks(
+        stream, "ML.T", keys=["K"], new_only=True, commit_rows=2, committed=lambda n, s: commits.append(n)
+    )
+    assert done == 3 and commits == [2, 3]
+    merged = warehouse.write_chunks(
+        iter([frame([1, 6], "c")]), "ML.T", keys=["K"], new_only=False, commit_rows=9
+    )
+    assert merged == 2
+    assert rows(warehouse) == [(1, "c1"), (2, "a2"), (3, "b3"), (4, "b4"), (5, "b5"), (6, "c6")]
+
+
+def test_write_chunks_keeps_committed_intervals_when_the_stream_fails(warehouse: DuckDBWarehouse) -> None:
+    warehouse.write(frame([1], "a"), "ML.T", mode="replace")
+
+    def stream():
+        yield frame([2], "b")
+        yield frame([3], "b")  # the first interval, committed
+        yield frame([4], "b")
+        raise RuntimeError("the model failed on the next chunk")
+
+    with pytest.raises(RuntimeError, match="model failed"):
+        warehouse.write_chunks(stream(), "ML.T", keys=["K"], new_only=True, commit_rows=2)
+    assert rows(warehouse) == [(1, "a1"), (2, "b2"), (3, "b3")]  # row 4 was rolled back

@@ -348,3 +348,14 @@ def test_connect_from_environment(
         assert SECRET not in caplog.text
     finally:
         wh.close()
+
+
+def test_write_chunks_merges_once_per_interval(local_wh: SnowparkWarehouse) -> None:
+    local_wh.write(frame([1, 2], "a"), "ML.T", mode="merge", keys=["K"])
+    commits: list[int] = []
+    stream = iter([frame([2, 3], "b"), frame([4], "b"), frame([5], "b")])
+    written = local_wh.write_chunks(
+        stream, "ML.T", keys=["K"], new_only=True, commit_rows=3, committed=lambda n, s: commits.append(n)
+    )
+    assert written == 4 and commits == [3, 4]  # two MERGEs for three chunks
+    assert rows(local_wh) == [(1, "a1"), (2, "b2"), (3, "b3"), (4, "b4"), (5, "b5")]
