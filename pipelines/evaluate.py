@@ -9,6 +9,9 @@ Outputs: the spec's monitoring table, long format, one row per (model version, p
          window, period `all`). Rerunning replaces the rows it recomputes.
 MLflow:  the `evaluate` run: the same figures as metrics (`v<version>.<period>.<metric>`),
          `monitoring.csv`, `plots/monitoring.png`, and a warning tag per drifting feature.
+
+Every figure is computed in the warehouse (SQL through the seam): only sums per period and
+rows per PSI bin come back, so memory does not grow with the scored rows.
 """
 
 from __future__ import annotations
@@ -218,7 +221,7 @@ def drift_rows(warehouse: Warehouse, spec: Spec, schema: FeatureSchema) -> list[
         f"SELECT 'training' AS MODEL_VERSION, * FROM {quote(spec.table)} WHERE {time} >= ? AND {time} < ?"
     )
     expected = bin_counts(warehouse, training, [spec.train_start, spec.holdout_start], edges, schema)
-    scored = f"SELECT * FROM ({outcomes(spec, 'year', schema.columns)}) AS o"
+    scored = f"SELECT * FROM ({outcomes(spec, 'year', schema.columns)}) AS o"  # (PSI needs no period)
     actual = bin_counts(warehouse, scored, [], edges, schema)
     rows = []
     for (version, feature), counts in actual.groupby(["MODEL_VERSION", "FEATURE"]):
