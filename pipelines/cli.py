@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
+from pipelines import backtest as backtest_stage
 from pipelines import display, pipeline
 from pipelines import evaluate as evaluate_stage
 from pipelines import features as features_stage
@@ -40,8 +42,8 @@ HELP = """Podium: MLflow-tracked experiments and a model registry over Snowflake
 One command per stage, in pipeline order: [bold]ingest[/] raw files, build [bold]features[/] in SQL,
 [bold]tune[/] one Optuna study per model family, [bold]train[/] and register the best, [bold]promote[/] it
 through the spec's policy, [bold]score[/] rows back into the warehouse, [bold]evaluate[/] them against
-actuals. [bold]run[/] chains them all, [bold]status[/] shows where everything stands and [bold]sql[/]
-queries the warehouse. Every stage is an MLflow run: see them with `mlflow ui`.
+actuals. [bold]run[/] chains them all, [bold]backtest[/] replays them over past periods, [bold]status[/]
+shows where everything stands and [bold]sql[/] queries the warehouse. Every stage is an MLflow run: see them with `mlflow ui`.
 
 A [italic]spec[/] (experiments/NAME.yaml) says what is learned; a [italic]profile[/] (conf/NAME.yaml)
 says where it runs. `podium COMMAND --help` explains one command, with examples.
@@ -300,6 +302,13 @@ def score(
     engine: Annotated[
         str, typer.Option(help="local: stream rows through Podium; warehouse: a vectorized UDF in Snowflake.")
     ] = "local",
+    shadow: Annotated[
+        bool | None,
+        typer.Option(
+            "--shadow/--no-shadow",
+            help="Also score the challenger on the same rows, in the same batch (default: scoring.shadow).",
+        ),
+    ] = None,
 ) -> None:
     """Score the spec's scoring window with a registered model, writing scores back to the warehouse.
 
@@ -314,10 +323,12 @@ def score(
           another alias, a stage or a version
       podium score --full --chunk-rows 10000
           rescore the whole window
+      podium score --shadow
+          the champion and, on the same rows, the challenger (for `evaluate` to compare)
       podium score --engine warehouse --profile snowflake
           inside Snowflake, as a vectorized UDF
     """
-    display.show(score_stage.main(*_load(profile, spec), model or None, full, chunk_rows, engine))
+    display.show(score_stage.main(*_load(profile, spec), model or None, full, chunk_rows, engine, shadow))
 
 
 @command
@@ -333,6 +344,39 @@ def evaluate(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") ->
       podium sql "select * from ML.F1_MONITORING where METRIC = 'log_loss'"
     """
     display.show(evaluate_stage.main(*_load(profile, spec)))
+
+
+@command
+def backtest(
+    profile: ProfileOption = DEFAULT_PROFILE,
+    spec: SpecOption = "",
+    start: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="First period replayed (default: the spec's)."),
+    ] = None,
+    end: Annotated[
+        datetime | None, typer.Option(formats=["%Y-%m-%d"], help="The replay stops before this date.")
+    ] = None,
+    trials: Annotated[int | None, typer.Option(help="New trials per family per period.")] = None,
+) -> None:
+    """Replay the lifecycle over past periods: for each, tune, train, gate, score and evaluate it.
+
+    Each period (the spec's monitoring period; F1: a season) is judged as if it were today:
+    only earlier rows train and gate its models; the champion of that moment scores it, the
+    new challenger in shadow. Versions go to `<model>_backtest`, tagged `podium.backtest`; the
+    real champion, stages and scores are never touched. Writes one row per (period, model) to
+    `backtest.table`, and `plots/backtest.png` to the MLflow run.
+
+    [bold]Examples[/]
+      podium backtest
+          the spec's backtest window, at its budget
+      podium backtest --start 2019-01-01 --end 2021-01-01 --trials 2
+          two seasons, two trials per family
+      podium sql "select PERIOD, ROLE, MODEL_FAMILY, LOG_LOSS, DECISION from ML.F1_BACKTEST"
+    """
+    profile_, spec_ = _load(profile, spec)
+    begin, finish = (d.date() if d else None for d in (start, end))
+    display.show(backtest_stage.main(profile_, spec_, pipeline.LIFECYCLE, begin, finish, trials))
 
 
 @command

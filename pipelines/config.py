@@ -190,6 +190,13 @@ class RegistryConfig(Strict):
 PolicyCheck = Literal["beats_baseline", "signature_matches"]
 
 
+class LiveEvidence(Strict):
+    """Live evidence the gate asks for: the challenger beat the holder in shadow on the last `periods`."""
+
+    periods: int = Field(ge=1, description="evaluated shadow periods, the latest, that must all be won")
+    min_improvement: float = Field(0.0, ge=0, description="by at least this much in each (paired gain)")
+
+
 class PromotionPolicy(Strict):
     """The gate a challenger must pass to take a target (an alias or a stage) from its holder."""
 
@@ -197,16 +204,29 @@ class PromotionPolicy(Strict):
     min_improvement: float = Field(0.0, ge=0, description="over the current holder, on the same holdout")
     checks: list[PolicyCheck] = ["beats_baseline", "signature_matches"]
     baseline: str = Field("heuristic", description="the baseline `beats_baseline` compares with")
+    live: LiveEvidence | None = Field(None, description="shadow periods the challenger must have won too")
+
+    @model_validator(mode="after")
+    def _live_metric_adds_up(self) -> PromotionPolicy:
+        if self.live and self.metric == "auc":
+            raise ValueError(
+                "live evidence compares shadow pairs race by race, which AUC does not allow: set "
+                "promotion.metric to log_loss or balanced_accuracy, or drop promotion.live"
+            )
+        return self
 
 
 class ScoringConfig(Strict):
-    """Which rows `score` selects: time in [start, end); rows per chunk and per commit."""
+    """Which rows `score` selects: time in [start, end); rows per chunk and per commit; a shadow."""
 
     start: date
     end: date | None = None
     chunk_rows: int = Field(131_072, gt=0, description="rows per read-predict-write chunk: bounds memory")
     commit_rows: int | None = Field(
         None, gt=0, description="rows per commit (one MERGE each on Snowflake); default: every chunk"
+    )
+    shadow: Literal["challenger"] | None = Field(
+        None, description="challenger: score it beside the champion on the same rows (`score --shadow`)"
     )
 
     @model_validator(mode="after")
@@ -233,6 +253,24 @@ class MonitoringConfig(Strict):
     hit_rate: HitRateConfig | None = None
 
 
+class BacktestConfig(Strict):
+    """`podium backtest`: the lifecycle replayed period by period (the monitoring period) over past data."""
+
+    table: TableName = Field(description="one row per (period, model); its scratch tables share the prefix")
+    start: date = Field(description="the first period replayed")
+    end: date = Field(description="the replay stops before this")
+    families: list[str] | None = Field(None, min_length=1, description="default: tuning.families")
+    trials: int = Field(
+        4, ge=1, description="new trials per family per period (trials, not seconds: a replay is repeatable)"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BacktestConfig:
+        if self.end <= self.start:
+            raise ValueError(f"end ({self.end}) must be after start ({self.start}): fix backtest.end")
+        return self
+
+
 class Spec(Strict):
     """One use case: its feature table, keys, time, target and holdout."""
 
@@ -245,6 +283,7 @@ class Spec(Strict):
     classes: list[Annotated[str, AfterValidator(_class_name)]] = Field(min_length=2)
     train_start: date
     holdout_start: date
+    holdout_end: date | None = Field(None, description="the holdout is time in [holdout_start, holdout_end)")
     scoring_table: TableName
     ingest: IngestConfig | None = None
     features: FeaturesConfig | None = None
@@ -256,6 +295,7 @@ class Spec(Strict):
     monitoring: MonitoringConfig | None = None
     registry: RegistryConfig = RegistryConfig()
     promotion: PromotionPolicy = PromotionPolicy()
+    backtest: BacktestConfig | None = None
 
     @property
     def model_name(self) -> str:
@@ -282,6 +322,11 @@ class Spec(Strict):
             raise ValueError(
                 f"train_start ({self.train_start}) must be before holdout_start ({self.holdout_start})"
             )
+        if self.holdout_end is not None and self.holdout_end <= self.holdout_start:
+            raise ValueError(
+                f"holdout_end ({self.holdout_end}) must be after holdout_start ({self.holdout_start}): "
+                "fix or drop holdout_end"
+            )
         return self
 
 
@@ -289,6 +334,7 @@ SECTION_HINTS = {
     "tuning": "search_space and families",
     "scoring": "scoring.start (and optionally end)",
     "monitoring": "monitoring.table",
+    "backtest": "backtest.table, start and end",
 }
 
 

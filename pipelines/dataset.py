@@ -135,12 +135,14 @@ def load_training(warehouse: Warehouse, spec: Spec, schema: FeatureSchema) -> Wi
 
 
 def load_holdout(warehouse: Warehouse, spec: Spec, schema: FeatureSchema) -> Window:
-    """The labelled rows at or after holdout_start: only `train` (and a re-judging `promote`) reads them."""
+    """The labelled rows at or after holdout_start (and before holdout_end, if set): only `train` (and a
+    re-judging `promote`) reads them."""
+    time = quote(spec.time)
+    before = f" AND {time} < ?" if spec.holdout_end else ""
     frame = warehouse.query(
-        f"SELECT * FROM {quote(spec.table)} WHERE {quote(spec.time)} >= ? AND {quote(spec.target)} IS NOT "
-        "NULL "
+        f"SELECT * FROM {quote(spec.table)} WHERE {time} >= ?{before} AND {quote(spec.target)} IS NOT NULL "
         f"ORDER BY {_order(spec)}",
-        [spec.holdout_start],
+        [spec.holdout_start, *([spec.holdout_end] if spec.holdout_end else [])],
     )
     if frame.empty:
         raise PodiumError(
@@ -152,12 +154,18 @@ def load_holdout(warehouse: Warehouse, spec: Spec, schema: FeatureSchema) -> Win
 
 
 def scoring_selection(
-    spec: Spec, start: date, end: date | None, version: str, full: bool, resumed_batch: str | None = None
+    spec: Spec,
+    start: date,
+    end: date | None,
+    versions: list[str],
+    full: bool,
+    resumed_batch: str | None = None,
 ) -> tuple[str, list[Any]]:
     """The WHERE clause (feature table aliased `f`) of the rows to score, and its bound values.
 
-    Incremental unless `full`: rows the model version has already scored are left out. A resumed
-    `full` rescore leaves out the rows its batch (`resumed_batch`) already rewrote.
+    Incremental unless `full`: rows every one of `versions` has already scored are left out
+    (a shadow batch scores two). A resumed `full` rescore leaves out the rows its batch
+    (`resumed_batch`) already rewrote.
     """
     time_col = f"f.{quote(spec.time)}"
     clauses, params = [f"{time_col} >= ?"], [start]
@@ -167,11 +175,13 @@ def scoring_selection(
     if not full or resumed_batch:
         match = " AND ".join(f"s.{quote(k)} = f.{quote(k)}" for k in spec.keys)
         same_batch = " AND s.BATCH_ID = ?" if full else ""
-        clauses.append(
+        missing = (
             f"NOT EXISTS (SELECT 1 FROM {quote(spec.scoring_table)} AS s WHERE {match} "
             f"AND s.MODEL_VERSION = ?{same_batch})"
         )
-        params += [version, resumed_batch] if full else [version]
+        clauses.append("(" + " OR ".join([missing] * len(versions)) + ")")
+        for version in versions:
+            params += [version, resumed_batch] if full else [version]
     return " AND ".join(clauses), params
 
 
@@ -202,7 +212,7 @@ def training_name(spec: Spec) -> str:
 
 
 def holdout_name(spec: Spec) -> str:
-    return f"{spec.table}[{spec.holdout_start}:]"
+    return f"{spec.table}[{spec.holdout_start}:{spec.holdout_end or ''}]"
 
 
 def probability_column(label: str) -> str:

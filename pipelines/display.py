@@ -14,6 +14,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from pipelines import shadow
+from pipelines.backtest import BacktestResult
 from pipelines.evaluate import EvaluateResult
 from pipelines.features import FeaturesResult, QualityCheck
 from pipelines.ingest import IngestResult
@@ -99,16 +101,19 @@ def _(result: ScoreResult) -> None:
             highlight=False,
         )
         return
+    shadow = f" and, in shadow, v{result.shadow.version} ({result.shadow.uri})" if result.shadow else ""
     out.print(
-        f"scored [bold]{result.rows_written:,}[/] of {result.rows_read:,} rows read into {result.table} with "
-        f"{result.model.name} v{result.model.version} ({result.model.uri}); batch {result.batch_id}",
+        f"scored [bold]{result.rows_written:,}[/] rows for {result.rows_read:,} read into {result.table} with"
+        f" {result.model.name} v{result.model.version} ({result.model.uri}){shadow}; batch "
+        f"{result.batch_id}",
         highlight=False,
     )
 
 
 @show.register
 def _(result: EvaluateResult) -> None:
-    timed = result.rows[result.rows["PERIOD"] != "all"]
+    paired = result.rows["METRIC"].map(shadow.is_paired).astype(bool)
+    timed = result.rows[(result.rows["PERIOD"] != "all") & ~paired]
     wide = timed.pivot_table(
         index=["MODEL_VERSION", "PERIOD"], columns="METRIC", values="VALUE", dropna=False
     ).reset_index()
@@ -116,8 +121,71 @@ def _(result: EvaluateResult) -> None:
     for row in wide.to_dict("records"):
         table.add_row(*[v if isinstance(v, str) else figure(str(m), v) for m, v in row.items()])
     out.print(table)
-    drift = ", ".join(result.drifting) or "none"
-    out.print(f"features drifting past the PSI threshold: {drift}", highlight=False)
+    _shadow_pairs(result.rows[paired])
+    if not result.drifting:
+        out.print("features drifting past the PSI threshold: none", highlight=False)
+    for d in result.drifting:
+        line = f"drift: {d.feature} (v{d.version}) PSI {d.psi:.2f}; moved most: {d.moved()}"
+        out.print(line, highlight=False)
+
+
+def _shadow_pairs(rows: pd.DataFrame) -> None:
+    """The challenger against the champion on the same rows, per period: the paired gain and its interval."""
+    if rows.empty:
+        return
+    table = Table(
+        "challenger",
+        "champion",
+        "period",
+        "gain",
+        "95% interval",
+        "won",
+        title="Shadow pairs (gain > 0: the challenger did better)",
+        title_justify="left",
+    )
+    champion, figure = zip(*rows.METRIC.map(shadow.split), strict=True)
+    named = rows.assign(CHAMPION=champion, FIGURE=figure)
+    for (challenger, champion, period), group in named.groupby(["MODEL_VERSION", "CHAMPION", "PERIOD"]):
+        value = dict(zip(group.FIGURE, group.VALUE, strict=True))
+        if period == "all":
+            table.add_row(
+                f"v{challenger}", f"v{champion}", "all", "", "", f"{value['won_share']:.0%} of periods"
+            )
+            continue
+        gain = next(k for k in value if k.endswith("_gain"))
+        interval = f"[{value[gain + '_low']:+.4f}, {value[gain + '_high']:+.4f}]"
+        won = "yes" if value["won"] else "no"
+        table.add_row(
+            f"v{challenger}", f"v{champion}", str(period), f"{value[gain]:+.4f} {gain}", interval, won
+        )
+    out.print(table)
+
+
+@show.register
+def _(result: BacktestResult) -> None:
+    table = Table(
+        "period",
+        "role",
+        "model",
+        "log loss",
+        "AUC",
+        "shadow gain [95%]",
+        "gate",
+        "reason",
+        title=f"Backtest {result.backtest_id} ({result.table})",
+        title_justify="left",
+    )
+    for r in result.rows.itertuples():
+        gain = (
+            ""
+            if pd.isna(r.SHADOW_GAIN)
+            else f"{r.SHADOW_GAIN:+.4f} [{r.SHADOW_GAIN_LOW:+.4f}, {r.SHADOW_GAIN_HIGH:+.4f}]"
+        )
+        model = f"v{r.MODEL_VERSION} {r.MODEL_FAMILY}"
+        cells = [r.PERIOD, r.ROLE, model, figure("log_loss", r.LOG_LOSS), figure("auc", r.AUC), gain]
+        first = r.Index == 0 or result.rows.PERIOD[r.Index - 1] != r.PERIOD
+        table.add_row(*cells, r.DECISION if first else "", r.REASON if first else "")
+    out.print(table)
 
 
 @show.register

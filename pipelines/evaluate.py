@@ -5,10 +5,13 @@ Inputs:  the spec's scoring table joined on its keys with the feature table's ac
 Outputs: the spec's monitoring table, long format, one row per (model version, period,
          metric): log loss, AUC (over the classes the period holds; NULL only if it holds
          fewer than two), `auc_classes` (how many), accuracy, rows, the top-k hit rate if
-         the spec asks for it, and `psi.<FEATURE>` per feature (scored rows vs the training
-         window, period `all`). Rerunning replaces the rows it recomputes.
+         the spec asks for it, `psi.<FEATURE>` per feature (scored rows vs the training
+         window, period `all`), and for each shadow challenger its paired comparison with
+         the champion (`shadow.vs_v<N>.*`, see `shadow`). Rerunning replaces the rows it
+         recomputes.
 MLflow:  the `evaluate` run: the same figures as metrics (`v<version>.<period>.<metric>`),
-         `monitoring.csv`, `plots/monitoring.png`, and a warning tag per drifting feature.
+         `monitoring.csv`, `drift_bins.csv` (every PSI bin's shares), `plots/monitoring.png`,
+         and a tag naming the drifting features.
 
 Every figure is computed in the warehouse (SQL through the seam): only sums per period and
 rows per PSI bin come back, so memory does not grow with the scored rows.
@@ -25,11 +28,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipelines import dataset, plots
+from pipelines import dataset, plots, shadow
 from pipelines.config import HitRateConfig, MonitoringConfig, Profile, Spec
 from pipelines.dataset import FeatureSchema
 from pipelines.errors import ConfigError, PodiumError
-from pipelines.metrics import inner_edges, period_figures, psi_of_counts
+from pipelines.metrics import MISSING, inner_edges, period_figures, psi_bins
 from pipelines.tracking import log_figures, stage_run
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.dialect import quote
@@ -45,14 +48,17 @@ PERIOD_SQL = {
     "month": "CAST(YEAR({t}) AS VARCHAR) || '-' || LPAD(CAST(MONTH({t}) AS VARCHAR), 2, '0')",
 }
 PSI_BINS = 10  # deciles of the training window
-MISSING = "(missing)"  # the bin of NULL values
 
 
 @dataclass(frozen=True)
 class EvaluateResult:
     table: str
     rows: pd.DataFrame  # the monitoring rows written
-    drifting: list[str]  # features whose PSI crossed the threshold
+    drifting: list[Drift]  # (version, feature) pairs whose PSI crossed the threshold, by PSI
+
+    @property
+    def drifting_features(self) -> list[str]:
+        return sorted({d.feature for d in self.drifting})
 
 
 def main(profile: Profile, spec: Spec) -> EvaluateResult:
@@ -72,12 +78,14 @@ def main(profile: Profile, spec: Spec) -> EvaluateResult:
         schema = dataset.feature_schema(spec, columns)
         with stage_run(profile, spec, "evaluate"):
             figures = performance(warehouse, spec, monitoring)
-            drift = pd.DataFrame(drift_rows(warehouse, spec, schema), columns=COLUMNS)
-            rows = _finish(pd.concat([figures, drift], ignore_index=True), spec)
+            pairs = shadow_rows(warehouse, spec, monitoring)
+            drifts = drift_rows(warehouse, spec, schema)
+            parts = [part for part in (figures, pairs, drift_metrics(drifts)) if not part.empty]
+            rows = _finish(pd.concat(parts, ignore_index=True) if parts else figures, spec)
             if not rows.empty:
                 warehouse.write(rows, monitoring.table, mode="merge", keys=KEYS)
-            drifting = _warn(drift, monitoring.psi_threshold)
-            _log(rows, drifting)
+            drifting = _warn(drifts, monitoring.psi_threshold)
+            _log(rows, drifts, drifting)
     return EvaluateResult(monitoring.table, rows, drifting)
 
 
@@ -104,7 +112,10 @@ def check_hit_rate(spec: Spec, hit_rate: HitRateConfig | None, columns: dict[str
 def outcomes(spec: Spec, period: str, extra: list[str]) -> str:
     """Scored rows whose actual class is known: version, period, ACTUAL, the scores, `extra` columns."""
     match = " AND ".join(f"s.{quote(k)} = f.{quote(k)}" for k in spec.keys)
-    scores = ", ".join(f"s.{quote(c)}" for c in ["PREDICTED_CLASS", *dataset.probability_columns(spec)])
+    scores = ", ".join(
+        f"s.{quote(c)}"
+        for c in ["PREDICTED_CLASS", *dataset.probability_columns(spec), "MODEL_ALIAS", "BATCH_ID"]
+    )
     more = "".join(f", f.{quote(c)}" for c in extra)
     return (
         f"SELECT s.MODEL_VERSION, {PERIOD_SQL[period].format(t=f'f.{quote(spec.time)}')} AS PERIOD, "
@@ -147,22 +158,71 @@ def _sums_sql(spec: Spec, period: str) -> tuple[str, list[Any]]:
     a value's average rank is the rows below it plus (its count + 1) / 2.
     """
     probabilities = dataset.probability_columns(spec)
-    actual = "CASE ACTUAL " + " ".join(f"WHEN ? THEN {p}" for p in probabilities) + " END"
-    eps = float(np.finfo(float).eps)  # sklearn's log_loss clips to [eps, 1 - eps], after normalising
-    truth = f"SELECT o.*, ({actual}) / ({' + '.join(probabilities)}) AS P_TRUE FROM o"  # bound once
     base = (
         "SELECT MODEL_VERSION, PERIOD, COUNT(*) AS N, SUM(IFF(PREDICTED_CLASS = ACTUAL, 1, 0)) AS HITS, "
-        f"SUM(-LN(LEAST(GREATEST(P_TRUE, {eps!r}), {1 - eps!r}))) AS LOSS, "
+        f"SUM({_loss('P_TRUE')}) AS LOSS, "
         f"SUM(IFF(ACTUAL IN ({', '.join('?' * len(spec.classes))}), 0, 1)) AS UNKNOWN FROM t "
         "GROUP BY MODEL_VERSION, PERIOD"
     )
     ranks = [_rank_sums_sql(i, p) for i, p in enumerate(probabilities)]
     joined = " ".join(f"JOIN r{i} USING (MODEL_VERSION, PERIOD)" for i in range(len(probabilities)))
     sql = (
-        f"WITH o AS ({outcomes(spec, period, [])}), t AS ({truth}), s AS ({base}), {', '.join(ranks)} "
-        f"SELECT * FROM s {joined} ORDER BY MODEL_VERSION, PERIOD"
+        f"WITH o AS ({outcomes(spec, period, [])}), t AS ({_truth(spec)}), s AS ({base}), "
+        f"{', '.join(ranks)} SELECT * FROM s {joined} ORDER BY MODEL_VERSION, PERIOD"
     )
     return sql, [*spec.classes, *spec.classes, *spec.classes]
+
+
+def _truth(spec: Spec) -> str:
+    """Rows of CTE `o` with P_TRUE, the normalised probability of the actual class (binds the classes)."""
+    probabilities = dataset.probability_columns(spec)
+    actual = "CASE ACTUAL " + " ".join(f"WHEN ? THEN {p}" for p in probabilities) + " END"
+    return f"SELECT o.*, ({actual}) / ({' + '.join(probabilities)}) AS P_TRUE FROM o"
+
+
+def _loss(p_true: str) -> str:
+    """A row's log loss, clipped as sklearn's log_loss clips: to [eps, 1 - eps] after normalising."""
+    eps = float(np.finfo(float).eps)
+    return f"-LN(LEAST(GREATEST({p_true}, {eps!r}), {1 - eps!r}))"
+
+
+# --- shadow pairs: the challenger against the champion on the same rows ------------------------------
+
+
+def shadow_rows(warehouse: Warehouse, spec: Spec, monitoring: MonitoringConfig) -> pd.DataFrame:
+    """The paired comparison of every shadow batch's challenger and champion, per period (`shadow`)."""
+    metric = shadow.paired_metric(spec.promotion.metric)
+    if metric != spec.promotion.metric:
+        log.info(
+            "shadow pairs are compared on %s: %s does not add up over races", metric, spec.promotion.metric
+        )
+    blocks = warehouse.query(*_pairs_sql(spec, monitoring.period))
+    return pd.DataFrame(shadow.compare(blocks, metric, len(spec.classes)), columns=COLUMNS)
+
+
+def _pairs_sql(spec: Spec, period: str) -> tuple[str, list[Any]]:
+    """Per (challenger, champion, period, time): the pairs' rows, summed log loss and per-class hits."""
+    match = " AND ".join(f"c.{quote(k)} = h.{quote(k)}" for k in spec.keys)
+    classes = range(len(spec.classes))
+    sums = [
+        "COUNT(*) AS N",
+        *(f"SUM({_loss(f'{side}.P_TRUE')}) AS LOSS_{side.upper()}" for side in "ch"),
+        *(f"SUM(IFF(c.ACTUAL = ?, 1, 0)) AS POS_{i}" for i in classes),
+        *(
+            f"SUM(IFF(c.ACTUAL = ? AND {side}.PREDICTED_CLASS = c.ACTUAL, 1, 0)) AS HIT_{side.upper()}_{i}"
+            for side in "ch"
+            for i in classes
+        ),
+    ]
+    sql = (
+        f"WITH o AS ({outcomes(spec, period, spec.id_columns)}), t AS ({_truth(spec)}), "
+        f"c AS (SELECT * FROM t WHERE MODEL_ALIAS = ?), h AS (SELECT * FROM t WHERE MODEL_ALIAS <> ?) "
+        f"SELECT c.MODEL_VERSION AS CHALLENGER, h.MODEL_VERSION AS CHAMPION, c.PERIOD, "
+        f"CAST(c.{quote(spec.time)} AS VARCHAR) AS BLOCK, {', '.join(sums)} "
+        f"FROM c JOIN h ON {match} AND c.BATCH_ID = h.BATCH_ID AND c.MODEL_VERSION <> h.MODEL_VERSION "
+        "GROUP BY c.MODEL_VERSION, h.MODEL_VERSION, c.PERIOD, BLOCK"
+    )
+    return sql, [*spec.classes, shadow.ROLE, shadow.ROLE, *spec.classes, *spec.classes, *spec.classes]
 
 
 def _rank_sums_sql(i: int, probability: str) -> str:
@@ -213,8 +273,25 @@ def _hit_rates(
 # --- drift: PSI bins in SQL ---------------------------------------------------------------------
 
 
-def drift_rows(warehouse: Warehouse, spec: Spec, schema: FeatureSchema) -> list[dict[str, object]]:
-    """One `psi.<FEATURE>` row per model version and feature: its scored rows against the training window."""
+@dataclass(frozen=True)
+class Drift:
+    """One feature's PSI for one model version's scored rows, with each bin's shares (most moved first)."""
+
+    version: str
+    feature: str
+    psi: float
+    rows: int  # the version's scored rows
+    bins: pd.DataFrame  # by bin label: EXPECTED and ACTUAL shares, the bin's PSI term
+
+    def moved(self, top: int = 3) -> str:
+        """The `top` bins that moved most, as `> 20 7.2% -> 0.0%`."""
+        return ", ".join(
+            f"{label} {r.EXPECTED:.1%} -> {r.ACTUAL:.1%}" for label, r in self.bins.head(top).iterrows()
+        )
+
+
+def drift_rows(warehouse: Warehouse, spec: Spec, schema: FeatureSchema) -> list[Drift]:
+    """Each model version's drift per feature: its scored rows against the training window, bin by bin."""
     edges = quantile_edges(warehouse, spec, schema.numeric)
     time = quote(spec.time)
     training = (
@@ -223,13 +300,19 @@ def drift_rows(warehouse: Warehouse, spec: Spec, schema: FeatureSchema) -> list[
     expected = bin_counts(warehouse, training, [spec.train_start, spec.holdout_start], edges, schema)
     scored = f"SELECT * FROM ({outcomes(spec, 'year', schema.columns)}) AS o"  # (PSI needs no period)
     actual = bin_counts(warehouse, scored, [], edges, schema)
-    rows = []
+    found = []
     for (version, feature), counts in actual.groupby(["MODEL_VERSION", "FEATURE"]):
         reference = expected[expected.FEATURE == feature].set_index("BIN").N
-        value = psi_of_counts(reference, counts.set_index("BIN").N)
-        psi = {"METRIC": f"psi.{feature}", "VALUE": value, "ROWS": int(counts.N.sum())}
-        rows.append({"MODEL_VERSION": version, "PERIOD": "all"} | psi)
-    return rows
+        bins = psi_bins(reference, counts.set_index("BIN").N, edges.get(feature))
+        moved = bins.reindex(bins.PSI.sort_values(ascending=False).index)
+        found.append(Drift(str(version), str(feature), float(bins.PSI.sum()), int(counts.N.sum()), moved))
+    return found
+
+
+def drift_metrics(drifts: list[Drift]) -> pd.DataFrame:
+    """The monitoring rows of `drifts`: `psi.<FEATURE>` per version, period `all`."""
+    found = [(d.version, "all", f"psi.{d.feature}", d.psi, d.rows) for d in drifts]
+    return pd.DataFrame(found, columns=COLUMNS)
 
 
 def quantile_edges(
@@ -289,17 +372,23 @@ def _finish(rows: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     return out[["MODEL_NAME", "MODEL_VERSION", "PERIOD", "METRIC", "VALUE", "ROWS", "EVALUATED_AT"]]
 
 
-def _warn(drift: pd.DataFrame, threshold: float) -> list[str]:
-    over = drift[drift["VALUE"] > threshold]
-    for row in over.itertuples():
+def _warn(drifts: list[Drift], threshold: float) -> list[Drift]:
+    """The drifts over `threshold`, largest first, each warned with the bins that moved most."""
+    over = sorted((d for d in drifts if d.psi > threshold), key=lambda d: -d.psi)
+    for d in over:
         log.warning(
-            "drift: %s of v%s is %.3f (threshold %.2f)", row.METRIC, row.MODEL_VERSION, row.VALUE, threshold
+            "drift: %s of v%s has PSI %.3f (threshold %.2f); moved most: %s",
+            d.feature,
+            d.version,
+            d.psi,
+            threshold,
+            d.moved(),
         )
-    return sorted({m.removeprefix("psi.") for m in over["METRIC"]})
+    return over
 
 
-def _log(rows: pd.DataFrame, drifting: list[str]) -> None:
-    """The figures as MLflow metrics, the table as CSV, and monitoring over time as a plot."""
+def _log(rows: pd.DataFrame, drifts: list[Drift], drifting: list[Drift]) -> None:
+    """The figures as MLflow metrics, the tables as CSV (`drift_bins.csv`: every bin), a plot over time."""
     metrics = {
         f"v{r.MODEL_VERSION}.{r.PERIOD}.{r.METRIC}": r.VALUE
         for r in rows.itertuples()
@@ -307,5 +396,9 @@ def _log(rows: pd.DataFrame, drifting: list[str]) -> None:
     }
     mlflow.log_metrics(metrics)
     mlflow.log_text(rows.to_csv(index=False), "monitoring.csv")
-    mlflow.set_tag("podium.drifting", ",".join(drifting) or "none")
+    bins = [d.bins.assign(MODEL_VERSION=d.version, FEATURE=d.feature) for d in drifts]
+    if bins:
+        table = pd.concat(bins).rename_axis("BIN").reset_index()
+        mlflow.log_text(table.to_csv(index=False), "drift_bins.csv")
+    mlflow.set_tag("podium.drifting", ",".join(sorted({d.feature for d in drifting})) or "none")
     log_figures({"plots/monitoring.png": plots.monitoring_figure(rows)})

@@ -21,7 +21,8 @@ from sklearn.metrics import (
 METRICS = ("log_loss", "auc", "balanced_accuracy")
 HIGHER_IS_BETTER = {"log_loss": False, "auc": True, "balanced_accuracy": True, "accuracy": True}
 COUNTS = ("auc_classes", "rows")  # period figures that are whole numbers
-PSI_FLOOR = 1e-4  # an empty bin's share, so that PSI stays finite
+PSI_SMOOTHING = 0.5  # rows added to every unordered bin (a level, NULL), so that an empty one stays finite
+MISSING = "(missing)"  # the bin of NULL values
 
 
 def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
@@ -114,22 +115,63 @@ def inner_edges(quantiles: list[float]) -> list[float]:
     return distinct[1:-1].tolist()
 
 
-def psi_of_counts(expected: pd.Series, actual: pd.Series) -> float:
-    """Population stability index from rows per bin (indexed by bin), each empty share floored."""
-    e, a = (counts / counts.sum() for counts in (expected.astype(float), actual.astype(float)))
-    e, a = e.align(a, fill_value=0.0)
-    e, a = np.clip(e.to_numpy(), PSI_FLOOR, None), np.clip(a.to_numpy(), PSI_FLOOR, None)
-    return float(np.sum((a - e) * np.log(a / e)))
+def psi_bins(expected: pd.Series, actual: pd.Series, edges: list[float] | None = None) -> pd.DataFrame:
+    """Each bin's share of `expected` and of `actual` rows and its PSI term; the terms sum to the PSI.
+
+    The counts are indexed by bin. With `edges` (`inner_edges` of `expected`), numeric bins are
+    `"0"` .. `str(len(edges))` in order: one that is empty on either side is merged with its
+    neighbour, so a value range that vanished (or appeared) counts by how many rows moved, not
+    by a floor under an empty share. Then every bin gets PSI_SMOOTHING more rows on each side,
+    so an empty level (or MISSING) stays finite. The index is each bin's label: `<= 3`,
+    `(3, 5]`, `> 20`, a level.
+    """
+    e, a = expected.astype(float).align(actual.astype(float), fill_value=0.0)
+    if edges is not None:
+        e, a = _merge_empty(e, a, edges)
+    e, a = ((counts + PSI_SMOOTHING) / (counts + PSI_SMOOTHING).sum() for counts in (e, a))
+    return pd.DataFrame({"EXPECTED": e, "ACTUAL": a, "PSI": (a - e) * np.log(a / e)})
+
+
+def _merge_empty(e: pd.Series, a: pd.Series, edges: list[float]) -> tuple[pd.Series, pd.Series]:
+    """Numeric bins relabelled by their range, each empty one (on either side) merged into a neighbour."""
+    spans = [[k, k] for k in range(len(edges) + 1) if str(k) in e.index]
+    counts = [[e[str(k)], a[str(k)]] for k, _ in spans]
+    while len(spans) > 1 and (i := next((i for i, c in enumerate(counts) if min(c) == 0), None)) is not None:
+        j = i - 1 if i > 0 else i + 1  # the lower neighbour; the first bin merges upwards
+        lo, hi = min(i, j), max(i, j)
+        spans[lo : hi + 1] = [[spans[lo][0], spans[hi][1]]]
+        counts[lo : hi + 1] = [[counts[lo][0] + counts[hi][0], counts[lo][1] + counts[hi][1]]]
+    labels = [bin_label(edges, first, last) for first, last in spans]
+    rest = [b for b in e.index if not b.isdigit()]
+    e = pd.concat([pd.Series([c[0] for c in counts], index=labels), e[rest]])
+    return e, pd.concat([pd.Series([c[1] for c in counts], index=labels), a[rest]])
+
+
+def bin_label(edges: list[float], first: int, last: int) -> str:
+    """The value range of numeric bins `first`..`last`: bin k is (edges[k-1], edges[k]], open at both ends."""
+    low = f"{edges[first - 1]:g}" if first > 0 else None
+    high = f"{edges[last]:g}" if last < len(edges) else None
+    if low is None and high is None:
+        return "all"
+    if low is None:
+        return f"<= {high}"
+    return f"> {low}" if high is None else f"({low}, {high}]"
+
+
+def psi_of_counts(expected: pd.Series, actual: pd.Series, edges: list[float] | None = None) -> float:
+    """Population stability index from rows per bin (see `psi_bins`)."""
+    return float(psi_bins(expected, actual, edges).PSI.sum())
 
 
 def psi(expected: pd.Series, actual: pd.Series, bins: int = 10) -> float:
     """PSI of `actual` against `expected` in memory: `expected`'s deciles for numbers, levels otherwise."""
-    if pd.api.types.is_numeric_dtype(expected):
-        quantiles = np.nanquantile(expected.astype(float), np.linspace(0, 1, bins + 1)).tolist()
-        edges = [-np.inf, *inner_edges(quantiles), np.inf]
-        e = pd.cut(expected.astype(float), edges).value_counts(sort=False, dropna=False)
-        a = pd.cut(actual.astype(float), edges).value_counts(sort=False, dropna=False)
-    else:
-        e = expected.fillna("(missing)").value_counts()
-        a = actual.fillna("(missing)").value_counts()
-    return psi_of_counts(e, a)
+    if not pd.api.types.is_numeric_dtype(expected):
+        return psi_of_counts(*(s.fillna(MISSING).value_counts() for s in (expected, actual)))
+    quantiles = np.nanquantile(expected.astype(float), np.linspace(0, 1, bins + 1)).tolist()
+    edges = inner_edges(quantiles)
+
+    def counts(values: pd.Series) -> pd.Series:
+        cut = pd.cut(values.astype(float), [-np.inf, *edges, np.inf], labels=False)
+        return cut.map(lambda k: MISSING if np.isnan(k) else str(int(k))).value_counts()
+
+    return psi_of_counts(counts(expected), counts(actual), edges)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines import evaluate, features, ingest, promote, score, train, tune
+from pipelines.backtest import Lifecycle
 from pipelines.config import Profile, Spec
 from pipelines.registry import CHAMPION
 from pipelines.tracking import stage_run
@@ -70,6 +71,10 @@ STAGES: tuple[Stage, ...] = (
         lambda spec: [spec.monitoring.table] if spec.monitoring else [],
     ),
 )
+
+
+# What `podium backtest` replays for each past period (the backtest stage imports no stage).
+LIFECYCLE = Lifecycle(tune.main, train.main, promote.main, score.main, evaluate.main)
 
 
 def run(profile: Profile, spec: Spec, show: Callable[[Any], None]) -> None:

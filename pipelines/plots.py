@@ -161,3 +161,37 @@ def monitoring_figure(rows: pd.DataFrame, metrics: tuple[str, ...] = ("log_loss"
         ax.legend(loc="best")
     fig.tight_layout()
     return fig
+
+
+def backtest_figure(rows: pd.DataFrame) -> Figure:
+    """A backtest's log loss per period, champion and shadow challenger, promotions marked (caller closes)."""
+    fig, ax = _axes(
+        "Backtest: each period scored by that moment's models",
+        "period",
+        "log loss (lower is better)",
+        size=(8, 4.5),
+    )
+    styles = {
+        "champion": {"color": MODEL_COLOR, "marker": "o"},
+        "challenger": {"color": "tab:orange", "marker": "D", "linestyle": "none"},  # not every period has one
+    }
+    periods = sorted(rows["PERIOD"].unique())
+    ax.plot(periods, [np.nan] * len(periods), alpha=0)  # every period on the axis, in order
+    for role, style in styles.items():
+        mine = rows[rows["ROLE"] == role].sort_values("PERIOD")
+        label = "challenger, in shadow" if role == "challenger" else "champion (scores the period)"
+        ax.plot(mine["PERIOD"], mine["LOG_LOSS"], label=label, **style)
+    promoted = rows[(rows["ROLE"] == "champion") & (rows["DECISION"] == "promoted")]
+    for row in promoted.itertuples():
+        ax.axvline(row.PERIOD, color=BASELINE_COLOR, linestyle=":", linewidth=1)
+        ax.annotate(
+            f"v{row.MODEL_VERSION} {row.MODEL_FAMILY}",
+            (row.PERIOD, row.LOG_LOSS),
+            textcoords="offset points",
+            xytext=(4, 8),
+            fontsize=8,
+        )
+    ax.plot([], [], color=BASELINE_COLOR, linestyle=":", label="promoted (the new champion scores it)")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    return fig

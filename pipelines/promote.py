@@ -29,13 +29,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import mlflow
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from pipelines import dataset, registry
+from pipelines import dataset, registry, shadow
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
 from pipelines.metrics import classification_metrics, improvement, undefined
@@ -84,6 +85,7 @@ class Decision:
     actor: str = ""
     decided_at: str = ""
     run_id: str = ""
+    live: dict[str, Any] = field(default_factory=dict)  # the shadow evidence, when the policy asks for it
 
     @property
     def promoted(self) -> bool:
@@ -257,6 +259,37 @@ def _gate(
         f"improvement {gain:+.4f} {'>=' if verdict == 'promoted' else '<'} min_improvement "
         f"{policy.min_improvement}"
     )
+    if policy.live:
+        _live_gate(warehouse, spec, str(candidate.version), str(holder.version), decision)
+
+
+def _live_gate(warehouse: Warehouse, spec: Spec, candidate: str, holder: str, decision: Decision) -> None:
+    """Beside the holdout rule: the challenger must have won each of the last `live.periods` shadow periods.
+
+    The figures are cited in the reason and kept in `decision.live`. With fewer evaluated
+    periods than asked, the gate says so and the holdout rule alone decides.
+    """
+    live = spec.promotion.live
+    metric = shadow.paired_metric(spec.promotion.metric)
+    last = shadow.evidence(warehouse, spec, candidate, holder).tail(live.periods)
+    decision.live = {"metric": metric, "periods": live.periods, "min_improvement": live.min_improvement}
+    decision.live["evidence"] = last.to_dict("records")
+    if len(last) < live.periods:
+        decision.live["verdict"] = "no evidence"
+        decision.reason += (
+            f"; no live evidence: {len(last)} of {live.periods} shadow periods of v{candidate} against "
+            f"v{holder} evaluated, so the holdout rule alone decides"
+        )
+        return
+    won = bool((last.GAIN >= live.min_improvement).all())
+    cited = ", ".join(f"{r.PERIOD} {r.GAIN:+.4f} [{r.LOW:+.4f}, {r.HIGH:+.4f}]" for r in last.itertuples())
+    decision.live["verdict"] = "won" if won else "lost"
+    decision.reason += (
+        f"; live {metric} gain vs v{holder} in shadow, last {live.periods} periods [95% CI]: {cited}: "
+        f"{'each' if won else 'not each'} >= {live.min_improvement}"
+    )
+    if not won:
+        decision.decision = "refused"
 
 
 def _compare(

@@ -7,7 +7,13 @@ Outputs: the spec's scoring table: keys, time, PREDICTED_CLASS, P_<CLASS> per cl
          MODEL_NAME, MODEL_VERSION, MODEL_ALIAS, RUN_ID, SCORED_AT, BATCH_ID; at most one
          row per (keys, MODEL_VERSION).
 MLflow:  one `score` run per batch: model URI, version, batch id, rescore_all and
-         rows_per_chunk as params; rows read, rows written and seconds as metrics.
+         rows_per_chunk as params (and the shadow's URI and version); rows read, rows
+         written and seconds as metrics.
+
+Shadow scoring (`shadow`, or the spec's `scoring.shadow: challenger`) scores the champion and
+the challenger on the same rows in one batch: each chunk is read once and written with both
+versions' rows (MODEL_ALIAS `champion`, `challenger`), so every committed chunk holds whole
+pairs. Its rows are those either version lacks, merged by (keys, MODEL_VERSION).
 
 Rows stream through the warehouse seam in chunks of `chunk_rows`, read ahead and written
 behind while the model predicts (`overlap`). An incremental batch appends (its rows are
@@ -35,8 +41,8 @@ from pipelines import dataset, overlap, registry
 from pipelines.config import Profile, ScoringConfig, Spec
 from pipelines.errors import PodiumError
 from pipelines.progress import counter
-from pipelines.registry import CHAMPION, ResolvedModel
-from pipelines.served import PREDICTED
+from pipelines.registry import CHALLENGER, CHAMPION, ResolvedModel
+from pipelines.served import PREDICTED, NamedClassifier
 from pipelines.tracking import PROCESS_TAG, configure, process_gone, stage_run
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.base import ScoringJob
@@ -53,7 +59,16 @@ class ScoreResult:
     model: ResolvedModel
     batch_id: str  # "" when there was nothing to score (no batch, no run)
     rows_read: int
-    rows_written: int
+    rows_written: int  # every version's rows
+    shadow: ResolvedModel | None = None  # the challenger scored beside the model
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """The challenger a shadow batch scores beside the model, on the same rows."""
+
+    model: ResolvedModel
+    estimator: NamedClassifier
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,12 @@ class Batch:
     full: bool
     chunk_rows: int
     resumed: bool = False  # a --full batch a killed run left unfinished, carried on under its id
+    shadow: Shadow | None = None
+
+    @property
+    def versions(self) -> list[str]:
+        """The versions whose rows the batch writes: the model's, then the shadow's."""
+        return [self.model.version, *([self.shadow.model.version] if self.shadow else [])]
 
 
 def main(
@@ -75,20 +96,24 @@ def main(
     full: bool = False,
     chunk_rows: int | None = None,
     engine: str = "local",
+    shadow: bool | None = None,
 ) -> ScoreResult:
     """Score the window's unscored rows (or all with `full`) with one model version.
 
     `engine="local"` streams chunks through this process; `"warehouse"` (Snowflake only) runs
-    the model inside Snowflake as a vectorized UDF.
+    the model inside Snowflake as a vectorized UDF. `shadow` (default: the spec's
+    `scoring.shadow`) scores the challenger beside the model on the same rows.
     """
     scoring: ScoringConfig = spec.require("scoring")
     rows = chunk_rows if chunk_rows is not None else scoring.chunk_rows
-    _check_options(profile, rows, engine)
+    shadowed = shadow if shadow is not None else scoring.shadow == CHALLENGER
+    _check_options(profile, rows, engine, shadowed)
     configure(profile)  # the registry the URI names is the profile's
     model = registry.resolve(model_uri or registry.alias_uri(spec.model_name, CHAMPION))
     unfinished = interrupted_rescore(spec, model) if full and engine == "local" else None
     estimator = registry.load_estimator(model.name, model.version)
-    batch = Batch(model, estimator, unfinished or uuid.uuid4().hex, full, rows, resumed=bool(unfinished))
+    beside = shadow_of(model, required=shadow is not None) if shadowed else None
+    batch = Batch(model, estimator, unfinished or uuid.uuid4().hex, full, rows, bool(unfinished), beside)
     with connect(profile) as warehouse:
         check_features(warehouse, spec, model)
         ensure_table(warehouse, spec)
@@ -100,7 +125,30 @@ def main(
     log.info(
         "scored %s rows into %s with %s v%s (batch %s)", f"{written:,}", spec.scoring_table, *_who(batch)
     )
-    return ScoreResult(spec.scoring_table, model, batch.batch_id, read, written)
+    return ScoreResult(spec.scoring_table, model, batch.batch_id, read, written, beside and beside.model)
+
+
+def shadow_of(model: ResolvedModel, required: bool) -> Shadow | None:
+    """The challenger of `model`'s registered model, when it is another version; else None.
+
+    No challenger alias is an error when shadow scoring was asked for (`required`), and a
+    warning when the spec's switch asked.
+    """
+    uri = registry.alias_uri(model.name, CHALLENGER)
+    try:
+        challenger = registry.resolve(uri)
+    except PodiumError:
+        if required:
+            raise PodiumError(
+                f"--shadow scores the challenger beside the champion, but {model.name} has no "
+                f"{CHALLENGER!r} alias: train one (`podium train`), or score without --shadow."
+            ) from None
+        log.warning("no %s alias on %s: scoring without a shadow", CHALLENGER, model.name)
+        return None
+    if challenger.version == model.version:
+        log.info("the challenger is v%s itself: scoring without a shadow", model.version)
+        return None
+    return Shadow(challenger, registry.load_estimator(challenger.name, challenger.version))
 
 
 def _tracked(
@@ -149,6 +197,8 @@ def interrupted_rescore(spec: Spec, model: ResolvedModel) -> str | None:
 
 def _params(batch: Batch) -> dict[str, object]:
     model = batch.model
+    beside = batch.shadow.model if batch.shadow else None
+    shadow = {"shadow_uri": beside.uri, "shadow_version": beside.version} if beside else {}
     return {
         "model_uri": model.uri,
         "model_version": model.version,
@@ -156,14 +206,18 @@ def _params(batch: Batch) -> dict[str, object]:
         "rescore_all": batch.full,
         "rows_per_chunk": batch.chunk_rows,
         "resumed": batch.resumed,
-    }
+    } | shadow
 
 
 def _who(batch: Batch) -> tuple[str, str, str]:
     return batch.model.name, batch.model.version, batch.batch_id
 
 
-def _check_options(profile: Profile, rows: int, engine: str) -> None:
+def _check_options(profile: Profile, rows: int, engine: str, shadow: bool) -> None:
+    if shadow and engine != "local":
+        raise PodiumError(
+            "shadow scoring runs with --engine local: drop --engine warehouse (or --shadow / scoring.shadow)."
+        )
     if rows <= 0:
         raise PodiumError(f"--chunk-rows must be a positive number of rows, got {rows}.")
     if engine not in ENGINES:
@@ -202,9 +256,7 @@ def ensure_table(warehouse: Warehouse, spec: Spec) -> None:
 def _selection(spec: Spec, scoring: ScoringConfig, batch: Batch) -> tuple[str, list[object]]:
     """The WHERE clause (feature table `f`) of the batch's rows, and its values."""
     resumed = batch.batch_id if batch.resumed else None
-    return dataset.scoring_selection(
-        spec, scoring.start, scoring.end, batch.model.version, batch.full, resumed
-    )
+    return dataset.scoring_selection(spec, scoring.start, scoring.end, batch.versions, batch.full, resumed)
 
 
 def _pending(warehouse: Warehouse, spec: Spec, scoring: ScoringConfig, batch: Batch) -> int:
@@ -222,7 +274,8 @@ def _stream(
 
     The next chunk is read and the previous one written while this one is predicted: at most
     five chunks are in memory (one read, one waiting, one predicted, one waiting, one written).
-    An incremental batch's rows are new to the table, so they are appended; `--full` merges.
+    An incremental batch's rows are new to the table, so they are appended; `--full` and a
+    shadow batch (which rewrites a pair when one side is missing) merge.
     """
     model = batch.model
     where, params = _selection(spec, scoring, batch)
@@ -241,7 +294,7 @@ def _stream(
             warehouse.write_chunks,
             table=spec.scoring_table,
             keys=[*spec.keys, "MODEL_VERSION"],
-            new_only=not batch.full,
+            new_only=not batch.full and batch.shadow is None,
             commit_rows=scoring.commit_rows or batch.chunk_rows,
             committed=lambda rows, seconds: log.debug(
                 "%d rows committed (%d of %d read; %.4f s writing)", rows, read, total, seconds
@@ -264,17 +317,23 @@ def _read_columns(spec: Spec, model: ResolvedModel) -> str:
 
 
 def predict(chunk: pd.DataFrame, spec: Spec, batch: Batch) -> pd.DataFrame:
-    """One chunk's scores, in the scoring table's column order.
+    """One chunk's scores, in the scoring table's column order: the model's rows, then the shadow's.
 
     The text columns are categoricals (PREDICTED_CLASS over the classes, one level for each of
     the batch's constants), which the warehouse reads as dictionaries, not a string per row.
     """
-    model = batch.model
-    features = chunk[model.features] if model.features else chunk
-    scores = batch.estimator.predict_frame(features)
-    out = pd.concat([chunk[spec.id_columns].reset_index(drop=True), scores], axis=1)
-    constants = _lineage(batch, datetime.now(UTC).replace(tzinfo=None))
-    return out.assign(**{name: _constant(value, len(out)) for name, value in constants.items()})
+    scored_at = datetime.now(UTC).replace(tzinfo=None)
+    ids = chunk[spec.id_columns].reset_index(drop=True)
+    scorers = [(batch.model, batch.estimator, batch.model.alias)]
+    if batch.shadow:
+        scorers.append((batch.shadow.model, batch.shadow.estimator, CHALLENGER))
+    frames = []
+    for model, estimator, alias in scorers:
+        scores = estimator.predict_frame(chunk[model.features] if model.features else chunk)
+        constants = _lineage(model, batch.batch_id, scored_at) | {"MODEL_ALIAS": alias}
+        out = pd.concat([ids, scores], axis=1)
+        frames.append(out.assign(**{name: _constant(value, len(out)) for name, value in constants.items()}))
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 def _constant(value: object, rows: int) -> object:
@@ -284,16 +343,15 @@ def _constant(value: object, rows: int) -> object:
     )
 
 
-def _lineage(batch: Batch, scored_at: datetime) -> dict[str, object]:
-    """The constant columns every score of the batch carries."""
-    model = batch.model
+def _lineage(model: ResolvedModel, batch_id: str, scored_at: datetime) -> dict[str, object]:
+    """The constant columns every score of one version in the batch carries."""
     return {
         "MODEL_NAME": model.name,
         "MODEL_VERSION": model.version,
         "MODEL_ALIAS": model.alias,
         "RUN_ID": model.run_id,
         "SCORED_AT": scored_at,
-        "BATCH_ID": batch.batch_id,
+        "BATCH_ID": batch_id,
     }
 
 
@@ -312,6 +370,6 @@ def _job(spec: Spec, scoring: ScoringConfig, batch: Batch) -> ScoringJob:
         features=model.features,
         predict=batch.estimator.predict_frame,
         columns=[PREDICTED, *dataset.probability_columns(spec)],
-        lineage=_lineage(batch, datetime.now(UTC).replace(tzinfo=None)),
+        lineage=_lineage(model, batch.batch_id, datetime.now(UTC).replace(tzinfo=None)),
         table=spec.scoring_table,
     )

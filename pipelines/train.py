@@ -163,6 +163,7 @@ def _record_windows(spec: Spec, data: Windows) -> dict[str, str]:
     windows = {
         "train_start": str(spec.train_start),
         "holdout_start": str(spec.holdout_start),
+        "holdout_end": str(spec.holdout_end or ""),
         "train_rows": len(data.training.X),
         "holdout_rows": len(data.holdout.X),
     }
@@ -271,7 +272,9 @@ def model_card(
             f"{', '.join(dataset.probability_columns(spec))}; the sklearn flavor predicts class names.",
             "",
             f"**Data.** `{spec.table}`: trained on {spec.time} in [{spec.train_start}, {spec.holdout_start}) "
-            f"({training:,} rows); evaluated once on {spec.time} >= {spec.holdout_start} ({holdout:,} rows).",
+            f"({training:,} rows); evaluated once on {spec.time} >= {spec.holdout_start}"
+            + (f" and < {spec.holdout_end}" if spec.holdout_end else "")
+            + f" ({holdout:,} rows).",
             "",
             f"**Features ({len(features)}).** {', '.join(features)}. Numeric inputs are float64.",
             "",

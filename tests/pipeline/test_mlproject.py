@@ -16,10 +16,11 @@ from pipelines import promote, score, tracking, train
 from pipelines.config import Profile, Spec
 from pipelines.tracking import STATUS
 from pipelines.warehouse import connect
-from tests.helpers import FAST_SPACE, REPO
+from tests.helpers import FAST_SPACE, REPO, duckdb_profile
 
 # the families as experiments/f1_podium.yaml lists them
 SPEC_FAMILIES = "[logreg, knn, svc, decision_tree, random_forest, extra_trees, hist_gb, xgboost]"
+BACKTEST_FAMILIES = "[logreg, random_forest, extra_trees, xgboost]"
 
 
 def mlflow_run(
@@ -181,3 +182,23 @@ def test_mlflow_run_outside_the_spec_experiment_stops_before_any_trial(
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=500)
     assert len(runs) == 3 and not [r for r in runs if r.data.tags.get("podium.role") == "study"]
     assert client.get_experiment_by_name("f1_podium") is None  # nothing was filed under the spec either
+
+
+def test_backtest_entry_point_replays_a_season_into_the_backtest_table(
+    built_profile: Profile, tmp_path: Path, mlflow_store: str
+) -> None:
+    profile = copy_profile(built_profile, tmp_path)
+    spec = Path(fast_spec(tmp_path))
+    spec.write_text(spec.read_text().replace(BACKTEST_FAMILIES, "[decision_tree]"))
+    params = {
+        "profile": str(profile),
+        "spec": str(spec),
+        "start": "2020-01-01",
+        "end": "2021-01-01",
+        "trials": "1",
+    }
+    mlflow_run("backtest", params, mlflow_store, tmp_path)
+    with connect(duckdb_profile(tmp_path / "warehouse.duckdb"), read_only=True) as warehouse:
+        rows = warehouse.query("SELECT PERIOD, ROLE, MODEL_FAMILY, DECISION FROM ML.F1_BACKTEST")
+    assert len(rows) == 1 and rows.PERIOD[0] == "2020" and rows.MODEL_FAMILY[0] == "decision_tree"
+    assert rows.ROLE[0] == ("champion" if rows.DECISION[0] == "promoted" else "challenger")

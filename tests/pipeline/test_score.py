@@ -144,7 +144,10 @@ def test_evaluate_reports_each_version_and_period_and_reruns_replace(champion: t
     assert timed["log_loss"].between(0.3, 1.0).all() and timed["auc"].between(0.6, 1.0).all()
     assert timed["hit_rate_top3_podium"].between(0.3, 1.0).all()
     assert set(first.rows.METRIC[first.rows.PERIOD == "all"]) >= {"psi.GRID", "psi.CONSTRUCTOR_REF"}
-    assert "CONSTRUCTOR_REF" in first.drifting, "2021-22 has constructors the training window never saw"
+    assert "CONSTRUCTOR_REF" in first.drifting_features, "2021-22 has constructors training never saw"
+    assert "GRID" not in first.drifting_features, "grid slots above 20 emptied; the rest barely moved"
+    named = {d.feature: d.moved() for d in first.drifting}
+    assert "aston_martin 0.0% -> " in named["CONSTRUCTOR_REF"], "each drifting feature names its bins"
 
     evaluate.main(profile, spec)
     with connect(profile, read_only=True) as warehouse:

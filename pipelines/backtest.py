@@ -1,0 +1,343 @@
+"""Backtest stage: the whole lifecycle replayed over past periods, each as if it were today.
+
+For each period P from `backtest.start` to `backtest.end`, one monitoring period long (F1:
+each season), using only the rows before P:
+
+1. tune: fresh studies, `backtest.trials` trials per family (no warm start from the spec's
+   studies: they saw the later periods);
+2. train: the best family refitted on the rows before the period preceding P, judged once
+   on that period (its holdout), and registered;
+3. promote: the spec's own policy gates it against the champion of that moment;
+4. score: P's rows by the champion, and by the challenger in shadow;
+5. evaluate: P's rows against their actual classes, the pair compared.
+
+Inputs:  the feature table; the spec's tuning, promotion and monitoring sections.
+Outputs: `backtest.table`, one row per (period, model scored in it), replaced in one write
+         once every period is done (a failed or killed backtest leaves the previous one);
+         the scratch tables `<table>_SCORES`, `_MONITORING` and `_PROMOTIONS`, and the
+         versions of `<model>_backtest`, each tagged `podium.backtest` (the run id).
+         Each backtest starts from an empty scratch state: no champion, no scores.
+Never:   the spec's model (its aliases, stages and versions), scoring, monitoring or audit tables.
+MLflow:  the `backtest` run: a child run per period holding that period's stage runs, the
+         figures per period as metric steps, `backtest.csv` and `plots/backtest.png`.
+
+The stages come in as a `Lifecycle` (see `pipeline.LIFECYCLE`): a stage never imports another.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+import pandas as pd
+from pydantic import ValidationError
+
+from pipelines import plots, registry, shadow
+from pipelines.config import BacktestConfig, Profile, RegistryConfig, ScoringConfig, Spec
+from pipelines.errors import PodiumError
+from pipelines.registry import CHALLENGER, CHAMPION
+from pipelines.tracking import log_figures, nested_run, stage_run
+from pipelines.warehouse import connect
+
+if TYPE_CHECKING:
+    from pipelines.evaluate import EvaluateResult
+    from pipelines.promote import Decision
+
+log = logging.getLogger(__name__)
+
+COLUMNS = {
+    "PERIOD": "VARCHAR",
+    "ROLE": "VARCHAR",  # champion or challenger (in shadow)
+    "MODEL_VERSION": "VARCHAR",
+    "MODEL_FAMILY": "VARCHAR",
+    "CHAMPION_VERSION": "VARCHAR",
+    "CHAMPION_FAMILY": "VARCHAR",
+    "CHALLENGER_VERSION": "VARCHAR",
+    "CHALLENGER_FAMILY": "VARCHAR",
+    "DECISION": "VARCHAR",
+    "REASON": "VARCHAR",
+    "LOG_LOSS": "DOUBLE",
+    "AUC": "DOUBLE",
+    "ACCURACY": "DOUBLE",
+    "HIT_RATE": "DOUBLE",
+    "ROWS": "BIGINT",
+    "SHADOW_GAIN": "DOUBLE",  # the challenger's paired gain over the champion (challenger rows)
+    "SHADOW_GAIN_LOW": "DOUBLE",
+    "SHADOW_GAIN_HIGH": "DOUBLE",
+    "TRAINED_BEFORE": "DATE",  # the model of the row saw rows before this (its holdout's start)
+    "BACKTEST_ID": "VARCHAR",
+}
+STEPS = {"year": pd.DateOffset(years=1), "quarter": pd.DateOffset(months=3), "month": pd.DateOffset(months=1)}
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """The stages a backtest replays, each a stage's `main`."""
+
+    tune: Callable[..., Any]
+    train: Callable[..., Any]
+    promote: Callable[..., Any]
+    score: Callable[..., Any]
+    evaluate: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Replay:
+    """One backtest: where it runs, the spec it derives each period's from, and its id."""
+
+    profile: Profile
+    spec: Spec
+    config: BacktestConfig
+    lifecycle: Lifecycle
+    backtest_id: str
+    studies: Path  # a folder of per-period journals
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    table: str
+    rows: pd.DataFrame
+    backtest_id: str
+
+
+def main(
+    profile: Profile,
+    spec: Spec,
+    lifecycle: Lifecycle,
+    start: date | None = None,
+    end: date | None = None,
+    trials: int | None = None,
+) -> BacktestResult:
+    """Replay tune, train, gate, score and evaluate for each period in [start, end) (default: the spec's)."""
+    config = _config(spec, start, end, trials)
+    monitoring = spec.require("monitoring")
+    periods = period_starts(config.start, config.end, monitoring.period)
+    specs = [period_spec(spec, config, begin, finish) for begin, finish in periods]  # all checked first
+    with stage_run(profile, spec, "backtest") as run, tempfile.TemporaryDirectory() as studies:
+        replay = Replay(profile, spec, config, lifecycle, run.info.run_id, Path(studies))
+        _reset(replay)
+        mlflow.log_params(_params(replay, periods))
+        rows = [
+            row
+            for (begin, _), each in zip(periods, specs, strict=True)
+            for row in _period(replay, each, begin)
+        ]
+        frame = _checked(pd.DataFrame(rows, columns=list(COLUMNS)), periods, monitoring.period)
+        with connect(profile) as warehouse:
+            warehouse.ensure_table(config.table, COLUMNS)
+            warehouse.write(frame, config.table, mode="replace")
+        mlflow.log_text(frame.to_csv(index=False), "backtest.csv")
+        log_figures({"plots/backtest.png": plots.backtest_figure(frame)})
+    return BacktestResult(config.table, frame, replay.backtest_id)
+
+
+def _config(spec: Spec, start: date | None, end: date | None, trials: int | None) -> BacktestConfig:
+    """The spec's backtest section with this call's start, end and trials."""
+    config: BacktestConfig = spec.require("backtest")
+    given = {"start": start, "end": end, "trials": trials}
+    merged = config.model_dump() | {k: v for k, v in given.items() if v is not None}
+    try:
+        return BacktestConfig.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise PodiumError(f"backtest options: {problems}") from None
+
+
+def period_starts(start: date, end: date, period: str) -> list[tuple[date, date]]:
+    """[start, next) of each period from `start` until `end`, `period` long (the monitoring period)."""
+    begins = pd.date_range(start, end, freq=STEPS[period], inclusive="left")
+    return [(b.date(), min((b + STEPS[period]).date(), end)) for b in begins]
+
+
+def period_label(start: date, period: str) -> str:
+    """A period's label, as `evaluate` writes it: 2021, 2021Q3, 2021-07."""
+    if period == "year":
+        return str(start.year)
+    return f"{start.year}Q{(start.month - 1) // 3 + 1}" if period == "quarter" else f"{start:%Y-%m}"
+
+
+def scratch(spec: Spec, config: BacktestConfig) -> Spec:
+    """The spec a backtest works in: its own model name, scores, monitoring and audit tables."""
+    tables = {suffix: f"{config.table}_{suffix}" for suffix in ("SCORES", "MONITORING", "PROMOTIONS")}
+    monitoring = spec.require("monitoring").model_copy(update={"table": tables["MONITORING"]})
+    tuning = spec.require("tuning")
+    budget = tuning.budget.model_copy(update={"seconds": None, "trials": config.trials})
+    tuning = tuning.model_copy(update={"families": config.families or tuning.families, "budget": budget})
+    return spec.model_copy(
+        update={
+            "scoring_table": tables["SCORES"],
+            "monitoring": monitoring,
+            "tuning": tuning,
+            "registry": RegistryConfig(
+                model_name=f"{spec.model_name}_backtest", audit_table=tables["PROMOTIONS"]
+            ),
+        }
+    )
+
+
+def period_spec(spec: Spec, config: BacktestConfig, start: date, end: date) -> Spec:
+    """The scratch spec as of `start`: trained before the period preceding it, judged on that one."""
+    period = spec.require("monitoring").period
+    holdout = (pd.Timestamp(start) - STEPS[period]).date()
+    if holdout <= spec.train_start:
+        raise PodiumError(
+            f"backtest.start {config.start} leaves no training rows before its first holdout "
+            f"({holdout}; train_start is {spec.train_start}): start the backtest later."
+        )
+    base = scratch(spec, config)
+    scoring = ScoringConfig(start=start, end=end, shadow=CHALLENGER)
+    return base.model_copy(update={"holdout_start": holdout, "holdout_end": start, "scoring": scoring})
+
+
+def _reset(replay: Replay) -> None:
+    """An empty scratch state: the backtest model holds no alias, the scratch tables are gone."""
+    spec = scratch(replay.spec, replay.config)
+    with connect(replay.profile) as warehouse:
+        warehouse.drop([spec.scoring_table, spec.monitoring.table, spec.registry.audit_table])
+    client = registry.client()
+    for alias in (CHAMPION, CHALLENGER):
+        if registry.holder(client, spec.model_name, registry.Target("alias", alias)):
+            client.delete_registered_model_alias(spec.model_name, alias)
+
+
+def _params(replay: Replay, periods: list[tuple[date, date]]) -> dict[str, Any]:
+    tuning = scratch(replay.spec, replay.config).require("tuning")
+    return {
+        "backtest_start": str(replay.config.start),
+        "backtest_end": str(replay.config.end),
+        "periods": len(periods),
+        "families": ",".join(tuning.families),
+        "trials_per_family": replay.config.trials,
+        "warm_start": "none (fresh studies per period)",
+        "model": f"{replay.spec.model_name}_backtest",
+    }
+
+
+def _period(replay: Replay, spec: Spec, start: date) -> list[dict[str, Any]]:
+    """Replay one period (`spec`, from `start`): tune, train, gate, score (with the shadow), evaluate."""
+    label = period_label(start, spec.monitoring.period)
+    profile = replay.profile.model_copy(update={"optuna_storage": str(replay.studies / f"{label}.journal")})
+    life = replay.lifecycle
+    with nested_run(f"period {label}"), _replaying():
+        mlflow.set_tags({"podium.backtest": replay.backtest_id, "podium.period": label})
+        life.tune(profile, spec)
+        challenger = life.train(profile, spec).champion.version
+        _tag(spec.model_name, challenger, replay.backtest_id, label)
+        decision = life.promote(profile, spec, alias=CHAMPION)[0]
+        champion = _champion(spec.model_name)
+        if champion is None:  # nobody passed the gate yet: the challenger scores alone
+            life.score(profile, spec, registry.alias_uri(spec.model_name, CHALLENGER), shadow=False)
+        else:
+            life.score(profile, spec, shadow=True)
+        rows = _rows(spec, label, champion, challenger, decision, life.evaluate(profile, spec))
+        mlflow.set_tags({"podium.decision": decision.decision, "podium.champion": champion or "none"})
+    for row in rows:
+        row |= {"TRAINED_BEFORE": spec.holdout_start, "BACKTEST_ID": replay.backtest_id}
+        _log_step(row, start)
+    log.info("backtest %s: %s (%s)", label, decision.decision, decision.reason)
+    return rows
+
+
+@contextmanager
+def _replaying() -> Iterator[None]:
+    """The replayed stages log errors only (their runs hold the rest); the backtest logs each period."""
+    stages = logging.getLogger("pipelines")
+    level = stages.level
+    log.setLevel(logging.INFO)
+    stages.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        stages.setLevel(level)
+
+
+def _tag(model: str, version: str, backtest_id: str, label: str) -> None:
+    client = registry.client()
+    client.set_model_version_tag(model, version, "podium.backtest", backtest_id)
+    client.set_model_version_tag(model, version, "podium.backtest_period", label)
+
+
+def _champion(model: str) -> str | None:
+    holder = registry.holder(registry.client(), model, registry.Target("alias", CHAMPION))
+    return str(holder.version) if holder else None
+
+
+def _family(model: str, version: str | None) -> str | None:
+    if version is None:
+        return None
+    return registry.client().get_model_version(model, version).tags.get("podium.family")
+
+
+def _rows(
+    spec: Spec,
+    label: str,
+    champion: str | None,
+    challenger: str,
+    decision: Decision,
+    evaluated: EvaluateResult,
+) -> list[dict[str, Any]]:
+    """One row per model scored in the period: the champion's (if any), the challenger's if it is another."""
+    figures = evaluated.rows[evaluated.rows.PERIOD == label]
+    common = {
+        "PERIOD": label,
+        "CHAMPION_VERSION": champion,
+        "CHAMPION_FAMILY": _family(spec.model_name, champion),
+        "CHALLENGER_VERSION": challenger,
+        "CHALLENGER_FAMILY": _family(spec.model_name, challenger),
+        "DECISION": decision.decision,
+        "REASON": decision.reason,
+    }
+    scored = [(CHAMPION, champion)] if champion else []
+    scored += [(CHALLENGER, challenger)] if challenger != champion else []
+    metric = shadow.paired_metric(spec.promotion.metric)
+    rows = []
+    for role, version in scored:
+        mine = dict(
+            zip(*figures[figures.MODEL_VERSION == version][["METRIC", "VALUE"]].T.values, strict=True)
+        )
+        gain = shadow.prefix(champion or "") + f"{metric}_gain"
+        rows.append(
+            common
+            | {"ROLE": role, "MODEL_VERSION": version, "MODEL_FAMILY": _family(spec.model_name, version)}
+            | {"LOG_LOSS": mine.get("log_loss"), "AUC": mine.get("auc"), "ACCURACY": mine.get("accuracy")}
+            | {"HIT_RATE": next((v for k, v in mine.items() if k.startswith("hit_rate")), None)}
+            | {"ROWS": mine.get("rows"), "SHADOW_GAIN": mine.get(gain)}
+            | {"SHADOW_GAIN_LOW": mine.get(gain + "_low"), "SHADOW_GAIN_HIGH": mine.get(gain + "_high")}
+        )
+    return rows
+
+
+def _log_step(row: dict[str, Any], start: date) -> None:
+    """The row's figures as metric steps on the backtest run, the step being the period's start (yyyymm)."""
+    step = start.year * 100 + start.month
+    role = row["ROLE"]
+    figures = {
+        f"{role}_{k.lower()}": row[k]
+        for k in ("LOG_LOSS", "AUC", "ACCURACY", "HIT_RATE")
+        if row[k] is not None
+    }
+    mlflow.log_metrics(figures, step=step)  # the backtest run: the period's child run has ended
+
+
+def _checked(frame: pd.DataFrame, periods: list[tuple[date, date]], period: str) -> pd.DataFrame:
+    """The backtest rows, checked before they replace the table: each period, one row per role, figures."""
+    labels = [period_label(begin, period) for begin, _ in periods]
+    problems = []
+    if missing := sorted(set(labels) - set(frame.PERIOD)):
+        problems.append(f"no row for {', '.join(missing)}")
+    if frame.duplicated(["PERIOD", "ROLE"]).any():
+        problems.append("two rows for one (period, role)")
+    if frame.LOG_LOSS.isna().any():
+        problems.append("a model scored no row with an actual class")
+    if problems:
+        raise PodiumError(
+            f"the backtest's rows failed their checks ({'; '.join(problems)}): the table is unchanged."
+        )
+    return frame.astype({"ROWS": "int64"})
