@@ -8,7 +8,8 @@ tests' helpers and writes, next to this script:
   on its baselines and studies, and the champion's study on its trials (the UI keeps open rows only in the
   browser, so this page is clicked open over Chromium's DevTools protocol);
 - leaderboard.png: `plots/leaderboard.png` of the latest `tune` run;
-- champion.png: the champion's model version page: its aliases, stage and model card.
+- champion.png: the champion's model version page: its aliases, stage and model card;
+- backtest.png: `plots/backtest.png` of the latest `backtest` run, if `podium backtest` ran.
 
 Screenshots are cropped to the page's content, without the navigation bar and the assistant panel.
 """
@@ -261,7 +262,7 @@ def run_tree(url: str, client: MlflowClient, experiment_id: str, family: str, pa
 
 
 def main(store: Path = Path("mlflow.db")) -> None:
-    """Write docs/run_tree.png, leaderboard.png and champion.png from the store in the working directory."""
+    """Write docs/run_tree.png, leaderboard.png, champion.png (and backtest.png) from the local store."""
     if not store.exists():
         raise SystemExit(f"no {store.resolve()}: run `make demo` first, then this from the same folder.")
     spec = load_spec(os.environ.get("PODIUM_SPEC"), root=ROOT)
@@ -285,13 +286,22 @@ def main(store: Path = Path("mlflow.db")) -> None:
             tune = client.search_runs(ids, "tags.`podium.stage` = 'tune'", order_by=["start_time DESC"])[0]
             plot = client.download_artifacts(tune.info.run_id, "plots/leaderboard.png", tmp)
             shutil.copyfile(plot, DOCS / "leaderboard.png")
+            written = ["run_tree.png", "leaderboard.png", "champion.png"]
+
+            backtests = client.search_runs(
+                ids, "tags.`podium.stage` = 'backtest'", order_by=["start_time DESC"]
+            )
+            if backtests:
+                plot = client.download_artifacts(backtests[0].info.run_id, "plots/backtest.png", tmp)
+                shutil.copyfile(plot, DOCS / "backtest.png")
+                written.append("backtest.png")
 
             address = mlflow_page(url, f"/models/{spec.model_name}/versions/{champion.version}")
             shown = [f"Version {champion.version}", "@ champion", "Intended use"]
             screenshot(
                 address, lambda page: all(s in page.text for s in shown), DOCS / "champion.png", height=668
             )
-    for name in ("run_tree.png", "leaderboard.png", "champion.png"):
+    for name in written:
         print(DOCS / name)
 
 

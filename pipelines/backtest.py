@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -45,10 +45,6 @@ from pipelines.errors import PodiumError
 from pipelines.registry import CHALLENGER, CHAMPION
 from pipelines.tracking import log_figures, nested_run, stage_run
 from pipelines.warehouse import connect
-
-if TYPE_CHECKING:
-    from pipelines.evaluate import EvaluateResult
-    from pipelines.promote import Decision
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +232,8 @@ def _period(replay: Replay, spec: Spec, start: date) -> list[dict[str, Any]]:
             life.score(profile, spec, registry.alias_uri(spec.model_name, CHALLENGER), shadow=False)
         else:
             life.score(profile, spec, shadow=True)
-        rows = _rows(spec, label, champion, challenger, decision, life.evaluate(profile, spec))
+        figures = life.evaluate(profile, spec).rows
+        rows = _rows(spec, label, champion, challenger, (decision.decision, decision.reason), figures)
         mlflow.set_tags({"podium.decision": decision.decision, "podium.champion": champion or "none"})
     for row in rows:
         row |= {"TRAINED_BEFORE": spec.holdout_start, "BACKTEST_ID": replay.backtest_id}
@@ -280,19 +277,22 @@ def _rows(
     label: str,
     champion: str | None,
     challenger: str,
-    decision: Decision,
-    evaluated: EvaluateResult,
+    gate: tuple[str, str],
+    monitoring: pd.DataFrame,
 ) -> list[dict[str, Any]]:
-    """One row per model scored in the period: the champion's (if any), the challenger's if it is another."""
-    figures = evaluated.rows[evaluated.rows.PERIOD == label]
+    """One row per model scored in the period: the champion's (if any), the challenger's if it is another.
+
+    `gate` is the promotion's (decision, reason); `monitoring`, the rows `evaluate` wrote.
+    """
+    figures = monitoring[monitoring.PERIOD == label]
     common = {
         "PERIOD": label,
         "CHAMPION_VERSION": champion,
         "CHAMPION_FAMILY": _family(spec.model_name, champion),
         "CHALLENGER_VERSION": challenger,
         "CHALLENGER_FAMILY": _family(spec.model_name, challenger),
-        "DECISION": decision.decision,
-        "REASON": decision.reason,
+        "DECISION": gate[0],
+        "REASON": gate[1],
     }
     scored = [(CHAMPION, champion)] if champion else []
     scored += [(CHALLENGER, challenger)] if challenger != champion else []

@@ -43,7 +43,8 @@ One command per stage, in pipeline order: [bold]ingest[/] raw files, build [bold
 [bold]tune[/] one Optuna study per model family, [bold]train[/] and register the best, [bold]promote[/] it
 through the spec's policy, [bold]score[/] rows back into the warehouse, [bold]evaluate[/] them against
 actuals. [bold]run[/] chains them all, [bold]backtest[/] replays them over past periods, [bold]status[/]
-shows where everything stands and [bold]sql[/] queries the warehouse. Every stage is an MLflow run: see them with `mlflow ui`.
+shows where everything stands and [bold]sql[/] queries the warehouse. Every stage is an MLflow run:
+see them with `mlflow ui`.
 
 A [italic]spec[/] (experiments/NAME.yaml) says what is learned; a [italic]profile[/] (conf/NAME.yaml)
 says where it runs. `podium COMMAND --help` explains one command, with examples.

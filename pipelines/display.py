@@ -16,7 +16,7 @@ from rich.table import Table
 
 from pipelines import shadow
 from pipelines.backtest import BacktestResult
-from pipelines.evaluate import EvaluateResult
+from pipelines.evaluate import EvaluateResult, same_drift
 from pipelines.features import FeaturesResult, QualityCheck
 from pipelines.ingest import IngestResult
 from pipelines.metrics import COUNTS
@@ -95,9 +95,10 @@ def _(result: Decisions) -> None:
 @show.register
 def _(result: ScoreResult) -> None:
     if not result.batch_id:
+        who = f"v{result.model.version}" + (f" and v{result.shadow.version}" if result.shadow else "")
         out.print(
-            f"nothing to score: {result.model.name} v{result.model.version} has scored every row of the "
-            f"window in {result.table} (`--full` rescores them)",
+            f"nothing to score: {result.model.name} {who} {'have' if result.shadow else 'has'} scored every "
+            f"row of the window in {result.table} (`--full` rescores them)",
             highlight=False,
         )
         return
@@ -124,8 +125,8 @@ def _(result: EvaluateResult) -> None:
     _shadow_pairs(result.rows[paired])
     if not result.drifting:
         out.print("features drifting past the PSI threshold: none", highlight=False)
-    for d in result.drifting:
-        line = f"drift: {d.feature} (v{d.version}) PSI {d.psi:.2f}; moved most: {d.moved()}"
+    for versions, d in same_drift(result.drifting):
+        line = f"drift: {d.feature} ({versions}) PSI {d.psi:.2f}; moved most: {d.moved()}"
         out.print(line, highlight=False)
 
 

@@ -373,18 +373,27 @@ def _finish(rows: pd.DataFrame, spec: Spec) -> pd.DataFrame:
 
 
 def _warn(drifts: list[Drift], threshold: float) -> list[Drift]:
-    """The drifts over `threshold`, largest first, each warned with the bins that moved most."""
+    """The drifts over `threshold`, largest first, each warned once with the bins that moved most."""
     over = sorted((d for d in drifts if d.psi > threshold), key=lambda d: -d.psi)
-    for d in over:
+    for versions, d in same_drift(over):
         log.warning(
-            "drift: %s of v%s has PSI %.3f (threshold %.2f); moved most: %s",
+            "drift: %s of %s has PSI %.3f (threshold %.2f); moved most: %s",
             d.feature,
-            d.version,
+            versions,
             d.psi,
             threshold,
             d.moved(),
         )
     return over
+
+
+def same_drift(drifts: list[Drift]) -> list[tuple[str, Drift]]:
+    """`drifts` with those of one feature and the same figures (versions that scored the same rows)
+    told once, as ("v1, v2", the first of them), in order."""
+    groups: dict[tuple[str, float, str], list[Drift]] = {}
+    for d in drifts:
+        groups.setdefault((d.feature, round(d.psi, 9), d.moved()), []).append(d)
+    return [(", ".join(f"v{d.version}" for d in same), same[0]) for same in groups.values()]
 
 
 def _log(rows: pd.DataFrame, drifts: list[Drift], drifting: list[Drift]) -> None:

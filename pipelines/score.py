@@ -119,7 +119,7 @@ def main(
         ensure_table(warehouse, spec)
         pending = None if engine == "warehouse" else _pending(warehouse, spec, scoring, batch)
         if pending == 0 and not full:
-            return ScoreResult(spec.scoring_table, model, "", 0, 0)
+            return ScoreResult(spec.scoring_table, model, "", 0, 0, beside and beside.model)
         with stage_run(profile, spec, "score"):
             read, written = _tracked(warehouse, spec, scoring, batch, engine, pending)
     log.info(

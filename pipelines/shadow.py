@@ -72,8 +72,12 @@ def compare(blocks: pd.DataFrame, metric: str, n_classes: int) -> list[tuple[str
 
 
 def _gain_interval(group: pd.DataFrame, metric: str, n_classes: int) -> tuple[float, float, float]:
-    """The period's gain and its bootstrap interval, resampling blocks with replacement."""
-    sums = group.drop(columns=["CHALLENGER", "CHAMPION", "PERIOD"]).select_dtypes("number")
+    """The period's gain and its bootstrap interval, resampling blocks with replacement.
+
+    Blocks are put in order first, so the same sums always draw the same resamples.
+    """
+    ordered = group.sort_values("BLOCK") if "BLOCK" in group else group
+    sums = ordered.drop(columns=["CHALLENGER", "CHAMPION", "PERIOD"]).select_dtypes("number")
     point = _gains(sums.sum().to_frame().T, metric, n_classes)[0]
     weights = np.random.default_rng(SEED).multinomial(len(sums), [1 / len(sums)] * len(sums), RESAMPLES)
     resampled = pd.DataFrame(weights @ sums.to_numpy(dtype=float), columns=sums.columns)
