@@ -246,6 +246,40 @@ def test_scoring_keeps_one_row_per_key_and_version_and_a_rerun_completes(
     assert not full or resumed >= 2, f"only {resumed} kills landed inside a --full rescore's writes"
 
 
+def test_a_killed_shadow_batch_keeps_only_whole_pairs_and_a_rerun_completes(
+    ctx: BaseContext, champion: tuple[Profile, Spec, list[str]], tmp_path: Path
+) -> None:
+    """`score --shadow` killed at ten instants: each key has both versions' rows or neither, in one batch."""
+    profile, spec, versions = champion
+    args = ["score", "--shadow", "--chunk-rows", "10", "-p", profile_file(tmp_path, profile)]
+    args += ["--spec", spec_file(spec, tmp_path / "s.yaml")]
+    env, expected = worker_env(), window_rows(profile, spec)
+    duration = timed(ctx, args, env, str(REPO))
+    cut_short = 0
+    for i, instant in enumerate(instants(duration, KILLS)):
+        with connect(profile) as warehouse:
+            warehouse.execute(f"DELETE FROM {spec.scoring_table}")
+        run(ctx, args, env, str(REPO), instant)
+        survived = score_rows(profile, spec)
+        assert_whole_pairs(survived, spec, versions, f"kill {i}")
+        cut_short += 0 < len(survived) < 2 * expected
+        result = score.main(profile, spec, chunk_rows=10, shadow=True)  # the next run
+        complete = score_rows(profile, spec)
+        assert result.shadow is not None and len(complete) == 2 * expected, f"kill {i}: not completed"
+        assert_whole_pairs(complete, spec, versions, f"after kill {i}")
+    assert cut_short >= 2, f"only {cut_short} kills landed inside the batch's writes"
+
+
+def assert_whole_pairs(rows: pd.DataFrame, spec: Spec, versions: list[str], when: str) -> None:
+    """No duplicate; every scored key has both versions' rows, written by one batch."""
+    assert not rows.duplicated([*spec.keys, "MODEL_VERSION"]).any(), f"{when}: a duplicated score"
+    if rows.empty:
+        return
+    batches = rows.pivot_table(index=spec.keys, columns="MODEL_VERSION", values="BATCH_ID", aggfunc="first")
+    assert sorted(batches.columns) == sorted(versions) and batches.notna().all().all(), f"{when}: half a pair"
+    assert (batches[versions[0]] == batches[versions[1]]).all(), f"{when}: a pair split over two batches"
+
+
 def test_a_kill_with_chunks_in_flight_keeps_only_whole_committed_chunks(
     champion: tuple[Profile, Spec, list[str]], tmp_path: Path
 ) -> None:
