@@ -371,7 +371,7 @@ def test_a_trial_that_would_overrun_the_budget_stops_at_a_fold_boundary(
 ) -> None:
     storage = str(tmp_path / "s.journal")
     result = tune.main(
-        built_profile, halving_spec(spec, tmp_path, ["random_forest"]), seconds=8, storage=storage
+        built_profile, halving_spec(spec, tmp_path, ["random_forest"]), seconds=12, storage=storage
     )
     (study,) = studies(storage).values()
     (trial,) = study.trials

@@ -31,7 +31,7 @@ from pipelines.warehouse import connect
 from tests.helpers import FAST_SPACE, REPO, assert_children_mirror_trials, profile_file, worker_env
 from tests.reliability.child import context, instants, run, timed
 
-KILLS = 10
+KILLS = 8
 pytestmark = pytest.mark.slow
 
 
@@ -82,10 +82,10 @@ def test_ingest_publishes_all_tables_or_none(
     ]
     local, env, tables = profile_file(tmp_path, profile), worker_env(), ["RAW.RESULTS", "RAW.CIRCUITS"]
     versions, durations = [], []
-    for path in specs:
+    for path in specs * 2:  # each version timed twice, on warm caches the second time
         durations.append(timed(ctx, ["ingest", "-p", local, "--spec", path], env, str(REPO)))
         versions.append(counts(profile, tables))
-    assert versions == [(25840, 77), (20000, 60)]
+    assert versions == [(25840, 77), (20000, 60)] * 2
     killed = 0  # instants spread over the quicker of the two ingests, so both versions are cut short
     for i, instant in enumerate(instants(min(durations), KILLS)):
         before = counts(profile, tables)
@@ -249,7 +249,7 @@ def test_scoring_keeps_one_row_per_key_and_version_and_a_rerun_completes(
 def test_a_killed_shadow_batch_keeps_only_whole_pairs_and_a_rerun_completes(
     ctx: BaseContext, champion: tuple[Profile, Spec, list[str]], tmp_path: Path
 ) -> None:
-    """`score --shadow` killed at ten instants: each key has both versions' rows or neither, in one batch."""
+    """`score --shadow` killed at eight instants: each key has both rows, from one batch, or neither."""
     profile, spec, versions = champion
     args = ["score", "--shadow", "--chunk-rows", "10", "-p", profile_file(tmp_path, profile)]
     args += ["--spec", spec_file(spec, tmp_path / "s.yaml")]
