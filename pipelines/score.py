@@ -43,7 +43,7 @@ from pipelines.errors import PodiumError
 from pipelines.progress import counter
 from pipelines.registry import CHALLENGER, CHAMPION, ResolvedModel
 from pipelines.served import PREDICTED, NamedClassifier
-from pipelines.tracking import PROCESS_TAG, configure, process_gone, stage_run
+from pipelines.tracking import PROCESS_TAG, configure, end_stale_stage_runs, process_gone, stage_run
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.base import ScoringJob
 from pipelines.warehouse.dialect import quote
@@ -119,6 +119,7 @@ def main(
         ensure_table(warehouse, spec)
         pending = None if engine == "warehouse" else _pending(warehouse, spec, scoring, batch)
         if pending == 0 and not full:
+            end_stale_stage_runs(spec, "score")  # a run killed after its last write still ends FAILED
             return ScoreResult(spec.scoring_table, model, "", 0, 0, beside and beside.model)
         with stage_run(profile, spec, "score"):
             read, written = _tracked(warehouse, spec, scoring, batch, engine, pending)

@@ -216,6 +216,13 @@ def end_stale_runs(client: MlflowClient, experiment_id: str, where: str) -> list
     return ended
 
 
+def end_stale_stage_runs(spec: Spec, stage: str) -> list[str]:
+    """End FAILED the spec's `stage` runs whose process was killed, for a stage with nothing to do."""
+    client = MlflowClient()
+    found = client.get_experiment_by_name(spec.name)
+    return end_stale_runs(client, found.experiment_id, f"tags.`podium.stage` = '{stage}'") if found else []
+
+
 def nested_run(name: str) -> mlflow.ActiveRun:
     """A child of the active run, in its experiment (MLflow would otherwise file it under Default)."""
     parent = mlflow.active_run()

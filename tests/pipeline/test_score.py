@@ -19,6 +19,7 @@ from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 from pipelines import dataset, evaluate, metrics, promote, score, train
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
+from pipelines.tracking import PROCESS_TAG, process_id
 from pipelines.warehouse import connect
 from tests.helpers import REPO, bad_spec, podium, profile_file
 
@@ -129,6 +130,23 @@ def test_kill_9_mid_write_keeps_earlier_chunks_and_a_rerun_completes(
     assert_one_row_per_key_and_version(complete, spec)
     kept = complete.merge(survived, on=[*spec.keys, "MODEL_VERSION"], suffixes=("", "_before"))
     assert (kept["BATCH_ID"] == kept["BATCH_ID_before"]).all(), "earlier scores are untouched"
+
+
+def test_a_run_killed_after_its_last_write_ends_failed_when_the_next_run_finds_nothing_to_score(
+    champion: tuple[Profile, Spec],
+) -> None:
+    """A kill between the last commit and closing the run leaves it RUNNING; the next run ends it."""
+    profile, spec = champion
+    assert score.main(profile, spec).rows_written == window_rows(profile, spec)
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(spec.name).experiment_id
+    tags = {"podium.stage": "score", PROCESS_TAG: process_id(killed.pid)}
+    left = client.create_run(experiment, tags=tags, run_name="score").info.run_id
+    killed.kill()
+    killed.wait()
+    assert score.main(profile, spec).rows_written == 0, "every row is scored: nothing to do"
+    assert client.get_run(left).info.status == "FAILED"
 
 
 def test_evaluate_reports_each_version_and_period_and_reruns_replace(champion: tuple[Profile, Spec]) -> None:
