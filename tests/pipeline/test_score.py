@@ -56,18 +56,33 @@ def test_score_writes_each_window_row_once_and_reruns_add_nothing(champion: tupl
     first = score.main(profile, spec)
     assert first.model.version == "1" and first.model.alias == "champion"
     assert first.rows_written == window_rows(profile, spec) > 500
+    left = _run_of_a_killed_process(spec)  # as if a kill landed between the last write and the close
     again = score.main(profile, spec)
     assert (again.rows_written, again.batch_id) == (0, "")  # nothing to score: no batch, no run
+    assert MlflowClient().get_run(left).info.status == "FAILED", "yet the killed run is ended"
     assert score.main(profile, spec, full=True, chunk_rows=100).rows_written == first.rows_written
     written = scores(profile, spec)
     assert len(written) == first.rows_written
     assert_one_row_per_key_and_version(written, spec)
     assert list(written.columns) == list(dataset.scoring_columns(spec, {}))
     run = MlflowClient().search_runs(
-        [MlflowClient().get_experiment_by_name(spec.name).experiment_id], "tags.`podium.stage` = 'score'"
+        [MlflowClient().get_experiment_by_name(spec.name).experiment_id],
+        "tags.`podium.stage` = 'score' and attributes.status = 'FINISHED'",
     )
     assert [r.data.metrics["rows_written"] for r in run] == [first.rows_written, first.rows_written]
     assert {r.data.params["model_version"] for r in run} == {"1"}
+
+
+def _run_of_a_killed_process(spec: Spec) -> str:
+    """A RUNNING score run whose process (a real one, started here) was killed; its id."""
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(spec.name).experiment_id
+    tags = {"podium.stage": "score", PROCESS_TAG: process_id(killed.pid)}
+    run = client.create_run(experiment, tags=tags, run_name="score").info.run_id
+    killed.kill()
+    killed.wait()
+    return run
 
 
 def test_each_model_uri_kind_writes_rows_tagged_with_its_version(champion: tuple[Profile, Spec]) -> None:
@@ -130,23 +145,6 @@ def test_kill_9_mid_write_keeps_earlier_chunks_and_a_rerun_completes(
     assert_one_row_per_key_and_version(complete, spec)
     kept = complete.merge(survived, on=[*spec.keys, "MODEL_VERSION"], suffixes=("", "_before"))
     assert (kept["BATCH_ID"] == kept["BATCH_ID_before"]).all(), "earlier scores are untouched"
-
-
-def test_a_run_killed_after_its_last_write_ends_failed_when_the_next_run_finds_nothing_to_score(
-    champion: tuple[Profile, Spec],
-) -> None:
-    """A kill between the last commit and closing the run leaves it RUNNING; the next run ends it."""
-    profile, spec = champion
-    assert score.main(profile, spec).rows_written == window_rows(profile, spec)
-    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(spec.name).experiment_id
-    tags = {"podium.stage": "score", PROCESS_TAG: process_id(killed.pid)}
-    left = client.create_run(experiment, tags=tags, run_name="score").info.run_id
-    killed.kill()
-    killed.wait()
-    assert score.main(profile, spec).rows_written == 0, "every row is scored: nothing to do"
-    assert client.get_run(left).info.status == "FAILED"
 
 
 def test_evaluate_reports_each_version_and_period_and_reruns_replace(champion: tuple[Profile, Spec]) -> None:
