@@ -117,7 +117,7 @@ def stage_run(profile: Profile, spec: Spec, stage: str) -> Iterator[mlflow.Activ
             }
         )
         mlflow.log_dict(spec.model_dump(mode="json", by_alias=True), "spec.json")
-        end_stale_runs(MlflowClient(), run.info.experiment_id, f"tags.`podium.stage` = '{stage}'")
+        end_stale_runs(MlflowClient(), run.info.experiment_id, of_stage(stage))
         try:
             yield run
         except Exception as exc:
@@ -220,7 +220,12 @@ def end_stale_stage_runs(spec: Spec, stage: str) -> list[str]:
     """End FAILED the spec's `stage` runs whose process was killed, for a stage with nothing to do."""
     client = MlflowClient()
     found = client.get_experiment_by_name(spec.name)
-    return end_stale_runs(client, found.experiment_id, f"tags.`podium.stage` = '{stage}'") if found else []
+    return end_stale_runs(client, found.experiment_id, of_stage(stage)) if found else []
+
+
+def of_stage(stage: str) -> str:
+    """The MLflow filter for the runs of one stage."""
+    return f"tags.`podium.stage` = '{stage}'"
 
 
 def nested_run(name: str) -> mlflow.ActiveRun:
