@@ -44,7 +44,7 @@ from pipelines.config import BacktestConfig, Profile, RegistryConfig, ScoringCon
 from pipelines.errors import PodiumError
 from pipelines.registry import CHALLENGER, CHAMPION
 from pipelines.tracking import log_figures, nested_run, stage_run
-from pipelines.warehouse import connect
+from pipelines.warehouse import connect, types
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,9 @@ def main(
             for (begin, _), each in zip(periods, specs, strict=True)
             for row in _period(replay, each, begin)
         ]
-        frame = _checked(pd.DataFrame(rows, columns=list(COLUMNS)), periods, monitoring.period)
+        frame = _checked(
+            types.conform(pd.DataFrame(rows, columns=list(COLUMNS)), COLUMNS), periods, monitoring.period
+        )
         with connect(profile) as warehouse:
             warehouse.ensure_table(config.table, COLUMNS)
             warehouse.write(frame, config.table, mode="replace")

@@ -90,6 +90,15 @@ class SnowflakeConfig(Strict):
     database: Identifier | None = None
     role: Identifier | None = None
     warehouse: Identifier | None = None
+    login_timeout: int = Field(
+        60, ge=1, le=3600, description="seconds to log in; also how long one request waits for an answer"
+    )
+    network_timeout: int = Field(
+        300, ge=1, le=86_400, description="seconds a request may take, the connector's retries included"
+    )
+    statement_timeout: int = Field(
+        3600, ge=1, le=604_800, description="seconds a statement may run (STATEMENT_TIMEOUT_IN_SECONDS)"
+    )
 
 
 class Profile(Strict):
@@ -180,11 +189,21 @@ class TuningConfig(Strict):
     pruner_startup_trials: int = Field(5, ge=0)
 
 
+class SnowflakeRegistryConfig(Strict):
+    """Mirror promotions into Snowflake's model registry (Snowflake profiles), so SQL can call the model."""
+
+    model_name: Identifier | None = Field(None, description="the Snowflake model; default: the MLflow name")
+    aliases: list[Identifier] = Field(["CHAMPION"], min_length=1, description="the aliases mirrored")
+
+
 class RegistryConfig(Strict):
     """Where trained models are registered and promotions are audited."""
 
     model_name: Name | None = Field(None, description="registered model name; default: the spec's name")
     audit_table: TableName = "ML.MODEL_PROMOTIONS"
+    snowflake: SnowflakeRegistryConfig | None = Field(
+        None, description="mirror each promotion into Snowflake's model registry (`snowflake: {}`)"
+    )
 
 
 PolicyCheck = Literal["beats_baseline", "signature_matches"]

@@ -268,10 +268,10 @@ def _latest_batch(batch: dict[str, Any] | None) -> None:
         return
     status = batch.get("run_status")
     unfinished = "" if status in (None, "FINISHED") else f" [bold yellow](unfinished: its run is {status})[/]"
+    versions = ", ".join(f"{v['rows']:,} by v{v['version']} ({v['alias']})" for v in batch["versions"])
     out.print(
-        f"latest scoring batch {batch['batch_id']}: {batch['rows']:,} rows by {batch['model']} "
-        f"v{batch['version']} ({batch['alias']}) at {batch['scored_at']}; {batch['total_rows']:,} scores "
-        f"in all{unfinished}",
+        f"latest scoring batch {batch['batch_id']} of {batch['model']}: {versions} at {batch['scored_at']}; "
+        f"{batch['total_rows']:,} scores in all{unfinished}",
         highlight=False,
     )
 

@@ -87,7 +87,7 @@ def main(profile: Profile, spec: Spec) -> FeaturesResult:
     staged = {m.table: staged_name(m.table) for m in models}
     with connect(profile) as warehouse, stage_run(profile, spec, "features"):
         if spec.features:
-            warehouse.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(spec.features.db_schema)}")
+            warehouse.ensure_schema(spec.features.db_schema)
         warehouse.drop(list(staged.values()))  # what a killed run left
         try:
             rows = {m.table: materialize(warehouse, m, spec, staged) for m in progress(models, "features")}

@@ -62,6 +62,7 @@ def main(profile: Profile, spec: Spec) -> IngestResult:
     targets = {table: f"{schema}.{table.upper()}" for table in manifest}
     staged = {target: staged_name(target) for target in targets.values()}
     with connect(profile) as warehouse, stage_run(profile, spec, "ingest"):
+        warehouse.ensure_schema(schema)
         warehouse.drop(list(staged.values()))  # what a killed run left
         try:
             rows = {

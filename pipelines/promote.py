@@ -36,11 +36,11 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from pipelines import dataset, registry, shadow
+from pipelines import dataset, registry, shadow, snowflake_registry
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
 from pipelines.metrics import classification_metrics, improvement, undefined
-from pipelines.registry import CHAMPION, STAGES, Target
+from pipelines.registry import CHAMPION, MIRROR, STAGES, Target
 from pipelines.tracking import configure, stage_run
 from pipelines.warehouse import Warehouse, connect
 
@@ -74,8 +74,8 @@ class Decision:
     version: str
     target: str
     from_version: str | None
-    action: str  # promote | rollback
-    decision: str = "refused"  # promoted | refused | dry-run (would promote / would refuse)
+    action: str  # promote | rollback | reconcile | mirror
+    decision: str = "refused"  # promoted | refused | failed (a mirror) | dry-run (would promote / refuse)
     forced: bool = False
     reason: str = ""
     metric: str = ""
@@ -100,10 +100,12 @@ class Decisions(list[Decision]):
     """
 
     reconciled: list[Decision]
+    mirrored: list[Decision]  # the mirrors into Snowflake's model registry this run attempted
 
     def __init__(self, reconciled: list[Decision] | None = None) -> None:
         super().__init__()
         self.reconciled = reconciled or []
+        self.mirrored = []
 
 
 @dataclass(frozen=True)
@@ -140,11 +142,18 @@ def main(
             if not dry_run:
                 _apply_and_audit(client, warehouse, spec, decision)
             decisions.append(decision)
-        reconciled = [asdict(d) for d in decisions.reconciled]
+        if not dry_run:
+            decisions.mirrored = mirror(client, warehouse, spec, run.info.run_id)
         mlflow.log_dict(
-            {"decisions": [asdict(d) for d in decisions], "reconciled": reconciled}, "decision.json"
+            {
+                "decisions": [asdict(d) for d in decisions],
+                "reconciled": [asdict(d) for d in decisions.reconciled],
+                "mirrored": [asdict(d) for d in decisions.mirrored],
+            },
+            "decision.json",
         )
         mlflow.set_tags({"podium.model": spec.model_name, "podium.dry_run": str(dry_run).lower()})
+    _report_failed_mirrors(decisions)
     return decisions
 
 
@@ -184,6 +193,77 @@ def reconcile(client: MlflowClient, warehouse: Warehouse, spec: Spec, run_id: st
         _apply_and_audit(client, warehouse, spec, decision)
         done.append(decision)
     return done
+
+
+def mirror(client: MlflowClient, warehouse: Warehouse, spec: Spec, run_id: str) -> list[Decision]:
+    """Bring Snowflake's model registry up to the MLflow holder of each mirrored alias, auditing each attempt.
+
+    Runs after this promote's own moves and audit rows, so a failure here leaves them as they are: the
+    attempt is audited as `failed`, and the next promote, which finds the mirror behind, retries it.
+    """
+    config = spec.registry.snowflake
+    if config is None:
+        return []
+    if warehouse.backend != "snowflake":
+        log.info(
+            "registry.snowflake is set, but this profile's warehouse is %s: nothing mirrored",
+            warehouse.backend,
+        )
+        return []
+    rows, done = audit_rows(warehouse, spec), []
+    for alias in config.aliases:
+        held = registry.holder(client, spec.model_name, Target("alias", alias.lower()))
+        target = str(Target(MIRROR, alias.lower()))
+        mirrored = registry.last_promoted(rows, target)
+        if held is None or str(held.version) == mirrored:
+            continue
+        decision = _mirror_one(warehouse, spec, str(held.version), alias, target, mirrored)
+        decision.run_id = run_id
+        _audit(warehouse, spec, decision)
+        done.append(decision)
+    return done
+
+
+def _mirror_one(
+    warehouse: Warehouse, spec: Spec, version: str, alias: str, target: str, mirrored: str | None
+) -> Decision:
+    """Mirror one version under one alias; the decision says whether it took."""
+    name = snowflake_model_name(spec)
+    decision = Decision(
+        spec.model_name,
+        version,
+        target,
+        mirrored,
+        "mirror",
+        actor=_actor(),
+        decided_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+    )
+    try:
+        warehouse.mirror_model(name, snowflake_registry.from_mlflow(spec.model_name, version), alias)
+    except PodiumError as exc:
+        decision.decision, decision.reason = "failed", f"{exc} (the next promote retries it)"
+        log.warning("mirroring v%s into Snowflake's model registry failed: %s", version, exc)
+        return decision
+    decision.decision = "promoted"
+    decision.reason = f"mirrored as Snowflake model {name} version V{version}, alias {alias}"
+    return decision
+
+
+def snowflake_model_name(spec: Spec) -> str:
+    """The model's name in Snowflake's registry: the spec's, or the MLflow name as an identifier."""
+    config = spec.registry.snowflake
+    return (config and config.model_name) or spec.model_name.replace("-", "_").upper()
+
+
+def _report_failed_mirrors(decisions: Decisions) -> None:
+    """A mirror that failed fails the command, after Podium's own promotion and audit are in place."""
+    failed = [d for d in decisions.mirrored if d.decision == "failed"]
+    if failed:
+        done = "; ".join(f"{d.decision} v{d.version} -> {d.target}" for d in decisions) or "no move asked"
+        raise PodiumError(
+            f"{done}: MLflow's registry and the audit table hold that. But mirroring v{failed[0].version} "
+            f"into Snowflake's model registry failed: {failed[0].reason}"
+        )
 
 
 def _targets(alias: str | None, stage: str | None) -> list[Target]:

@@ -35,6 +35,7 @@ from pipelines.warehouse.dialect import quote
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 STAGES = ("Staging", "Production")
+MIRROR = "snowflake"  # the target kind of an alias mirrored into Snowflake's model registry
 URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<ref>[\w-]+))$")
 NUMERIC_TYPES = {"double", "float", "long", "integer"}
 
@@ -43,7 +44,7 @@ NUMERIC_TYPES = {"double", "float", "long", "integer"}
 class Target:
     """What a version is promoted to: an alias or a stage, written `alias:champion` / `stage:Production`."""
 
-    kind: str  # "alias" | "stage"
+    kind: str  # "alias" | "stage" | "snowflake" (an alias mirrored into Snowflake's model registry)
     name: str
 
     def __str__(self) -> str:
@@ -264,6 +265,14 @@ def audit_rows(warehouse: Warehouse, spec: Spec) -> pd.DataFrame:
     )
 
 
+def last_promoted(rows: pd.DataFrame, target: str) -> str | None:
+    """The version the audit table last records as promoted to `target` (None if never)."""
+    if rows.empty:
+        return None
+    taken = rows[(rows["TARGET"] == target) & (rows["DECISION"] == "promoted")]["MODEL_VERSION"]
+    return str(taken.iloc[-1]) if not taken.empty else None
+
+
 def audit_drift(registry: MlflowClient, warehouse: Warehouse, spec: Spec) -> list[Drift]:
     """Every target whose holder differs from the last promoted version of the audit table."""
     rows = audit_rows(warehouse, spec)
@@ -272,6 +281,8 @@ def audit_drift(registry: MlflowClient, warehouse: Warehouse, spec: Spec) -> lis
     promoted = rows[rows["DECISION"] == "promoted"].groupby("TARGET", sort=True)["MODEL_VERSION"].last()
     found = []
     for target, audited in promoted.items():
+        if Target.parse(str(target)).kind == MIRROR:  # Snowflake's registry: `promote` brings it up to date
+            continue
         held = holder(registry, spec.model_name, Target.parse(str(target)))
         held_version = str(held.version) if held else None
         if held_version != str(audited):

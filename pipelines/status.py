@@ -210,25 +210,30 @@ def versions(model: str) -> list[VersionStatus]:
 
 
 def latest_batch(warehouse: Warehouse, table: str, total_rows: int) -> dict[str, Any] | None:
-    """The most recent scoring batch: its id, model version, rows and time; `total_rows`: the table's."""
-    batch = warehouse.query(
-        "SELECT BATCH_ID, MODEL_NAME, MODEL_VERSION, MODEL_ALIAS, COUNT(*) AS ROWS, MAX(SCORED_AT) AS "
-        "SCORED_AT "
-        f"FROM {quote(table)} GROUP BY BATCH_ID, MODEL_NAME, MODEL_VERSION, MODEL_ALIAS "
-        "ORDER BY SCORED_AT DESC LIMIT 1"
+    """The most recent scoring batch, whole: its id, rows and time, and each version it holds (a shadow
+    batch holds the champion's and the challenger's); `total_rows`: the table's."""
+    parts = warehouse.query(
+        "WITH LATEST AS (SELECT BATCH_ID FROM "
+        f"{quote(table)} GROUP BY BATCH_ID ORDER BY MAX(SCORED_AT) DESC, BATCH_ID LIMIT 1) "
+        "SELECT s.BATCH_ID, s.MODEL_NAME, s.MODEL_VERSION, s.MODEL_ALIAS, COUNT(*) AS ROWS, "
+        f"MAX(s.SCORED_AT) AS SCORED_AT FROM {quote(table)} AS s JOIN LATEST AS l ON s.BATCH_ID = l.BATCH_ID "
+        "GROUP BY s.BATCH_ID, s.MODEL_NAME, s.MODEL_VERSION, s.MODEL_ALIAS "
+        "ORDER BY s.MODEL_ALIAS, s.MODEL_VERSION"
     )
-    if batch.empty:
+    if parts.empty:
         return None
-    row = batch.iloc[0]
+    first = parts.iloc[0]
     return {
-        "batch_id": row["BATCH_ID"],
-        "model": row["MODEL_NAME"],
-        "version": str(row["MODEL_VERSION"]),
-        "alias": row["MODEL_ALIAS"],
-        "rows": int(row["ROWS"]),
-        "scored_at": pd.Timestamp(row["SCORED_AT"]).isoformat(),
+        "batch_id": first["BATCH_ID"],
+        "model": first["MODEL_NAME"],
+        "versions": [
+            {"version": str(p.MODEL_VERSION), "alias": p.MODEL_ALIAS, "rows": int(p.ROWS)}
+            for p in parts.itertuples(index=False)
+        ],
+        "rows": int(parts.ROWS.sum()),
+        "scored_at": pd.Timestamp(parts.SCORED_AT.max()).isoformat(),
         "total_rows": total_rows,
-        "run_status": batch_run_status(str(row["BATCH_ID"])),
+        "run_status": batch_run_status(str(first["BATCH_ID"])),
     }
 
 

@@ -12,18 +12,20 @@
 -- schema RAW, features / scores / monitoring / audit tables in schema ML).
 --
 -- What Podium runs as PODIUM_ROLE, and so what the grants below must allow:
---   podium ingest    CREATE OR REPLACE TABLE RAW.<TABLE> AS SELECT ... from a temporary
+--   podium ingest    CREATE SCHEMA IF NOT EXISTS RAW (only when it is missing), then
+--                    CREATE OR REPLACE TABLE RAW.<TABLE> AS SELECT ... from a temporary
 --                    table that Snowpark's create_dataframe fills through write_pandas
 --                    (a temporary stage + PUT in the session's current schema).
---   podium features  CREATE SCHEMA IF NOT EXISTS ML, then CREATE OR REPLACE TABLE
+--   podium features  CREATE SCHEMA IF NOT EXISTS ML (only when missing), then CREATE OR REPLACE TABLE
 --                    ML.<MODEL> AS SELECT ... per SQL model, reading RAW.* and ML.*.
---   podium score     CREATE SCHEMA IF NOT EXISTS ML, CREATE TABLE IF NOT EXISTS
+--   podium score     CREATE SCHEMA IF NOT EXISTS ML (only when missing), CREATE TABLE IF NOT EXISTS
 --                    ML.F1_SCORES, MERGE INTO it from a temporary table; with
 --                    --engine warehouse also a temporary vectorized (pandas) UDF, whose
 --                    code Snowpark uploads to a temporary session stage.
 --   podium evaluate  MERGE INTO ML.F1_MONITORING.
---   podium promote   CREATE SCHEMA IF NOT EXISTS ML, CREATE TABLE IF NOT EXISTS
---                    ML.MODEL_PROMOTIONS, INSERT into it (Snowpark append).
+--   podium promote   CREATE SCHEMA IF NOT EXISTS ML (only when missing), CREATE TABLE IF NOT EXISTS
+--                    ML.MODEL_PROMOTIONS, INSERT into it (Snowpark append); with
+--                    registry.snowflake, a model version and alias in Snowflake's registry.
 -- =====================================================================================
 
 
@@ -110,12 +112,8 @@ GRANT USAGE ON WAREHOUSE PODIUM_WH TO ROLE PODIUM_ROLE;
 
 GRANT USAGE ON DATABASE PODIUM TO ROLE PODIUM_ROLE;
 
--- features, score and promote issue `CREATE SCHEMA IF NOT EXISTS ML` on every run, and
--- Snowflake checks CREATE SCHEMA on the database even when the schema already exists.
--- This is the one grant beyond RAW and ML. It can be revoked once Podium checks for the
--- schema before creating it (see the README's Snowflake section):
---     REVOKE CREATE SCHEMA ON DATABASE PODIUM FROM ROLE PODIUM_ROLE;
-GRANT CREATE SCHEMA ON DATABASE PODIUM TO ROLE PODIUM_ROLE;
+-- No CREATE SCHEMA on the database: Podium looks a schema up before it creates one, and
+-- this script makes both RAW and ML.
 
 GRANT USAGE ON SCHEMA PODIUM.RAW TO ROLE PODIUM_ROLE;
 GRANT USAGE ON SCHEMA PODIUM.ML TO ROLE PODIUM_ROLE;
@@ -128,6 +126,10 @@ GRANT CREATE TABLE, CREATE STAGE, CREATE FILE FORMAT ON SCHEMA PODIUM.RAW TO ROL
 -- temporary session stage for write_pandas uploads and UDF code (CREATE STAGE), and the
 -- temporary vectorized UDF of `podium score --engine warehouse` (CREATE FUNCTION).
 GRANT CREATE TABLE, CREATE STAGE, CREATE FUNCTION ON SCHEMA PODIUM.ML TO ROLE PODIUM_ROLE;
+
+-- ML: the champion mirrored into Snowflake's model registry (`registry.snowflake` in the spec:
+-- `podium promote` logs the native pipeline as a model version and moves its alias).
+GRANT CREATE MODEL ON SCHEMA PODIUM.ML TO ROLE PODIUM_ROLE;
 
 -- Temporary tables (Snowpark's staging tables, scoring's PODIUM_SCORES_* table) need no
 -- grant of their own: Snowflake has no CREATE TEMPORARY TABLE privilege, and creating a

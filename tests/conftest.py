@@ -47,13 +47,13 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
 
 @pytest.fixture(scope="session")
 def fakesnow_server() -> Iterator[dict]:
-    """Connection kwargs of one fakesnow HTTP server on loopback, shared by the session's Snowpark tests.
+    """Connection kwargs of one emulated Snowflake on loopback, shared by the session's Snowpark tests.
 
-    (fakesnow starts once per process: its first `server()` call replaces the function with its submodule.)
+    fakesnow's HTTP server with its gaps on the upload and MERGE paths closed (tests/snowflake/emulator.py).
     """
-    import fakesnow
+    from tests.snowflake.emulator import emulator
 
-    with fakesnow.server() as kwargs:
+    with emulator() as kwargs:
         yield kwargs
 
 

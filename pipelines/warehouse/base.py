@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 import pandas as pd
 
 from pipelines.errors import WarehouseError
-from pipelines.warehouse.dialect import quote, split_table
+from pipelines.warehouse.dialect import check_identifier, quote, split_table
 
 WriteMode = Literal["append", "replace", "merge"]
 WRITE_MODES: tuple[str, ...] = ("append", "replace", "merge")
@@ -87,11 +87,17 @@ class Warehouse(Protocol):
     def exists(self, table: str) -> bool:
         """Whether the table exists."""
 
+    def ensure_schema(self, schema: str) -> None:
+        """Create the schema unless it exists."""
+
     def ensure_table(self, table: str, columns: Mapping[str, str]) -> dict[str, str]:
         """Create the table (and its schema) with these column types unless it exists; its columns."""
 
     def score_in_warehouse(self, job: ScoringJob) -> tuple[int, int]:
         """Run a scoring job where the rows live: (rows scored, rows written)."""
+
+    def mirror_model(self, model_name: str, native: Any, alias: str) -> None:
+        """Log a native model (a `snowflake_registry.NativeModel`) in the model registry; move `alias`."""
 
     def publish(self, staged: Mapping[str, str]) -> None:
         """Replace each target table with its staged table (target -> staged), all in one transaction."""
@@ -122,20 +128,26 @@ class TableOps:
     def publish_statements(self, staged: Mapping[str, str]) -> list[str]:
         """The statements that move each staged table into place (run inside one transaction)."""
         statements = []
-        for target, source in staged.items():
-            schema, _ = split_table(target)
-            if schema:
-                statements.append(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+        for target, source in staged.items():  # a staged table lives in its target's schema
             statements.append(f"CREATE OR REPLACE TABLE {quote(target)} AS SELECT * FROM {quote(source)}")
             statements.append(f"DROP TABLE {quote(source)}")
         return statements
+
+    def ensure_schema(self, schema: str) -> None:
+        """Create the schema unless it exists (looked up first: creating one needs a grant, using it not)."""
+        found = self.query(
+            "SELECT COUNT(*) AS N FROM INFORMATION_SCHEMA.SCHEMATA WHERE UPPER(SCHEMA_NAME) = ?",
+            [check_identifier(schema)],
+        )
+        if not int(found.N[0]):
+            self.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
 
     def ensure_table(self, table: str, columns: Mapping[str, str]) -> dict[str, str]:
         """Create the table (and its schema) with explicit column types unless it exists; its columns."""
         if not self.exists(table):
             schema, _ = split_table(table)
             if schema:
-                self.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+                self.ensure_schema(schema)
             ddl = ", ".join(f"{quote(name)} {kind}" for name, kind in columns.items())
             self.execute(f"CREATE TABLE IF NOT EXISTS {quote(table)} ({ddl})")
         return self.columns(table)

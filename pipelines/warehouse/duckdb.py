@@ -13,6 +13,7 @@ import duckdb
 import pandas as pd
 
 from pipelines.errors import WarehouseError
+from pipelines.warehouse import types
 from pipelines.warehouse.base import (
     ScoringJob,
     TableOps,
@@ -107,10 +108,11 @@ class DuckDBWarehouse(TableOps):
             self._con.execute("BEGIN TRANSACTION")
             if schema:
                 self._con.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            rows = self._typed(staged)
             if mode == "replace":
-                self._con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM {staged}")
+                self._con.execute(f"CREATE OR REPLACE TABLE {target} AS {rows}")
             else:
-                self._con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM {staged} LIMIT 0")
+                self._con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS {rows} LIMIT 0")
                 self._insert(df, table, keys if mode == "merge" else None)
             self._con.execute("COMMIT")
         except duckdb.Error as exc:
@@ -163,6 +165,15 @@ class DuckDBWarehouse(TableOps):
             raise
         return written + pending
 
+    def _typed(self, staged: str) -> str:
+        """SELECT the registered frame, a column of nothing but NULLs as VARCHAR (as Snowpark types it)."""
+        described = self._con.execute(f"DESCRIBE SELECT * FROM {staged}").fetchall()
+        untyped = [quote(name) for name, kind, *_ in described if kind == '"NULL"' or kind == "NULL"]
+        if not untyped:
+            return f"SELECT * FROM {staged}"
+        casts = ", ".join(f"CAST({name} AS VARCHAR) AS {name}" for name in untyped)
+        return f"SELECT * REPLACE ({casts}) FROM {staged}"
+
     def _insert(self, df: pd.DataFrame, table: str, keys: Sequence[str] | None) -> None:
         """Insert one frame (replacing the rows with its `keys`, if given) inside the open transaction."""
         target, staged = quote(table), f"podium_stage_{uuid.uuid4().hex}"
@@ -175,7 +186,7 @@ class DuckDBWarehouse(TableOps):
             self._con.unregister(staged)
 
     def columns(self, table: str) -> dict[str, str]:
-        """Column names and DuckDB types of a table, in order."""
+        """Column names and their Snowflake types (`types.from_duckdb`) of a table, in order."""
         found = self._columns(table)
         if not found:
             raise WarehouseError(f"table {table} does not exist: build it first (e.g. `podium features`).")
@@ -184,6 +195,13 @@ class DuckDBWarehouse(TableOps):
     def exists(self, table: str) -> bool:
         """Whether the table exists in this database file."""
         return bool(self._columns(table))
+
+    def mirror_model(self, model_name: str, native: Any, alias: str) -> None:
+        """DuckDB keeps no models: mirroring needs Snowflake."""
+        raise WarehouseError(
+            f"DuckDB has no model registry to mirror {model_name} into: registry.snowflake needs a Snowflake "
+            "profile."
+        )
 
     def publish(self, staged: Mapping[str, str]) -> None:
         """Move every staged table into place in one transaction: readers see all old or all new."""
@@ -218,7 +236,7 @@ class DuckDBWarehouse(TableOps):
             "ORDER BY ordinal_position",
             [name, schema, schema],
         ).fetchall()
-        return {column.upper(): dtype for column, dtype in rows}
+        return {column.upper(): types.from_duckdb(column.upper(), dtype) for column, dtype in rows}
 
     def _single(self, sql: str) -> str:
         statements = to_duckdb(sql)

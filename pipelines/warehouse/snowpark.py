@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import reduce
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from snowflake.snowpark.exceptions import SnowparkClientException, SnowparkSQLEx
 from snowflake.snowpark.functions import when_matched, when_not_matched
 
 from pipelines.errors import WarehouseError
-from pipelines.warehouse import snowpark_scoring
+from pipelines.warehouse import snowpark_scoring, types
 from pipelines.warehouse.base import (
     ScoringJob,
     TableOps,
@@ -66,6 +67,7 @@ def connection_parameters(config: SnowflakeConfig, environ: dict[str, str] | Non
     params: dict[str, Any] = {
         key: value for key in ("database", "role", "warehouse") if (value := getattr(config, key)) is not None
     }
+    params |= timeouts(config)
     params |= {
         key: environ[f"SNOWFLAKE_{key.upper()}"] for key in ENV_KEYS if f"SNOWFLAKE_{key.upper()}" in environ
     }
@@ -79,6 +81,38 @@ def connection_parameters(config: SnowflakeConfig, environ: dict[str, str] | Non
             "SNOWFLAKE_PASSWORD (or SNOWFLAKE_AUTHENTICATOR / SNOWFLAKE_PRIVATE_KEY_FILE)."
         )
     return params
+
+
+# What Snowpark and the connector raise for a refused statement, a lost connection or a timeout.
+SNOWPARK_ERRORS = (SnowparkSQLException, SnowparkClientException, ConnectorError)
+
+
+@contextmanager
+def _guard(step: str) -> Iterator[None]:
+    """Snowpark's and the connector's failures as one WarehouseError line naming the step."""
+    try:
+        yield
+    except SnowparkSQLException as exc:
+        raise WarehouseError(first_line(exc)) from None
+    except SNOWPARK_ERRORS as exc:  # the connection, not the SQL: a timeout, a dropped session
+        raise WarehouseError(
+            f"{step} in Snowflake failed: {first_line(exc)}. Check the network and the profile's "
+            "network_timeout / statement_timeout, then rerun."
+        ) from None
+
+
+def timeouts(config: SnowflakeConfig) -> dict[str, Any]:
+    """The connector's timeouts from the profile, so a dead or hanging endpoint ends in an error.
+
+    The socket timeout is the login timeout: no single request waits longer for a first answer
+    (Snowflake answers a long query's request within 45 s; the client then polls).
+    """
+    return {
+        "login_timeout": config.login_timeout,
+        "socket_timeout": config.login_timeout,
+        "network_timeout": config.network_timeout,
+        "session_parameters": {"STATEMENT_TIMEOUT_IN_SECONDS": config.statement_timeout},
+    }
 
 
 class SnowparkWarehouse(TableOps):
@@ -103,47 +137,58 @@ class SnowparkWarehouse(TableOps):
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run a statement in Snowflake."""
-        self._fetch(lambda: self._sql(sql, params).collect())
+        with _guard("a statement"):
+            self._sql(sql, params).collect()
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         """Run a query in Snowflake and fetch its rows."""
-        return self._fetch(lambda: self._sql(sql, params).to_pandas())
+        with _guard("a query"):
+            return self._sql(sql, params).to_pandas()
 
     def batches(self, sql: str, rows: int, params: Sequence[Any] = ()) -> Iterator[pd.DataFrame]:
         """Stream a query's result in frames of `rows` rows."""
-        frames = self._fetch(lambda: self._sql(sql, params).to_pandas_batches())
-        yield from rechunk(frames, rows)
+        with _guard("a query"):
+            frames = self._sql(sql, params).to_pandas_batches()
+            yield from rechunk(frames, rows)
 
     def write(self, df: pd.DataFrame, table: str, *, mode: WriteMode, keys: Sequence[str] = ()) -> int:
         """Upload `df` to a temporary table, then move it into `table` in one statement."""
         check_write(df, table, mode, keys)
         target = quote(table)
+        staged = self.upload(df, table)
         try:
-            staged = self.session.create_dataframe(_plain(df))
             if mode == "replace":
                 staged.write.save_as_table(target, mode="overwrite")
             elif mode == "append":
                 staged.write.save_as_table(target, mode="append", column_order="name")
             else:
                 self.merge_dataframe(staged, table, keys)
-        except (
-            SnowparkSQLException,
-            SnowparkClientException,
-            ConnectorError,
-        ) as exc:  # the upload is the connector's
+        except SNOWPARK_ERRORS as exc:
             raise write_failed(table, exc) from None
         return len(df)
 
+    def upload(self, df: pd.DataFrame, table: str):  # noqa: ANN201 (a Snowpark DataFrame)
+        """The frame as a temporary Snowflake table (`write_pandas`: a temporary stage, PUT, COPY)."""
+        try:
+            return self.session.create_dataframe(_plain(df))
+        except Exception as exc:  # the connector's file transfer fails in many kinds (KeyError among them)
+            raise WarehouseError(
+                f"uploading rows for {table} to Snowflake failed: {first_line(exc)}. The upload PUTs a file "
+                "to a temporary stage in the session's schema: set a schema (SNOWFLAKE_SCHEMA or the "
+                "connection's schema) where the role may create stages (setup/snowflake.sql)."
+            ) from None
+
     def columns(self, table: str) -> dict[str, str]:
-        """Column names and Snowpark types of a table."""
+        """Column names and their Snowflake types (`types.from_snowpark`) of a table, in order."""
         try:
             fields = self.session.table(quote(table)).schema.fields
-        except (SnowparkSQLException, SnowparkClientException) as exc:
+        except SNOWPARK_ERRORS as exc:
             raise WarehouseError(
                 f"table {table} does not exist or is not readable: build it first (e.g. `podium features`). "
                 f"({first_line(exc)})"
             ) from None
-        return {f.name.strip('"').upper(): str(f.datatype) for f in fields}
+        names = [f.name.strip('"').upper() for f in fields]
+        return {name: types.from_snowpark(name, f.datatype) for name, f in zip(names, fields, strict=True)}
 
     def close(self) -> None:
         """End the session, and drop the exit hook Snowpark registers for it (a closed session needs none)."""
@@ -154,16 +199,7 @@ class SnowparkWarehouse(TableOps):
         atexit.unregister(getattr(self.session, "_close_at_exit", lambda: None))
 
     def _sql(self, sql: str, params: Sequence[Any]):  # noqa: ANN202 (snowpark DataFrame)
-        try:
-            return self.session.sql(sql, params=list(params) or None)
-        except SnowparkSQLException as exc:
-            raise WarehouseError(first_line(exc)) from None
-
-    def _fetch(self, thunk):  # noqa: ANN001, ANN202
-        try:
-            return thunk()
-        except SnowparkSQLException as exc:
-            raise WarehouseError(first_line(exc)) from None
+        return self.session.sql(sql, params=list(params) or None)
 
     def exists(self, table: str) -> bool:
         """Whether the table resolves in this session."""
@@ -171,6 +207,8 @@ class SnowparkWarehouse(TableOps):
             self.session.table(quote(table)).schema  # noqa: B018 (resolves the table)
         except SnowparkSQLException:
             return False
+        except SNOWPARK_ERRORS as exc:
+            raise WarehouseError(f"looking up table {table} in Snowflake failed: {first_line(exc)}") from None
         return True
 
     def publish(self, staged: Mapping[str, str]) -> None:
@@ -187,6 +225,10 @@ class SnowparkWarehouse(TableOps):
             self.execute("ROLLBACK")
             raise
         self.execute("COMMIT")
+
+    def mirror_model(self, model_name: str, native: Any, alias: str) -> None:
+        """Log the native model in Snowflake's model registry, and move `alias` to it."""
+        native.mirror(self.session, model_name, alias)
 
     def score_in_warehouse(self, job: ScoringJob) -> tuple[int, int]:
         """Score inside Snowflake with the model as a vectorized UDF (see `snowpark_scoring`)."""
@@ -212,7 +254,7 @@ class SnowparkWarehouse(TableOps):
         started = time.perf_counter()
         try:
             for df in frames:
-                uploaded = self.session.create_dataframe(_plain(df)).write
+                uploaded = self.upload(df, table).write
                 uploaded.save_as_table(staging, mode="append", table_type="temporary", column_order="name")
                 pending += len(df)
                 if pending >= commit_rows:
@@ -222,7 +264,7 @@ class SnowparkWarehouse(TableOps):
             if pending:
                 written += self._merge_staged(staging, table, keys)
                 committed(written, time.perf_counter() - started)
-        except (SnowparkSQLException, SnowparkClientException, ConnectorError) as exc:
+        except SNOWPARK_ERRORS as exc:
             raise write_failed(table, exc) from None
         finally:
             if pending and self.exists(staging):  # an interval a failure left staged

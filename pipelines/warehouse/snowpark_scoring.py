@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING
 
 import cloudpickle
 import pandas as pd
-from snowflake.snowpark import DataFrame
+from snowflake.snowpark import DataFrame, Session
 from snowflake.snowpark.functions import array_construct, col, lit, pandas_udf
 from snowflake.snowpark.types import ArrayType, DoubleType, PandasSeriesType, StringType
+from snowflake.snowpark.udf import UserDefinedFunction
 
-from pipelines.warehouse.base import ScoringJob
+from pipelines.errors import WarehouseError
+from pipelines.warehouse.base import ScoringJob, first_line
 from pipelines.warehouse.dialect import quote
 
 if TYPE_CHECKING:
@@ -38,14 +40,7 @@ PACKAGES = ["scikit-learn", "pandas", "numpy", "xgboost", "skops"]
 def run_job(warehouse: SnowparkWarehouse, job: ScoringJob) -> tuple[int, int]:
     """Score the job's rows inside Snowflake and merge them into its table: (rows scored, rows written)."""
     session = warehouse.session
-    with _pickled_by_value(job.predict):
-        udf = pandas_udf(
-            handler(job.predict, job.features),
-            return_type=PandasSeriesType(ArrayType()),
-            input_types=[PandasSeriesType(ArrayType())],
-            packages=PACKAGES,
-            session=session,
-        )
+    udf = _register(session, job)
     rows = _selection(warehouse, job)
     scored = rows.select(*job.id_columns, udf(array_construct(*[col(f) for f in job.features])).alias("P"))
     staged_name = f"PODIUM_SCORES_{uuid.uuid4().hex.upper()}"
@@ -55,6 +50,25 @@ def run_job(warehouse: SnowparkWarehouse, job: ScoringJob) -> tuple[int, int]:
     written = warehouse.merge_dataframe(staged, job.table, [*job.keys, "MODEL_VERSION"]) if count else 0
     session.table(staged_name).drop_table()
     return count, written
+
+
+def _register(session: Session, job: ScoringJob) -> UserDefinedFunction:
+    """The model as a temporary vectorized UDF; a refusal is one error naming what Snowflake needs."""
+    try:
+        with _pickled_by_value(job.predict):
+            return pandas_udf(
+                handler(job.predict, job.features),
+                return_type=PandasSeriesType(ArrayType()),
+                input_types=[PandasSeriesType(ArrayType())],
+                packages=PACKAGES,
+                session=session,
+            )
+    except Exception as exc:  # Snowpark and the connector refuse a UDF in many kinds
+        raise WarehouseError(
+            f"registering the scoring UDF in Snowflake failed: {first_line(exc)}. It needs CREATE FUNCTION "
+            f"on the session's schema, the Anaconda packages {', '.join(PACKAGES)} (an ORGADMIN accepts "
+            "their terms once) and a Python UDF runtime; or score with --engine local."
+        ) from None
 
 
 def handler(

@@ -5,11 +5,11 @@ from SNOWFLAKE_* variables pointing at fakesnow on loopback, and every SQL model
 the real Snowflake connector as written. The feature table must match the DuckDB build of the
 same data (`built_profile`) row for row.
 
-The raw tables cannot be loaded with `podium ingest` here: its upload (`create_dataframe` ->
-`write_pandas`) PUTs a file to a stage, which fakesnow's server does not answer (the connector
-fails with KeyError: 'command'). Instead each raw table the SQL models read is parsed as ingest
-parses it (`ingest.read_csv`, the manifest's types) and sent in one Snowflake statement,
-`INSERT ... SELECT ... FROM TABLE(FLATTEN(PARSE_JSON(?)))`, with the rows as one bound JSON value.
+Only the raw tables the SQL models read are loaded here, each parsed as ingest parses it
+(`ingest.read_csv`, the manifest's types) and sent in one Snowflake statement,
+`INSERT ... SELECT ... FROM TABLE(FLATTEN(PARSE_JSON(?)))`, with the rows as one bound JSON value:
+quicker than ingesting all thirteen. `podium ingest` itself (uploads by PUT) runs through the
+emulator in tests/snowflake/test_lifecycle.py.
 
 fakesnow answers by translating the SQL to DuckDB, so this shows that the SQL models and the
 stage's checks run through the Snowpark path as written, not what Snowflake itself returns.

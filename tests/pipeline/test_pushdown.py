@@ -51,6 +51,18 @@ def test_pushdown_scores_like_the_local_engine_and_only_once(
     assert inside["PREDICTED_CLASS"].tolist() == local["PREDICTED_CLASS"].tolist()
     assert set(inside["MODEL_VERSION"]) == {version} and set(inside["BATCH_ID"]) == {"batch-1"}
 
+    score.main(trained_profile, spec, model_uri=f"models:/{spec.model_name}/{version}")  # the DuckDB path
+    with connect(trained_profile, read_only=True) as duck:
+        on_duckdb = duck.query(f"SELECT * FROM {spec.scoring_table}")
+    assert list(inside.columns) == list(on_duckdb.columns), "the same columns in the same order"
+    same = inside.merge(on_duckdb, on=spec.keys, suffixes=("", "_DUCKDB"))
+    assert len(same) == len(rows)
+    for column in ["PREDICTED_CLASS", "MODEL_NAME", "MODEL_VERSION", "MODEL_ALIAS"]:
+        assert same[column].tolist() == same[f"{column}_DUCKDB"].tolist(), column
+    np.testing.assert_allclose(
+        same[probabilities].to_numpy(float), same[[f"{p}_DUCKDB" for p in probabilities]].to_numpy(float)
+    )
+
 
 def test_warehouse_engine_needs_a_snowflake_profile(profile: Profile, spec: Spec) -> None:
     with pytest.raises(Exception, match="--engine warehouse runs the model inside Snowflake"):

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import log_loss
 
-from pipelines import dataset, evaluate, promote, score, train
+from pipelines import dataset, evaluate, promote, score, status, train
 from pipelines.config import LiveEvidence, Profile, Spec
 from pipelines.errors import PodiumError
 from pipelines.registry import CHALLENGER, CHAMPION
@@ -63,6 +63,12 @@ def test_shadow_scores_both_versions_on_the_same_rows_in_one_batch_and_evaluate_
     ]
     assert keys[0] == keys[1], "both versions scored the same rows"
     assert len(rows) == 2 * expected and not rows.duplicated([*spec.keys, "MODEL_VERSION"]).any()
+    shown = status.main(profile, spec).latest_batch
+    assert shown is not None and shown["batch_id"] == result.batch_id and shown["rows"] == 2 * expected
+    assert shown["versions"] == [
+        {"version": better, "alias": CHALLENGER, "rows": expected},
+        {"version": worse, "alias": CHAMPION, "rows": expected},
+    ], "status shows the shadow batch whole, each version with its rows"
 
     again = score.main(profile, spec, shadow=True)
     assert (again.batch_id, again.rows_written) == ("", 0)

@@ -82,6 +82,7 @@ def test_status_json_reports_the_counts_after_the_pipeline(
     assert (
         batch["batch_id"] == scored.batch_id and batch["rows"] == batch["total_rows"] == scored.rows_written
     )
+    assert batch["versions"] == [{"version": "1", "alias": "champion", "rows": scored.rows_written}]
 
     expected = evaluated.rows[(evaluated.rows["PERIOD"] != "all") & (evaluated.rows["METRIC"] == "log_loss")]
     assert {m["period"]: m["log_loss"] for m in status["monitoring"]} == pytest.approx(

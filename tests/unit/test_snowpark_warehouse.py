@@ -2,13 +2,13 @@
 
 Two emulators each show part of it:
 
-- fakesnow's HTTP server (`fakesnow.server()`) serves a real Snowpark Session over the real
-  Snowflake connector on loopback. It shows the SQL path: `execute`, `query` with `?` bound
-  values, `batches` streamed through `to_pandas_batches`, `columns`, one-line WarehouseErrors,
-  Snowflake-dialect SQL passed through as written, and `SnowparkWarehouse.connect` logging in
-  from SNOWFLAKE_* variables. It cannot show uploads (PUT / `write_pandas`), so `write` is not
-  run there. It answers the SQL by translating it to DuckDB, so it shows that the backend
-  passes the dialect through untouched, not what Snowflake itself returns.
+- fakesnow's HTTP server, with its gaps closed by tests/snowflake/emulator.py, serves a real
+  Snowpark Session over the real Snowflake connector on loopback. It shows the SQL path:
+  `execute`, `query` with `?` bound values, `batches` streamed through `to_pandas_batches`,
+  `columns`, one-line WarehouseErrors, Snowflake-dialect SQL passed through as written, and
+  `SnowparkWarehouse.connect` logging in from SNOWFLAKE_* variables. Uploads (`write`) run
+  through it in tests/snowflake/. It answers the SQL by translating it to DuckDB, so it shows
+  that the backend passes the dialect through untouched, not what Snowflake itself returns.
 - Snowpark local testing (`local_testing=True`) has no `session.sql`, but runs the DataFrame
   calls `write` is made of: `create_dataframe` of a pandas frame, `save_as_table` and
   `Table.merge`. It shows replace / append / merge and that ingest's Arrow-backed frames with NA
@@ -32,7 +32,7 @@ from snowflake.snowpark import Session
 
 from pipelines.config import SnowflakeConfig
 from pipelines.errors import WarehouseError
-from pipelines.warehouse.snowpark import ENV_KEYS, SnowparkWarehouse, connection_parameters
+from pipelines.warehouse.snowpark import ENV_KEYS, SnowparkWarehouse, connection_parameters, timeouts
 
 SECRET = "hunter2-not-a-real-password"
 
@@ -129,7 +129,7 @@ def test_columns_are_upper_cased(sql_wh: SnowparkWarehouse) -> None:
     sql_wh.execute("CREATE OR REPLACE TABLE ML.C (race_id INT, driver VARCHAR)")
     columns = sql_wh.columns("ml.c")
     assert list(columns) == ["RACE_ID", "DRIVER"]
-    assert "Long" in columns["RACE_ID"] and "String" in columns["DRIVER"]
+    assert columns == {"RACE_ID": "BIGINT", "DRIVER": "VARCHAR"}
 
 
 def test_missing_table_is_a_warehouse_error(sql_wh: SnowparkWarehouse) -> None:
@@ -208,20 +208,20 @@ def test_one_two_and_three_part_names(local_wh: SnowparkWarehouse, table: str) -
     local_wh.write(frame([1], "a"), table.lower(), mode="replace")
     local_wh.write(frame([1, 2], "b"), table, mode="merge", keys=["K"])
     assert rows(local_wh, table) == [(1, "b1"), (2, "b2")]
-    assert local_wh.columns(table) == {"K": "LongType()", "V": "StringType()"}
+    assert local_wh.columns(table) == {"K": "BIGINT", "V": "VARCHAR"}
 
 
 def test_arrow_frame_with_nulls_is_written_with_its_types(local_wh: SnowparkWarehouse) -> None:
     df = ingest_frame()
     assert local_wh.write(df, "RAW.R", mode="replace") == 3
     assert local_wh.columns("RAW.R") == {
-        "K": "LongType()",
-        "N": "LongType()",
-        "F": "DoubleType()",
-        "S": "StringType()",
-        "D": "DateType()",
-        "B": "BooleanType()",
-        "I": "LongType()",
+        "K": "BIGINT",
+        "N": "BIGINT",
+        "F": "DOUBLE",
+        "S": "VARCHAR",
+        "D": "DATE",
+        "B": "BOOLEAN",
+        "I": "BIGINT",
     }
     assert rows(local_wh, "RAW.R")[1] == (2, None, None, None, None, None, None)
     assert rows(local_wh, "RAW.R")[0] == (1, 10, 1.5, "x", date(2024, 1, 1), True, 7)
@@ -285,15 +285,28 @@ def test_parameters_from_environment_override_profile_defaults() -> None:
         "database": "SANDBOX",
         "role": "PODIUM_ROLE",
         "warehouse": "PODIUM_WH",
+    } | timeouts(config)
+
+
+def test_the_profile_bounds_every_wait() -> None:
+    config = SnowflakeConfig(backend="snowflake", login_timeout=5, network_timeout=30, statement_timeout=90)
+    assert timeouts(config) == {
+        "login_timeout": 5,
+        "socket_timeout": 5,
+        "network_timeout": 30,
+        "session_parameters": {"STATEMENT_TIMEOUT_IN_SECONDS": 90},
     }
 
 
 def test_connection_name_is_passed_through() -> None:
     config = SnowflakeConfig(backend="snowflake", connection_name="podium", database="PODIUM")
-    assert connection_parameters(config, {}) == {"connection_name": "podium", "database": "PODIUM"}
+    assert connection_parameters(config, {}) == {
+        "connection_name": "podium",
+        "database": "PODIUM",
+    } | timeouts(config)
     default = SnowflakeConfig(backend="snowflake")
     environ = {"SNOWFLAKE_DEFAULT_CONNECTION_NAME": "dev"}
-    assert connection_parameters(default, environ) == {"connection_name": "dev"}
+    assert connection_parameters(default, environ) == {"connection_name": "dev"} | timeouts(default)
     assert connection_parameters(config, environ)["connection_name"] == "podium"
 
 

@@ -42,8 +42,7 @@ DYNAMIC: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = {
     # DuckDB's and Snowflake's own message for SQL they refuse (`podium sql`, feature SQL models)
     ("pipelines/warehouse/duckdb.py", "batches"): (("Binder Error", "Parser Error"), False),
     ("pipelines/warehouse/duckdb.py", "_run"): (("Binder Error", "Parser Error"), False),
-    ("pipelines/warehouse/snowpark.py", "_sql"): (("SQL compilation error",), False),
-    ("pipelines/warehouse/snowpark.py", "_fetch"): (("SQL compilation error",), False),
+    ("pipelines/warehouse/snowpark.py", "_guard"): (("SQL compilation error",), False),
 }
 
 
