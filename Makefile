@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test ui docs clean
+.PHONY: help demo test check ui docs clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-8s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -17,11 +17,15 @@ help: ## Show this help
 $(BIN)/podium: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	touch $@
 
 demo: $(BIN)/podium ## Run the full pipeline on DuckDB + the bundled F1 data
 	$(BIN)/podium run
+
+check: $(BIN)/podium ## Lint and format check (ruff), in seconds
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: $(BIN)/podium ## Run the tests (pytest)
 	$(BIN)/python -m pytest

@@ -20,6 +20,13 @@ Outputs: `backtest.table`, one row per (period, model scored in it), replaced in
 Never:   the spec's model (its aliases, stages and versions), scoring, monitoring or audit tables.
 MLflow:  the `backtest` run: a child run per period holding that period's stage runs, the
          figures per period as metric steps, `backtest.csv` and `plots/backtest.png`.
+Checked: before any tuning: the options (trials, families), and every period's window against
+         the feature table (seasons enough for cv.folds before it, rows in it).
+Killed:  the studies live in `<the Optuna storage's folder>/backtests/<backtest id>` (a URL storage:
+         the temp folder's `podium-backtests`), removed when the backtest ends. The next backtest
+         ends FAILED every run a killed one left RUNNING (its run, and every run nested in it, found
+         by parent run id: the run records its process, nested runs are stale with it) and removes
+         the study folders whose process is gone.
 
 The stages come in as a `Lifecycle` (see `pipeline.LIFECYCLE`): a stage never imports another.
 """
@@ -27,9 +34,10 @@ The stages come in as a `Lifecycle` (see `pipeline.LIFECYCLE`): a stage never im
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -42,9 +50,21 @@ from pydantic import ValidationError
 from pipelines import plots, registry, shadow
 from pipelines.config import BacktestConfig, Profile, RegistryConfig, ScoringConfig, Spec
 from pipelines.errors import PodiumError
+from pipelines.models import FACTORIES
 from pipelines.registry import CHALLENGER, CHAMPION
-from pipelines.tracking import log_figures, nested_run, stage_run
+from pipelines.tracking import (
+    STORE_ERRORS,
+    configure,
+    end_stale_stage_trees,
+    log_figures,
+    nested_run,
+    process_gone,
+    process_id,
+    stage_run,
+    store_error,
+)
 from pipelines.warehouse import connect, types
+from pipelines.warehouse.dialect import quote
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +91,7 @@ COLUMNS = {
     "BACKTEST_ID": "VARCHAR",
 }
 STEPS = {"year": pd.DateOffset(years=1), "quarter": pd.DateOffset(months=3), "month": pd.DateOffset(months=1)}
+OWNER = "podium.process"  # in a backtest's studies folder: the process that runs it (host:pid:start)
 
 
 @dataclass(frozen=True)
@@ -116,8 +137,10 @@ def main(
     monitoring = spec.require("monitoring")
     periods = period_starts(config.start, config.end, monitoring.period)
     specs = [period_spec(spec, config, begin, finish) for begin, finish in periods]  # all checked first
-    with stage_run(profile, spec, "backtest") as run, tempfile.TemporaryDirectory() as studies:
-        replay = Replay(profile, spec, config, lifecycle, run.info.run_id, Path(studies))
+    check_windows(profile, spec, config, periods)
+    _end_killed(profile, spec)
+    with stage_run(profile, spec, "backtest") as run, _studies(profile, run.info.run_id) as studies:
+        replay = Replay(profile, spec, config, lifecycle, run.info.run_id, studies)
         _reset(replay)
         mlflow.log_params(_params(replay, periods))
         rows = [
@@ -141,6 +164,16 @@ def _config(spec: Spec, start: date | None, end: date | None, trials: int | None
     config: BacktestConfig = spec.require("backtest")
     given = {"start": start, "end": end, "trials": trials}
     merged = config.model_dump() | {k: v for k, v in given.items() if v is not None}
+    if isinstance(merged["trials"], int) and merged["trials"] < 1:
+        raise PodiumError(
+            f"backtest --trials / backtest.trials must be at least 1, not {merged['trials']}: each period "
+            "tunes each family with that many new trials."
+        )
+    if unknown := [f for f in merged["families"] or [] if f not in FACTORIES]:
+        raise PodiumError(
+            f"backtest.families names unknown families {unknown}: the known families are "
+            f"{', '.join(FACTORIES)}. Fix backtest.families, or drop it to replay tuning.families."
+        )
     try:
         return BacktestConfig.model_validate(merged)
     except ValidationError as exc:
@@ -194,6 +227,107 @@ def period_spec(spec: Spec, config: BacktestConfig, start: date, end: date) -> S
     return base.model_copy(update={"holdout_start": holdout, "holdout_end": start, "scoring": scoring})
 
 
+def check_windows(
+    profile: Profile, spec: Spec, config: BacktestConfig, periods: list[tuple[date, date]]
+) -> None:
+    """Every period's window against the feature table, before any tuning: seasons enough for cv.folds
+    in the rows before its holdout (the period preceding it), and rows in the period itself."""
+    seasons = _seasons(profile, spec)
+    for begin, _ in periods:
+        _check_seasons(spec, config, seasons, begin)
+    last = max(last for _, last in seasons.values())
+    if late := [begin for begin, _ in periods if begin > last]:
+        labels = ", ".join(period_label(begin, spec.monitoring.period) for begin in late)
+        raise PodiumError(
+            f"backtest.end {config.end} runs past the data: the last {spec.time} in {spec.table} is "
+            f"{last}, so periods {labels} have no rows to replay. Set backtest.end (or --end) to "
+            f"{late[0]} or earlier."
+        )
+
+
+def _check_seasons(
+    spec: Spec, config: BacktestConfig, seasons: dict[int, tuple[date, date]], begin: date
+) -> None:
+    """The period from `begin` tunes on the seasons before its holdout: cv.folds + 1 + cv.gap at least."""
+    step, need = STEPS[spec.monitoring.period], spec.cv.folds + 1 + spec.cv.gap
+    holdout = (pd.Timestamp(begin) - step).date()
+    before = [str(s) for s, (first, _) in seasons.items() if first < holdout]
+    if len(before) >= need:
+        return
+    ready = sorted(first for first, _ in seasons.values())[need - 1 :]  # the need-th season's first row
+    later = pd.Timestamp(config.start)
+    while ready and later - step <= pd.Timestamp(ready[0]):  # the first start whose holdout follows it
+        later += step
+    fix = (
+        f"start the backtest at {later.date()} or later (backtest.start or --start), or lower cv.folds."
+        if ready
+        else f"lower cv.folds: {spec.table} holds {len(seasons)} seasons from train_start on."
+    )
+    raise PodiumError(
+        f"backtest.start {config.start} leaves period {period_label(begin, spec.monitoring.period)} "
+        f"too few seasons to tune on: the rows before its holdout ({holdout}) hold {len(before)} "
+        f"({', '.join(before) or 'none'}), and cv.folds {spec.cv.folds} with cv.gap {spec.cv.gap} "
+        f"need {need}: {fix}"
+    )
+
+
+def _seasons(profile: Profile, spec: Spec) -> dict[int, tuple[date, date]]:
+    """The first and last time of each season (calendar year) of the feature table, from train_start on."""
+    time = quote(spec.time)
+    with connect(profile, read_only=True) as warehouse:
+        found = warehouse.query(
+            f"SELECT YEAR({time}) AS SEASON, MIN({time}) AS FIRST_AT, MAX({time}) AS LAST_AT "
+            f"FROM {quote(spec.table)} WHERE {time} >= ? GROUP BY YEAR({time}) ORDER BY SEASON",
+            [spec.train_start],
+        )
+    return {
+        int(row.SEASON): (pd.Timestamp(row.FIRST_AT).date(), pd.Timestamp(row.LAST_AT).date())
+        for row in found.itertuples(index=False)
+    }
+
+
+def _end_killed(profile: Profile, spec: Spec) -> None:
+    """End FAILED what killed backtests left RUNNING: their runs and every run nested in them."""
+    configure(profile)
+    try:
+        end_stale_stage_trees(spec, "backtest")
+    except STORE_ERRORS as exc:
+        raise store_error(exc) from None
+
+
+def studies_root(profile: Profile) -> Path:
+    """Where backtests keep their studies: beside the profile's Optuna journal (or SQLite file), else /tmp."""
+    storage = profile.optuna_storage.removeprefix("sqlite:///")
+    if "://" in storage:
+        return Path(tempfile.gettempdir()) / "podium-backtests"
+    return Path(storage).parent / "backtests"
+
+
+@contextmanager
+def _studies(profile: Profile, backtest_id: str) -> Iterator[Path]:
+    """This backtest's folder of study journals, removed when it ends (killed backtests' swept first)."""
+    root = studies_root(profile)
+    _sweep(root)
+    folder = root / backtest_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / OWNER).write_text(process_id())
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        with suppress(OSError):  # kept while another backtest's folder is in it
+            root.rmdir()
+
+
+def _sweep(root: Path) -> None:
+    """Remove the study folders of backtests whose process has ended (a killed one could not)."""
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        owner = folder / OWNER
+        if not owner.is_file() or process_gone(owner.read_text().strip()):
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed the studies of killed backtest %s (%s)", folder.name, folder)
+
+
 def _reset(replay: Replay) -> None:
     """An empty scratch state: the backtest model holds no alias, the scratch tables are gone."""
     spec = scratch(replay.spec, replay.config)
@@ -232,8 +366,8 @@ def _period(replay: Replay, spec: Spec, start: date) -> list[dict[str, Any]]:
         champion = _champion(spec.model_name)
         if champion is None:  # nobody passed the gate yet: the challenger scores alone
             life.score(profile, spec, registry.alias_uri(spec.model_name, CHALLENGER), shadow=False)
-        else:
-            life.score(profile, spec, shadow=True)
+        else:  # the challenger in shadow, unless the gate just made it the champion
+            life.score(profile, spec, shadow=champion != challenger)
         figures = life.evaluate(profile, spec).rows
         rows = _rows(spec, label, champion, challenger, (decision.decision, decision.reason), figures)
         mlflow.set_tags({"podium.decision": decision.decision, "podium.champion": champion or "none"})

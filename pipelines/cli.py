@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -16,7 +17,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
+import pandas as pd
 import typer
+from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -31,11 +34,21 @@ from pipelines import score as score_stage
 from pipelines import status as status_stage
 from pipelines import train as train_stage
 from pipelines import tune as tune_stage
-from pipelines.config import DEFAULT_PROFILE, Profile, Spec, load, load_profile
-from pipelines.errors import PodiumError
+from pipelines.config import (
+    DEFAULT_PROFILE,
+    MAX_CHUNK_ROWS,
+    MIN_TUNE_SECONDS,
+    WEEK,
+    Profile,
+    Spec,
+    load,
+    load_profile,
+)
+from pipelines.errors import ConfigError, PodiumError
 from pipelines.registry import CHAMPION
-from pipelines.warehouse import connect
-from pipelines.warehouse.dialect import reads_only
+from pipelines.secrets import MaskPasswords, hide_password, refuse_password
+from pipelines.warehouse import Warehouse, connect
+from pipelines.warehouse.dialect import check_one, check_read, reads_only, shown
 
 HELP = """Podium: MLflow-tracked experiments and a model registry over Snowflake (a DuckDB file offline).
 
@@ -128,8 +141,39 @@ SpecOption = Annotated[
     ),
 ]
 
+
+def bounded(option: str, low: float, high: float, hint: str = "") -> Callable[[float | None], float | None]:
+    """A callback refusing NaN, infinity and values outside [low, high] for `option`, as one clear error."""
+
+    def check(value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and low <= value <= high):
+            raise PodiumError(f"{option} must be a number from {low:g} to {high:g}, got {value}{hint}.")
+        return value
+
+    return check
+
+
+def _no_secret(storage: str) -> str:
+    """A storage URL carrying a password is refused; under `mlflow run`, which logged it as a parameter
+    before Podium started, the run holding it is deleted too (`mlflow gc` purges it)."""
+    try:
+        return refuse_password(storage, "--storage")
+    except ConfigError as exc:
+        run_id = os.environ.get("MLFLOW_RUN_ID")
+        if not run_id:
+            raise
+        MlflowClient().delete_run(run_id)
+        raise ConfigError(
+            f"{exc} `mlflow run` logged it as a parameter of run {run_id}, which Podium deleted: purge it "
+            f"with `mlflow gc --run-ids {run_id}`."
+        ) from None
+
+
 StorageOption = Annotated[
-    str, typer.Option(help="Optuna storage URL or journal path (default: the profile's).")
+    str,
+    typer.Option(
+        callback=_no_secret, help="Optuna storage URL (no password) or journal path (default: the profile's)."
+    ),
 ]
 
 
@@ -173,6 +217,29 @@ def features(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") ->
     display.show(features_stage.main(*_load(profile, spec)))
 
 
+SPEC_BUDGET = ": leave it out for the spec's budget"
+TrialsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--n-trials",
+        "-n",
+        callback=bounded("--n-trials", 1, 100_000, SPEC_BUDGET),
+        help="At most this many new trials per family.",
+    ),
+]
+SecondsOption = Annotated[
+    float | None,
+    typer.Option(
+        "--seconds",
+        "--timeout",
+        callback=bounded(
+            "--seconds", MIN_TUNE_SECONDS, WEEK, " (the stage keeps 2 s to close)" + SPEC_BUDGET
+        ),
+        help="Seconds for the whole stage.",
+    ),
+]
+
+
 @command
 def tune(
     profile: ProfileOption = DEFAULT_PROFILE,
@@ -180,14 +247,16 @@ def tune(
     family: Annotated[
         str, typer.Option("--family", "-f", help="One model family, or all of the spec's.")
     ] = "all",
-    n_trials: Annotated[
-        int, typer.Option("--n-trials", "-n", min=0, help="At most this many new trials per family.")
-    ] = 0,
-    seconds: Annotated[
-        float, typer.Option("--seconds", "--timeout", min=0, help="Seconds for the whole stage.")
-    ] = 0,
+    n_trials: TrialsOption = None,
+    seconds: SecondsOption = None,
     n_jobs: Annotated[
-        int, typer.Option("--n-jobs", "-j", min=0, help="Cores for cross-validation (0: all).")
+        int,
+        typer.Option(
+            "--n-jobs",
+            "-j",
+            callback=bounded("--n-jobs", 0, 1024),
+            help="Cores for cross-validation (0: all).",
+        ),
     ] = 0,
     storage: StorageOption = "",
 ) -> None:
@@ -213,7 +282,7 @@ def tune(
           a one-core worker on a shared study
     """
     loaded = _load(profile, spec)
-    display.show(tune_stage.main(*loaded, family, n_trials or None, seconds or None, n_jobs, storage or None))
+    display.show(tune_stage.main(*loaded, family, n_trials, seconds, n_jobs, storage or None))
 
 
 @command
@@ -298,7 +367,11 @@ def score(
         bool, typer.Option("--full", help="Rescore every row of the window, not only new ones.")
     ] = False,
     chunk_rows: Annotated[
-        int | None, typer.Option(help="Rows per read-predict-write chunk (default: the spec's).")
+        int | None,
+        typer.Option(
+            callback=bounded("--chunk-rows", 1, MAX_CHUNK_ROWS),
+            help="Rows per read-predict-write chunk (default: the spec's).",
+        ),
     ] = None,
     engine: Annotated[
         str, typer.Option(help="local: stream rows through Podium; warehouse: a vectorized UDF in Snowflake.")
@@ -358,7 +431,10 @@ def backtest(
     end: Annotated[
         datetime | None, typer.Option(formats=["%Y-%m-%d"], help="The replay stops before this date.")
     ] = None,
-    trials: Annotated[int | None, typer.Option(help="New trials per family per period.")] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(callback=bounded("--trials", 1, 10_000), help="New trials per family per period."),
+    ] = None,
 ) -> None:
     """Replay the lifecycle over past periods: for each, tune, train, gate, score and evaluate it.
 
@@ -413,12 +489,16 @@ def sql(
     format: Annotated[
         Format, typer.Option("--format", "-f", help="table for people, csv or json for machines.")
     ] = Format.table,
-    write: Annotated[bool, typer.Option("--write", help="Allow DDL and DML (default: read-only).")] = False,
+    write: Annotated[
+        bool, typer.Option("--write", help="Allow DDL and DML, one statement (default: read-only).")
+    ] = False,
 ) -> None:
     """Run one Snowflake-dialect query on the profile's warehouse and print the rows.
 
-    Read-only by default: a statement that changes data (DROP, DELETE, INSERT, ...) is refused
-    before it runs. `--write` runs DDL and DML.
+    Read-only by default: the statement must be a query (SELECT, WITH, UNION, VALUES, PIVOT,
+    DESCRIBE, SHOW) with no write anywhere inside it, or it is refused before it runs; a DuckDB
+    file is opened read-only, with no access to other files, databases or extensions, and takes
+    no write lock. `--write` runs exactly one statement, DDL and DML included.
 
     [bold]Examples[/]
       podium sql "select count(*) from ML.F1_FEATURES"
@@ -427,18 +507,18 @@ def sql(
       podium sql --write "delete from ML.F1_SCORES where MODEL_VERSION = '1'"
           change data, on purpose
     """
-    reads = reads_only(query)
-    if not reads and not write:
-        raise PodiumError(
-            f"podium sql is read-only, and {query.split()[0].upper()} changes data: pass --write to run DDL "
-            "and DML."
-        )
-    with connect(load_profile(profile)) as warehouse:
-        if not reads:
+    if write:
+        check_one(query)
+    else:
+        check_read(query)
+    settings = load_profile(profile)
+    _check_readable(settings, query, write)
+    with connect(settings, read_only=not write) as warehouse:
+        if write and not reads_only(query):
             warehouse.execute(query)
             err.print("done: the statement ran (--write)", highlight=False)
             return
-        frame = warehouse.query(query)
+        frame = _read(warehouse, query, write)
     if format is Format.csv:
         frame.to_csv(sys.stdout, index=False)
     elif format is Format.json:
@@ -469,11 +549,45 @@ def _load(profile: str, spec: str) -> tuple[Profile, Spec]:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+def _check_readable(settings: Profile, query: str, write: bool) -> None:
+    """A read of a DuckDB file that is not there fails at once: a read creates no file."""
+    where = settings.warehouse
+    if not write and where.backend == "duckdb" and not where.path.exists():
+        raise PodiumError(
+            f"`{shown(query)}` has nothing to read: the DuckDB warehouse {where.path} does not exist. "
+            "Build it first (`podium ingest`, then `podium features`), or fix warehouse.path in the profile."
+        )
+
+
+READ_ONLY_REFUSALS = (
+    "Permission Error",
+    "read-only mode",
+    "has been locked",
+    "disabled through configuration",
+)
+
+
+def _read(warehouse: Warehouse, query: str, write: bool) -> pd.DataFrame:
+    """The query's rows; DuckDB's own refusal on the read-only connection (a file, extension, setting or
+    write) as one error naming the fix."""
+    try:
+        return warehouse.query(query)
+    except PodiumError as exc:
+        if write or not any(sign in str(exc) for sign in READ_ONLY_REFUSALS):
+            raise
+        raise PodiumError(
+            f"`{shown(query)}` was refused by the read-only warehouse ({exc}): podium sql opens the "
+            "DuckDB file read-only, with no access to other files, databases or extensions; query its "
+            "tables, or pass --write to run it on purpose (one statement per call)."
+        ) from None
+
+
 def _setup_logging() -> None:
     level = os.environ.get("PODIUM_LOG_LEVEL", "INFO").upper()
     if level not in LOG_LEVELS:
         raise PodiumError(f"PODIUM_LOG_LEVEL={level} is not a log level: use one of {', '.join(LOG_LEVELS)}.")
     handler = RichHandler(console=err, show_path=False, show_time=False)
+    handler.addFilter(MaskPasswords())  # every record, Podium's and its libraries', prints no password
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
     logging.getLogger("pipelines").setLevel(level)
 
@@ -485,7 +599,7 @@ def main() -> None:
         _setup_logging()
         app(prog_name="podium")  # standalone: click prints usage errors (exit 2) and exits after the command
     except PodiumError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(hide_password(str(exc)))}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

@@ -8,6 +8,7 @@ never live here: Snowflake credentials come from connections.toml or SNOWFLAKE_*
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -18,15 +19,28 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from pipelines.errors import ConfigError, PodiumError
+from pipelines.secrets import refuse_password
 from pipelines.warehouse.dialect import check_identifier, check_table
 
 DEFAULT_PROFILE = "local"
+MIN_TUNE_SECONDS = 5.0  # a seconds budget keeps 2 s to close the studies: less leaves no time for a trial
+WEEK = 7 * 86_400.0
+MAX_CHUNK_ROWS = 10_000_000  # rows per scoring chunk: beyond this one chunk's frames outgrow memory
+MIN_MEMORY = 32 * 2**20  # DuckDB's buffer cap below which scoring and evaluation cannot run
+
+
+def size_in_bytes(size: str) -> float:
+    """A DuckDB memory size (512MB, 1.5GiB) in bytes: KB, MB are powers of 1000, KiB, MiB of 1024."""
+    number, unit, binary = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT])(i?)B", size.strip()).groups()  # type: ignore[union-attr]
+    return float(number) * (1024 if binary else 1000) ** ("KMGT".index(unit) + 1)
 
 
 def _identifier(value: str) -> str:
@@ -62,7 +76,8 @@ Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 class Strict(BaseModel):
     """Base for config models: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # no NaN or infinity where a number is expected: every bound below then means what it says
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 # --- profile: where it runs -------------------------------------------------------
@@ -79,6 +94,13 @@ class DuckDBConfig(Strict):
         description="DuckDB's buffer cap, e.g. 1GB or 512MiB (joins and sorts spill past it); null: 80% RAM",
     )
 
+    @field_validator("memory_limit")
+    @classmethod
+    def _enough_memory(cls, value: str | None) -> str | None:
+        if value is not None and size_in_bytes(value) < MIN_MEMORY:
+            raise ValueError(f"{value} is too little for DuckDB to score or evaluate: give it at least 32MB")
+        return value
+
 
 class SnowflakeConfig(Strict):
     """Snowflake through Snowpark. Only non-secret session defaults live here."""
@@ -90,13 +112,13 @@ class SnowflakeConfig(Strict):
     database: Identifier | None = None
     role: Identifier | None = None
     warehouse: Identifier | None = None
-    login_timeout: int = Field(
+    login_timeout: StrictInt = Field(
         60, ge=1, le=3600, description="seconds to log in; also how long one request waits for an answer"
     )
-    network_timeout: int = Field(
+    network_timeout: StrictInt = Field(
         300, ge=1, le=86_400, description="seconds a request may take, the connector's retries included"
     )
-    statement_timeout: int = Field(
+    statement_timeout: StrictInt = Field(
         3600, ge=1, le=604_800, description="seconds a statement may run (STATEMENT_TIMEOUT_IN_SECONDS)"
     )
 
@@ -115,6 +137,14 @@ class Profile(Strict):
         description="Optuna storage: a journal file path, or a URL (sqlite:///..., postgresql://...)",
     )
 
+    @field_validator("tracking_uri", "optuna_storage")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        try:
+            return value if value is None else refuse_password(value, "the URL")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
 
 # --- spec: what it learns ----------------------------------------------------------
 
@@ -127,8 +157,8 @@ class IngestConfig(Strict):
 
 
 class RowBounds(Strict):
-    min: int = Field(1, ge=0)
-    max: int | None = None
+    min: StrictInt = Field(1, ge=0)
+    max: StrictInt | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> RowBounds:
@@ -155,8 +185,10 @@ class ColumnsConfig(Strict):
 class CVConfig(Strict):
     """Expanding-window CV by season inside the training window."""
 
-    folds: int = Field(4, ge=2)
-    gap: int = Field(0, ge=0, description="seasons left out between a fold's training part and its season")
+    folds: StrictInt = Field(4, ge=2, le=50)
+    gap: StrictInt = Field(
+        0, ge=0, le=50, description="seasons left out between a fold's training part and its season"
+    )
 
 
 class BaselineConfig(Strict):
@@ -168,8 +200,12 @@ class BaselineConfig(Strict):
 class TuningBudget(Strict):
     """What one `podium tune` call spends: wall-clock seconds for the whole stage, a trial cap, or both."""
 
-    seconds: float | None = Field(None, gt=0, description="the whole stage, spread over families by halving")
-    trials: int | None = Field(None, ge=1, description="at most this many new trials per family")
+    seconds: float | None = Field(
+        None, ge=MIN_TUNE_SECONDS, le=WEEK, description="the whole stage, spread over families by halving"
+    )
+    trials: StrictInt | None = Field(
+        None, ge=1, le=100_000, description="at most this many new trials per family"
+    )
 
     @model_validator(mode="after")
     def _bounded(self) -> TuningBudget:
@@ -184,9 +220,11 @@ class TuningConfig(Strict):
     search_space: Path
     families: list[str] = Field(min_length=1)
     budget: TuningBudget = TuningBudget(trials=20)
-    seed: int = 42
-    sampler_startup_trials: int = Field(5, ge=1, description="random trials before TPE models the space")
-    pruner_startup_trials: int = Field(5, ge=0)
+    seed: StrictInt = Field(42, ge=0, le=2**32 - 1)
+    sampler_startup_trials: StrictInt = Field(
+        5, ge=1, le=10_000, description="random trials before TPE models it"
+    )
+    pruner_startup_trials: StrictInt = Field(5, ge=0, le=10_000)
 
 
 class SnowflakeRegistryConfig(Strict):
@@ -212,15 +250,19 @@ PolicyCheck = Literal["beats_baseline", "signature_matches"]
 class LiveEvidence(Strict):
     """Live evidence the gate asks for: the challenger beat the holder in shadow on the last `periods`."""
 
-    periods: int = Field(ge=1, description="evaluated shadow periods, the latest, that must all be won")
-    min_improvement: float = Field(0.0, ge=0, description="by at least this much in each (paired gain)")
+    periods: StrictInt = Field(
+        ge=1, le=100, description="evaluated shadow periods, the latest, that must all be won"
+    )
+    min_improvement: float = Field(0.0, ge=0, le=1, description="by at least this much in each (paired gain)")
 
 
 class PromotionPolicy(Strict):
     """The gate a challenger must pass to take a target (an alias or a stage) from its holder."""
 
     metric: Literal["log_loss", "auc", "balanced_accuracy"] = "log_loss"
-    min_improvement: float = Field(0.0, ge=0, description="over the current holder, on the same holdout")
+    min_improvement: float = Field(
+        0.0, ge=0, le=1, description="over the current holder, on the same holdout"
+    )
     checks: list[PolicyCheck] = ["beats_baseline", "signature_matches"]
     baseline: str = Field("heuristic", description="the baseline `beats_baseline` compares with")
     live: LiveEvidence | None = Field(None, description="shadow periods the challenger must have won too")
@@ -240,9 +282,14 @@ class ScoringConfig(Strict):
 
     start: date
     end: date | None = None
-    chunk_rows: int = Field(131_072, gt=0, description="rows per read-predict-write chunk: bounds memory")
-    commit_rows: int | None = Field(
-        None, gt=0, description="rows per commit (one MERGE each on Snowflake); default: every chunk"
+    chunk_rows: StrictInt = Field(
+        131_072, gt=0, le=MAX_CHUNK_ROWS, description="rows per read-predict-write chunk: bounds memory"
+    )
+    commit_rows: StrictInt | None = Field(
+        None,
+        gt=0,
+        le=100 * MAX_CHUNK_ROWS,
+        description="rows per commit (one MERGE each on Snowflake); default: every chunk",
     )
     shadow: Literal["challenger"] | None = Field(
         None, description="challenger: score it beside the champion on the same rows (`score --shadow`)"
@@ -260,7 +307,7 @@ class HitRateConfig(Strict):
 
     group: Identifier
     target_class: str = Field(alias="class")
-    k: int = Field(3, ge=1)
+    k: StrictInt = Field(3, ge=1, le=1000)
 
 
 class MonitoringConfig(Strict):
@@ -268,7 +315,7 @@ class MonitoringConfig(Strict):
 
     table: TableName
     period: Literal["year", "quarter", "month"] = "year"
-    psi_threshold: float = Field(0.2, gt=0)
+    psi_threshold: float = Field(0.2, gt=0, le=10)
     hit_rate: HitRateConfig | None = None
 
 
@@ -279,8 +326,11 @@ class BacktestConfig(Strict):
     start: date = Field(description="the first period replayed")
     end: date = Field(description="the replay stops before this")
     families: list[str] | None = Field(None, min_length=1, description="default: tuning.families")
-    trials: int = Field(
-        4, ge=1, description="new trials per family per period (trials, not seconds: a replay is repeatable)"
+    trials: StrictInt = Field(
+        4,
+        ge=1,
+        le=10_000,
+        description="new trials per family per period (trials, not seconds: a replay is repeatable)",
     )
 
     @model_validator(mode="after")

@@ -1,6 +1,8 @@
 """The contract for rows that enter or leave a model.
 
 - The feature schema: which columns of the spec's table are numeric and categorical inputs.
+- The feature contract every stage checks the table against: categoricals are text, numbers are not,
+  and no input is empty (all NULL) in the training window.
 - Windows read through the warehouse seam: training (never the holdout), holdout, and the
   scoring selection.
 - Target encoding (class names <-> indices in the spec's order); the model-input cast is `served`'s.
@@ -22,12 +24,13 @@ from mlflow.data.pandas_dataset import PandasDataset
 
 from pipelines import served
 from pipelines.config import Spec
-from pipelines.errors import ConfigError, PodiumError
+from pipelines.errors import ConfigError, DataQualityError, PodiumError
 from pipelines.splits import check_before_holdout
 from pipelines.warehouse import Warehouse
 from pipelines.warehouse.dialect import check_identifier, quote
 
-TEXT_TYPES = ("CHAR", "TEXT", "STRING", "DATE", "TIME")
+TEXT_TYPES = ("CHAR", "TEXT", "STRING", "DATE", "TIME")  # types that are not numbers
+CATEGORICAL_TYPES = ("CHAR", "TEXT", "STRING")  # the types a categorical input is read as: VARCHAR, ...
 LINEAGE = {
     "MODEL_NAME": "VARCHAR",
     "MODEL_VERSION": "VARCHAR",
@@ -101,6 +104,78 @@ def _check_named_columns(spec: Spec, columns: dict[str, str]) -> None:
 def read_schema(warehouse: Warehouse, spec: Spec) -> FeatureSchema:
     """The feature schema of the spec's table as it stands in the warehouse."""
     return feature_schema(spec, warehouse.columns(spec.table))
+
+
+def check_contract(warehouse: Warehouse, spec: Spec, schema: FeatureSchema) -> None:
+    """Refuse the spec's table when the schema's inputs break the feature contract (`contract_breaches`)."""
+    breaches = contract_breaches(warehouse, spec, schema)
+    if breaches:
+        raise DataQualityError(f"{spec.table} breaks the feature contract: " + "; ".join(breaches) + ".")
+
+
+def contract_breaches(
+    warehouse: Warehouse, spec: Spec, schema: FeatureSchema, table: str | None = None
+) -> list[str]:
+    """How `table` (default: the spec's) fails the schema's inputs: one phrase per breach, naming the
+    columns and the fix; none when it fits.
+
+    A categorical input must be text (VARCHAR ...), a numeric one must not be (text, a date), and no
+    input may be all NULL in the training window: a model learns nothing from it, and its
+    signature could not type it. Inputs the table lacks are left to the caller.
+    """
+    types = warehouse.columns(table or spec.table)
+    breaches = []
+    if wrong := {c: types[c] for c in schema.categorical if c in types and not _categorical_type(types[c])}:
+        breaches.append(
+            f"categorical columns {_typed(wrong)} are not text: cast them to VARCHAR in the feature SQL, "
+            "or leave them out of columns.categorical"
+        )
+    if wrong := {c: types[c] for c in schema.numeric if c in types and not _numeric_type(types[c])}:
+        breaches.append(
+            f"numeric columns {_typed(wrong)} are not numbers: cast them to DOUBLE in the feature SQL, "
+            "or list them in columns.categorical"
+        )
+    if empty := empty_columns(warehouse, spec, [c for c in schema.columns if c in types], table):
+        breaches.append(
+            f"columns {empty} have no non-null value in the training window ({spec.time} in "
+            f"[{spec.train_start}, {spec.holdout_start})): drop them via columns.exclude, or fix the "
+            "feature SQL"
+        )
+    return breaches
+
+
+def empty_columns(
+    warehouse: Warehouse, spec: Spec, columns: list[str], table: str | None = None
+) -> list[str]:
+    """The columns with no non-null value in the training window, counted in the warehouse in one query.
+
+    None when the window has no rows at all: `load_training` names that problem.
+    """
+    if not columns:
+        return []
+    time = quote(spec.time)
+    counts = ", ".join(f"COUNT({quote(c)}) AS N_{i}" for i, c in enumerate(columns))
+    row = warehouse.query(
+        f"SELECT COUNT(*) AS N_ROWS, {counts} FROM {quote(table or spec.table)} "
+        f"WHERE {time} >= ? AND {time} < ?",
+        [spec.train_start, spec.holdout_start],
+    ).iloc[0]
+    if not int(row["N_ROWS"]):
+        return []
+    return [c for i, c in enumerate(columns) if not int(row[f"N_{i}"])]
+
+
+def _categorical_type(kind: str) -> bool:
+    return any(t in kind.upper() for t in CATEGORICAL_TYPES)
+
+
+def _numeric_type(kind: str) -> bool:
+    return not any(t in kind.upper() for t in TEXT_TYPES)
+
+
+def _typed(columns: dict[str, str]) -> str:
+    """`[A VARCHAR, B DATE]`: columns with their warehouse types."""
+    return "[" + ", ".join(f"{c} {t}" for c, t in columns.items()) + "]"
 
 
 def read_training_rows(warehouse: Warehouse, spec: Spec) -> pd.DataFrame:

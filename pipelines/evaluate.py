@@ -73,6 +73,11 @@ def main(profile: Profile, spec: Spec) -> EvaluateResult:
             raise PodiumError(
                 f"the scoring table {spec.scoring_table} does not exist yet: run `podium score` first."
             )
+        if not int(warehouse.query(f"SELECT COUNT(*) AS N FROM {quote(spec.scoring_table)}").N[0]):
+            raise PodiumError(
+                f"the scoring table {spec.scoring_table} holds no scores yet: run `podium score` (its "
+                "window is scoring.start to scoring.end) before evaluating."
+            )
         columns = warehouse.columns(spec.table)
         check_hit_rate(spec, monitoring.hit_rate, columns)
         schema = dataset.feature_schema(spec, columns)

@@ -7,7 +7,9 @@ Outputs: `<features.schema>.<NAME>` per model (`20_f1_features.sql` -> ML.F1_FEA
          one of them is the spec's `table`. A spec without a `features` section names a
          ready-made table: nothing is built, and the stage only checks that table.
 Checks:  keys unique and not null, target within the spec's classes, row count within
-         `features.expect_rows`. A failed check fails the stage.
+         `features.expect_rows`, and the feature contract (`dataset.contract_breaches`: the
+         spec's features typed as it lists them, none all NULL in the training window). A
+         failed check fails the stage, and the tables stay as they were.
 MLflow:  a run `features` with `rows.<TABLE>` metrics and `check.<name>` metrics (1 = pass).
 """
 
@@ -23,8 +25,10 @@ import mlflow
 import sqlglot
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
+from sqlglot.errors import ParseError
 from sqlglot.tokens import TokenType
 
+from pipelines import dataset
 from pipelines.config import Profile, Spec
 from pipelines.errors import ConfigError, DataQualityError, WarehouseError
 from pipelines.progress import progress
@@ -50,7 +54,14 @@ class SqlModel:
         """CREATE `target` AS the model's SELECT, reading each table of `renames` under its new name."""
         select = self.path.read_text().strip().rstrip(";")
         if renames:
-            select = _rename_tables(select, renames)
+            try:
+                select = _rename_tables(select, renames)
+            except ParseError as exc:
+                problem = str(exc).splitlines()[0].rstrip(".")
+                raise ConfigError(
+                    f"{self.path}: could not parse the SQL model as Snowflake dialect ({problem}): fix its "
+                    "syntax."
+                ) from None
         return f"CREATE OR REPLACE TABLE {quote(target)} AS\n{select}"
 
 
@@ -184,10 +195,25 @@ def bind_spec_values(sql: str, spec: Spec) -> tuple[str, list[Any]]:
 
 
 def check_quality(warehouse: Warehouse, spec: Spec, table: str | None = None) -> list[QualityCheck]:
-    """Keys unique and not null, target in the accepted classes, row count in bounds.
+    """Keys unique and not null, target in the accepted classes, row count in bounds, the feature contract.
 
     `table` is where the spec's table stands now: its staged name while a build is checked.
     """
+    return [*_row_checks(warehouse, spec, table), check_contract(warehouse, spec, table)]
+
+
+def check_contract(warehouse: Warehouse, spec: Spec, table: str | None = None) -> QualityCheck:
+    """The table fits the spec's feature schema and its contract (`dataset.contract_breaches`)."""
+    try:
+        schema = dataset.feature_schema(spec, warehouse.columns(table or spec.table))
+        breaches = dataset.contract_breaches(warehouse, spec, schema, table)
+    except ConfigError as exc:  # the spec's columns and the table's disagree: the table does not fit
+        breaches = [str(exc).rstrip(".")]
+    return QualityCheck("feature_contract", not breaches, "; ".join(breaches))
+
+
+def _row_checks(warehouse: Warehouse, spec: Spec, table: str | None) -> list[QualityCheck]:
+    """Keys unique and not null, target in the accepted classes, row count in bounds."""
     table, keys, target = quote(table or spec.table), [quote(k) for k in spec.keys], quote(spec.target)
     key_list = ", ".join(keys)
     null_keys = " OR ".join(f"{k} IS NULL" for k in keys)

@@ -346,26 +346,29 @@ def _gate(
 def _live_gate(warehouse: Warehouse, spec: Spec, candidate: str, holder: str, decision: Decision) -> None:
     """Beside the holdout rule: the challenger must have won each of the last `live.periods` shadow periods.
 
-    The figures are cited in the reason and kept in `decision.live`. With fewer evaluated
-    periods than asked, the gate says so and the holdout rule alone decides.
+    The figures are cited in the reason and kept in `decision.live`. The gate fails closed: with
+    fewer evaluated periods than asked the challenger waits in shadow (refused, verdict `waiting`),
+    unless it already lost one of them (verdict `lost`).
     """
     live = spec.promotion.live
     metric = shadow.paired_metric(spec.promotion.metric)
     last = shadow.evidence(warehouse, spec, candidate, holder).tail(live.periods)
     decision.live = {"metric": metric, "periods": live.periods, "min_improvement": live.min_improvement}
     decision.live["evidence"] = last.to_dict("records")
-    if len(last) < live.periods:
-        decision.live["verdict"] = "no evidence"
+    won = bool((last.GAIN >= live.min_improvement).all())
+    if won and len(last) < live.periods:
+        decision.live["verdict"] = "waiting"
+        decision.decision = "refused"
         decision.reason += (
-            f"; no live evidence: {len(last)} of {live.periods} shadow periods of v{candidate} against "
-            f"v{holder} evaluated, so the holdout rule alone decides"
+            f"; not enough live evidence: {len(last)} of {live.periods} shadow periods of v{candidate} "
+            f"against v{holder} evaluated, so it waits in shadow (score --shadow, then evaluate)"
         )
         return
-    won = bool((last.GAIN >= live.min_improvement).all())
     cited = ", ".join(f"{r.PERIOD} {r.GAIN:+.4f} [{r.LOW:+.4f}, {r.HIGH:+.4f}]" for r in last.itertuples())
     decision.live["verdict"] = "won" if won else "lost"
     decision.reason += (
-        f"; live {metric} gain vs v{holder} in shadow, last {live.periods} periods [95% CI]: {cited}: "
+        f"; live {metric} gain vs v{holder} in shadow, last {len(last)} of {live.periods} periods [95% CI]: "
+        f"{cited}: "
         f"{'each' if won else 'not each'} >= {live.min_improvement}"
     )
     if not won:

@@ -37,6 +37,7 @@ CHALLENGER = "challenger"
 STAGES = ("Staging", "Production")
 MIRROR = "snowflake"  # the target kind of an alias mirrored into Snowflake's model registry
 URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<ref>[\w-]+))$")
+NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # MLflow's codes for a missing name
 NUMERIC_TYPES = {"double", "float", "long", "integer"}
 
 
@@ -132,7 +133,7 @@ def resolve(uri: str) -> ResolvedModel:
         alias or ("" if ref.isdigit() else ref),
         version.run_id or "",
         [c.name for c in inputs],
-        [c.name for c in inputs if c.type.name in NUMERIC_TYPES],
+        [c.name for c in inputs if getattr(c.type, "name", None) in NUMERIC_TYPES],  # AnyType has none
     )
 
 
@@ -149,7 +150,7 @@ def _lookup(registry: MlflowClient, uri: str, name: str, alias: str | None, ref:
             )
         return found
     except MlflowException as exc:
-        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        if exc.error_code not in NOT_FOUND:
             raise store_error(exc) from None
         raise PodiumError(
             f"model URI {uri} does not resolve ({exc.message.splitlines()[0]}): check the name, alias, "
@@ -210,15 +211,19 @@ def challenger(registry: MlflowClient, model: str) -> str:
 
 
 def holder(registry: MlflowClient, model: str, target: Target) -> ModelVersion | None:
-    """The version holding an alias or a stage, if any."""
-    if target.kind == "alias":
-        try:
+    """The version holding an alias or a stage, if any; a store MLflow cannot reach is one clear error."""
+    try:
+        if target.kind == "alias":
             return registry.get_model_version_by_alias(model, target.name)
-        except MlflowException:
-            return None
-    with stages_allowed():
-        holders = registry.get_latest_versions(model, stages=[target.name])
-    return holders[0] if holders else None
+        with stages_allowed():
+            holders = registry.get_latest_versions(model, stages=[target.name])
+        return holders[0] if holders else None
+    except MlflowException as exc:
+        if target.kind == "alias" and exc.error_code in NOT_FOUND:
+            return None  # nobody holds the alias
+        raise store_error(exc) from None
+    except STORE_ERRORS as exc:
+        raise store_error(exc) from None
 
 
 def move(registry: MlflowClient, model: str, target: Target, version: str | None) -> None:

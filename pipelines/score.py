@@ -13,7 +13,12 @@ MLflow:  one `score` run per batch: model URI, version, batch id, rescore_all an
 Shadow scoring (`shadow`, or the spec's `scoring.shadow: challenger`) scores the champion and
 the challenger on the same rows in one batch: each chunk is read once and written with both
 versions' rows (MODEL_ALIAS `champion`, `challenger`), so every committed chunk holds whole
-pairs. Its rows are those either version lacks, merged by (keys, MODEL_VERSION).
+pairs. Its rows are those either version lacks, merged by (keys, MODEL_VERSION), read with the
+union of both versions' inputs.
+
+Before anything is written, the feature table must fit every version the batch scores: each
+input its signature names present, typed as it was trained (categoricals text, numbers not), and
+none all NULL in the training window (`dataset.contract_breaches`).
 
 Rows stream through the warehouse seam in chunks of `chunk_rows`, read ahead and written
 behind while the model predicts (`overlap`). An incremental batch appends (its rows are
@@ -39,7 +44,8 @@ from sklearn.base import BaseEstimator
 
 from pipelines import dataset, overlap, registry
 from pipelines.config import Profile, ScoringConfig, Spec
-from pipelines.errors import PodiumError
+from pipelines.dataset import FeatureSchema
+from pipelines.errors import DataQualityError, PodiumError
 from pipelines.progress import counter
 from pipelines.registry import CHALLENGER, CHAMPION, ResolvedModel
 from pipelines.served import PREDICTED, NamedClassifier
@@ -84,9 +90,14 @@ class Batch:
     shadow: Shadow | None = None
 
     @property
+    def models(self) -> list[ResolvedModel]:
+        """The versions the batch scores: the model, then the shadow."""
+        return [self.model, *([self.shadow.model] if self.shadow else [])]
+
+    @property
     def versions(self) -> list[str]:
         """The versions whose rows the batch writes: the model's, then the shadow's."""
-        return [self.model.version, *([self.shadow.model.version] if self.shadow else [])]
+        return [model.version for model in self.models]
 
 
 def main(
@@ -115,7 +126,7 @@ def main(
     beside = shadow_of(model, required=shadow is not None) if shadowed else None
     batch = Batch(model, estimator, unfinished or uuid.uuid4().hex, full, rows, bool(unfinished), beside)
     with connect(profile) as warehouse:
-        check_features(warehouse, spec, model)
+        check_features(warehouse, spec, batch)
         ensure_table(warehouse, spec)
         pending = None if engine == "warehouse" else _pending(warehouse, spec, scoring, batch)
         if pending == 0 and not full:
@@ -147,7 +158,13 @@ def shadow_of(model: ResolvedModel, required: bool) -> Shadow | None:
         log.warning("no %s alias on %s: scoring without a shadow", CHALLENGER, model.name)
         return None
     if challenger.version == model.version:
-        log.info("the challenger is v%s itself: scoring without a shadow", model.version)
+        if required:
+            raise PodiumError(
+                f"--shadow scores the challenger beside v{model.version}, but the {CHALLENGER!r} alias of "
+                f"{model.name} names v{model.version} itself: train a new challenger, or score without "
+                "--shadow."
+            )
+        log.warning("the challenger is v%s itself: scoring without a shadow", model.version)
         return None
     return Shadow(challenger, registry.load_estimator(challenger.name, challenger.version))
 
@@ -230,15 +247,34 @@ def _check_options(profile: Profile, rows: int, engine: str, shadow: bool) -> No
         )
 
 
-def check_features(warehouse: Warehouse, spec: Spec, model: ResolvedModel) -> None:
-    """The feature table must have every input the model's signature names."""
+def check_features(warehouse: Warehouse, spec: Spec, batch: Batch) -> None:
+    """The feature table must fit each version the batch scores: every input its signature names,
+    typed as it was trained, none all NULL in the training window. One error names the version."""
     available = warehouse.columns(spec.table)
-    missing = [c for c in model.features if c not in available]
-    if missing:
-        raise PodiumError(
-            f"{spec.table} lacks columns {missing} that {model.name} v{model.version}'s signature needs: "
-            "rebuild the features (`podium features`), or score with a model trained on this table."
-        )
+    for model in batch.models:
+        shadow = model is not batch.model
+        role = " (the challenger, scored beside the champion by --shadow)" if shadow else ""
+        fix = ", or score without --shadow" if shadow else ""
+        missing = [c for c in model.features if c not in available]
+        if missing:
+            raise PodiumError(
+                f"{spec.table} lacks columns {missing} that {model.name} v{model.version}'s signature needs"
+                f"{role}: rebuild the features (`podium features`), or score with a model trained on this "
+                f"table{fix}."
+            )
+        breaches = dataset.contract_breaches(warehouse, spec, trained_inputs(model))
+        if breaches:
+            raise DataQualityError(
+                f"{spec.table} no longer fits the inputs {model.name} v{model.version} was trained on{role}: "
+                + "; ".join(breaches)
+                + ". Rebuild the features as they were (`podium features`), or score with a model trained "
+                f"on this table{fix}."
+            )
+
+
+def trained_inputs(model: ResolvedModel) -> FeatureSchema:
+    """A version's inputs as its signature types them: numbers, and the rest (categoricals)."""
+    return FeatureSchema(model.numeric, [c for c in model.features if c not in model.numeric])
 
 
 def ensure_table(warehouse: Warehouse, spec: Spec) -> None:
@@ -280,7 +316,8 @@ def _stream(
     """
     model = batch.model
     where, params = _selection(spec, scoring, batch)
-    sql = f"SELECT {_read_columns(spec, model)} FROM {quote(spec.table)} AS f WHERE {where}"  # any order
+    columns = _read_columns(spec, batch.models)
+    sql = f"SELECT {columns} FROM {quote(spec.table)} AS f WHERE {where}"  # any order
     read = 0
     with counter(f"score {model.name} v{model.version}", total) as advance:
 
@@ -305,13 +342,16 @@ def _stream(
     return read, written
 
 
-def _read_columns(spec: Spec, model: ResolvedModel) -> str:
-    """The id columns and the model's inputs, numbers cast to DOUBLE in the warehouse, as models take them."""
-    if not model.features:
+def _read_columns(spec: Spec, models: list[ResolvedModel]) -> str:
+    """The id columns and the union of the versions' inputs, numbers cast to DOUBLE in the warehouse, as
+    models take them (`check_features` saw to it that a column is a number to every version or to none)."""
+    if not all(model.features for model in models):
         return "f.*"
+    features = list(dict.fromkeys(c for model in models for c in model.features))
+    numeric = {c for model in models for c in model.numeric}
     inputs = [
-        f"CAST(f.{quote(c)} AS DOUBLE) AS {quote(c)}" if c in model.numeric else f"f.{quote(c)}"
-        for c in model.features
+        f"CAST(f.{quote(c)} AS DOUBLE) AS {quote(c)}" if c in numeric else f"f.{quote(c)}"
+        for c in features
         if c not in spec.id_columns
     ]
     return ", ".join([*(f"f.{quote(c)}" for c in spec.id_columns), *inputs])

@@ -21,8 +21,10 @@ from pipelines.tracking import (
     STORE_ERRORS,
     configure,
     hide_password,
+    of_stage,
     open_storage,
     process_gone,
+    stale_run_trees,
     stale_runs,
     store_error,
     trial_counts,
@@ -177,10 +179,14 @@ def stale_stage_runs(spec: Spec) -> list[dict[str, str]]:
         experiment = client.get_experiment_by_name(spec.name)
         if experiment is None:
             return []
-        runs = stale_runs(client, experiment.experiment_id, "tags.`podium.stage` LIKE '%'")
+        found = stale_runs(client, experiment.experiment_id, "tags.`podium.stage` LIKE '%'")
+        # a killed backtest's nested runs (periods, studies, trials, models) record no process of their own
+        found += stale_run_trees(client, experiment.experiment_id, of_stage("backtest"))
     except STORE_ERRORS as exc:
         raise store_error(exc) from None
-    return [{"run_id": r.info.run_id, "stage": r.data.tags["podium.stage"]} for r in runs]
+    runs = {r.info.run_id: r for r in found}.values()  # a backtest's own stage runs are in both
+    stage = lambda r: r.data.tags.get("podium.stage") or f"backtest: {r.info.run_name}"
+    return [{"run_id": r.info.run_id, "stage": stage(r)} for r in runs]
 
 
 def versions(model: str) -> list[VersionStatus]:

@@ -39,6 +39,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError, TrackingStoreError
 from pipelines.runwriter import RunRecord, RunWriter, number_ranges, write_all, write_run
+from pipelines.secrets import hide_password, refuse_password
 from pipelines.warehouse.base import first_line
 
 log = logging.getLogger(__name__)
@@ -76,12 +77,7 @@ def store_detail(exc: BaseException) -> str:
     text = " ".join(str(getattr(exc, "message", exc)).split()) or type(exc).__name__
     refused = re.search(r"\[Errno -?\d+\][^\"')]*", text)  # a server that does not answer: say only that
     detail = refused.group(0) if refused else text if len(text) <= 200 else text[:200].rsplit(". ", 1)[0]
-    return detail.strip().rstrip(".")
-
-
-def hide_password(url: str) -> str:
-    """A URL fit for an error message: scheme://user:***@host/db."""
-    return re.sub(r"//([^/:@]+):[^/@]*@", r"//\1:***@", url)
+    return hide_password(detail.strip().rstrip("."))
 
 
 @contextmanager
@@ -223,6 +219,63 @@ def end_stale_stage_runs(spec: Spec, stage: str) -> list[str]:
     return end_stale_runs(client, found.experiment_id, of_stage(stage)) if found else []
 
 
+def stale_run_trees(client: MlflowClient, experiment_id: str, where: str) -> list[Any]:
+    """`stale_runs(where)` and the RUNNING runs nested in them at any depth, innermost first.
+
+    A nested run (a backtest's period, a study's parent and trials, a model run) records no process
+    of its own: it is stale with the run it nests in, unless a run between them records a live process.
+    Runs between may have ended already (another stage ends its own stale runs). Ending them in this
+    order leaves a top run RUNNING, so found again, until everything nested in it has ended.
+    """
+    roots = {r.info.run_id for r in stale_runs(client, experiment_id, where)}
+    if not roots:
+        return []
+    running = client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=50000
+    )
+    known = {r.info.run_id: r for r in running}
+
+    def read(run_id: str) -> Any:
+        if run_id not in known:
+            try:
+                known[run_id] = client.get_run(run_id)
+            except MlflowException:  # deleted, or in no store we see
+                known[run_id] = None
+        return known[run_id]
+
+    def depth(run: Any) -> int | None:
+        """How deep `run` nests in a stale root (0: a root), or None."""
+        for level in range(100):
+            owner = run.data.tags.get(PROCESS_TAG)
+            if run.info.run_id in roots:
+                return level
+            parent = run.data.tags.get(MLFLOW_PARENT_RUN_ID)
+            if (owner and not process_gone(owner)) or not parent or (run := read(parent)) is None:
+                return None
+        return None
+
+    found = [(level, run) for run in running if (level := depth(run)) is not None]
+    return [run for _, run in sorted(found, key=lambda pair: -pair[0])]
+
+
+def end_stale_stage_trees(spec: Spec, stage: str) -> list[str]:
+    """End FAILED the spec's `stage` runs whose process was killed and every RUNNING run nested in them."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(spec.name)
+    stale = stale_run_trees(client, experiment.experiment_id, of_stage(stage)) if experiment else []
+    for run in stale:
+        client.set_tag(run.info.run_id, "podium.stale", "its process ended without closing the run")
+        client.set_terminated(run.info.run_id, status="FAILED")
+    for run in stale:
+        if run.data.tags.get("podium.stage") == stage:
+            log.warning(
+                "ended stale run %s (%s) FAILED, and the runs left RUNNING in it: its process was killed",
+                run.info.run_id,
+                run.info.run_name,
+            )
+    return [r.info.run_id for r in stale]
+
+
 def of_stage(stage: str) -> str:
     """The MLflow filter for the runs of one stage."""
     return f"tags.`podium.stage` = '{stage}'"
@@ -303,13 +356,15 @@ class StudyBridge:
         top_run_id: str | None,
         tags: dict[str, str],
         storage: str = "",
+        key: str | None = None,
     ) -> StudyBridge:
-        """Find the parent run of the study in `storage`, or create it; racing creators agree on the earliest.
+        """Find the parent run of the study, or create it; racing creators agree on the earliest.
 
-        Studies of one name in two storages are two studies, with a parent each.
+        `key` names the study (`study_key`; default: the storage's); studies of one name in two
+        storages are two studies, with a parent each.
         """
         client = MlflowClient()
-        key = storage_key(storage) if storage else ""
+        key = key if key is not None else storage_key(storage) if storage else ""
         parent = _parent_runs(client, experiment_id, study_name, key)
         if not parent:
             run_tags = tags | {
@@ -554,6 +609,22 @@ def log_run(
     )
 
 
+STUDY_KEY = "podium.study_key"  # a study's own user attribute: what names its MLflow parent run
+
+
+def study_key(study: optuna.Study, storage: str) -> str:
+    """The study's own name for its MLflow parent, kept in the study, so moving its storage keeps it.
+
+    A study gets it once, from the storage it lives in then (what earlier parents were tagged with);
+    the same study found through another path or URL later (a moved or copied project) keeps it.
+    """
+    key = study.user_attrs.get(STUDY_KEY)
+    if not isinstance(key, str):
+        key = storage_key(storage)
+        study.set_user_attr(STUDY_KEY, key)
+    return key
+
+
 def storage_key(storage: str) -> str:
     """A short, filter-safe digest naming one Optuna storage (a URL, or a journal's absolute path)."""
     label = storage if "://" in storage else str(Path(storage).resolve())
@@ -601,6 +672,7 @@ def trial_counts(study: optuna.Study) -> Counter[str]:
 
 def open_storage(storage: str, mend: bool = True) -> optuna.storages.BaseStorage:
     """A database URL as an RDB storage; a plain path is a resumable journal file (its torn tail mended)."""
+    refuse_password(storage, "the Optuna storage")
     try:
         if "://" in storage:
             return _rdb_storage(storage)
@@ -613,7 +685,7 @@ def open_storage(storage: str, mend: bool = True) -> optuna.storages.BaseStorage
         ImportError,
         OSError,
     ) as exc:  # a bad URL or path, no server, no driver
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        detail = hide_password((str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip("."))
         raise PodiumError(
             f"cannot open the Optuna storage {hide_password(storage)}: {detail}. Pass --storage (or set the "
             "profile's optuna_storage) to a journal file path, or to a database URL that is reachable and "

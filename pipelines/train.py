@@ -81,6 +81,7 @@ def main(
     candidates = families[:top_k]
     with connect(profile, read_only=True) as warehouse:
         schema = dataset.read_schema(warehouse, spec)
+        dataset.check_contract(warehouse, spec, schema)
         data = Windows(
             schema,
             dataset.load_training(warehouse, spec, schema),

@@ -49,6 +49,7 @@ from pipelines.tracking import (
     process_gone,
     process_id,
     stage_run,
+    study_key,
     trial_counts,
 )
 from pipelines.warehouse import Warehouse, connect
@@ -192,6 +193,7 @@ def _budget(tuning: TuningConfig, n_trials: int | None, seconds: float | None) -
 def load_training_data(warehouse: Warehouse, spec: Spec) -> TrainingData:
     """Read the training window (never the holdout) and cut it into season folds."""
     schema = dataset.read_schema(warehouse, spec)
+    dataset.check_contract(warehouse, spec, schema)
     window = dataset.load_training(warehouse, spec, schema)
     return TrainingData(window, season_folds(window.times, spec.cv.folds, spec.cv.gap), schema)
 
@@ -225,7 +227,7 @@ def _spend(
     alive = list(searches)
     total = halving_rounds(len(alive))
     for r in range(total):
-        left = deadline - time.monotonic()
+        left = max(0.0, deadline - time.monotonic())
         log.info("round %d of %d, %.0f s left: %s", r + 1, total, left, ", ".join(s.family for s in alive))
         round_end = time.monotonic() + left / (total - r)
         for i, search in enumerate(alive):
@@ -246,7 +248,13 @@ def _open_search(
     tuning: TuningConfig = spec.require("tuning")
     study = _open_study(study_name(spec, family), storage, tuning)
     bridge = StudyBridge.open(
-        study.study_name, family, top.info.experiment_id, top.info.run_id, tags, storage
+        study.study_name,
+        family,
+        top.info.experiment_id,
+        top.info.run_id,
+        tags,
+        storage,
+        study_key(study, storage),
     )
     fail_stale_trials(study, bridge)
     start = start_point(space)

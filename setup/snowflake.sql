@@ -259,7 +259,40 @@ SHOW GRANTS TO USER PODIUM_SVC;
 
 
 -- -------------------------------------------------------------------------------------
+-- 6. A read-only role for analysts and `podium sql` (optional).
+-- -------------------------------------------------------------------------------------
+-- On Snowflake, `podium sql` without --write refuses a statement unless sqlglot parses it
+-- as one query with no write anywhere in its tree: that check is Podium's guard. This role
+-- is the warehouse's: whatever the SQL text, a session as PODIUM_READER can only read
+-- RAW and ML. Give analysts this role, not PODIUM_ROLE, and point their profile's
+-- warehouse.role (or the connection's role) at it, e.g. a conf/reader.yaml with
+-- role: PODIUM_READER. `podium sql --write` then fails with "Insufficient privileges".
+USE ROLE USERADMIN;
+CREATE ROLE IF NOT EXISTS PODIUM_READER
+    COMMENT = 'Podium read-only: SELECT on PODIUM.RAW and PODIUM.ML, nothing else';
+GRANT ROLE PODIUM_READER TO ROLE SYSADMIN;
+-- GRANT ROLE PODIUM_READER TO USER <ANALYST>;
+
+USE ROLE SYSADMIN;
+GRANT USAGE ON WAREHOUSE PODIUM_WH TO ROLE PODIUM_READER;
+GRANT USAGE ON DATABASE PODIUM TO ROLE PODIUM_READER;
+GRANT USAGE ON SCHEMA PODIUM.RAW TO ROLE PODIUM_READER;
+GRANT USAGE ON SCHEMA PODIUM.ML TO ROLE PODIUM_READER;
+
+-- SELECT only, on the tables there now and on every table created later: Podium rebuilds
+-- tables with CREATE OR REPLACE, which drops grants on the old table; future grants reach
+-- the new one. Future grants need MANAGE GRANTS, hence SECURITYADMIN.
+USE ROLE SECURITYADMIN;
+GRANT SELECT ON ALL TABLES IN SCHEMA PODIUM.RAW TO ROLE PODIUM_READER;
+GRANT SELECT ON ALL TABLES IN SCHEMA PODIUM.ML TO ROLE PODIUM_READER;
+GRANT SELECT ON FUTURE TABLES IN SCHEMA PODIUM.RAW TO ROLE PODIUM_READER;
+GRANT SELECT ON FUTURE TABLES IN SCHEMA PODIUM.ML TO ROLE PODIUM_READER;
+SHOW GRANTS TO ROLE PODIUM_READER;
+
+
+-- -------------------------------------------------------------------------------------
 -- Teardown (commented out; drops Podium's data):
 --     USE ROLE SYSADMIN;    DROP DATABASE IF EXISTS PODIUM; DROP WAREHOUSE IF EXISTS PODIUM_WH;
 --     USE ROLE USERADMIN;   DROP USER IF EXISTS PODIUM_SVC; DROP ROLE IF EXISTS PODIUM_ROLE;
+--                           DROP ROLE IF EXISTS PODIUM_READER;
 -- -------------------------------------------------------------------------------------

@@ -16,13 +16,20 @@ __all__ = ["Warehouse", "connect"]
 
 @contextmanager
 def connect(profile: Profile, read_only: bool = False) -> Iterator[Warehouse]:
-    """Open the profile's warehouse for a `with` block; read-only lets processes share a DuckDB file."""
+    """Open the profile's warehouse for a `with` block; read-only lets processes share a DuckDB file.
+
+    A read-only DuckDB open also has external access disabled (no other file, database or extension
+    can be read or written) and its configuration locked: readers only query the file's tables.
+    """
     config = profile.warehouse
     if config.backend == "duckdb":
         from pipelines.warehouse.duckdb import DuckDBWarehouse
 
         warehouse: Warehouse = DuckDBWarehouse(
-            config.path, read_only=read_only, memory_limit=config.memory_limit
+            config.path,
+            read_only=read_only,
+            memory_limit=config.memory_limit,
+            external_access=not read_only,
         )
     else:
         from pipelines.warehouse.snowpark import SnowparkWarehouse

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError
+from sqlglot.errors import ParseError, SqlglotError
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from pipelines.errors import WarehouseError
@@ -52,12 +52,89 @@ def split_table(name: str) -> tuple[str | None, str]:
     return (parts[-2] if len(parts) > 1 else None), parts[-1]
 
 
-READING = (exp.Query, exp.Describe, exp.Show)
+READING = (exp.Query, exp.Values, exp.Pivot, exp.Describe, exp.Show)
+
+# Nodes that write, or change the session, the configuration or what the connection can reach; one anywhere
+# in a statement's tree (a CTE's UPDATE ... RETURNING, a SELECT ... INTO) makes it no read. DML is INSERT,
+# UPDATE, DELETE, MERGE and COPY; DDL is CREATE. A Command is text sqlglot could not parse (CALL, EXPLAIN,
+# LOAD, EXECUTE IMMEDIATE): it could hold anything, so it is no read. Names this sqlglot lacks are skipped.
+WRITING: tuple[type[exp.Expression], ...] = tuple(
+    getattr(exp, name)
+    for name in (
+        "DML DDL Drop Alter AlterRename TruncateTable Undrop Comment Analyze Into Returning Lock Command "
+        "Set SetItem Use Transaction Commit Rollback Pragma Attach Detach Install Load LoadData Export Put "
+        "Get Grant Revoke Refresh Cache Uncache Kill Declare Execute"
+    ).split()
+    if isinstance(getattr(exp, name, None), type)
+)
+
+SHOWN = 80  # characters of the SQL an error message quotes
 
 
 def reads_only(sql: str) -> bool:
-    """Whether every statement only reads (SELECT, WITH, UNION, DESCRIBE, SHOW)."""
-    return all(isinstance(statement, READING) for statement in _parse(sql))
+    """Whether every statement only reads: a query, VALUES, PIVOT, DESCRIBE or SHOW with no write inside."""
+    return all(_write_in(statement) is None for statement in _parse(sql))
+
+
+def check_read(sql: str) -> None:
+    """Raise unless the SQL is one statement that only reads: what `podium sql` runs without --write.
+
+    The statement's parsed type must be a query (SELECT, WITH, UNION, VALUES, PIVOT, DESCRIBE, SHOW) and no
+    node anywhere in its tree may write (`WRITING`). On Snowflake this is Podium's guard (the PODIUM_READER
+    role of setup/snowflake.sql is the warehouse's); on DuckDB the read-only connection is the guarantee.
+    """
+    statement = check_one(sql)
+    problem = _write_in(statement)
+    if problem:
+        raise WarehouseError(
+            f"podium sql is read-only, and `{shown(sql)}` {problem}: pass --write to run it on purpose "
+            "(one statement per call)."
+        )
+
+
+def check_one(sql: str) -> exp.Expression:
+    """The SQL's one statement; several (or none) is an error: `podium sql` runs exactly one per call."""
+    statements = _parse(sql)
+    if len(statements) != 1:
+        raise WarehouseError(
+            f"podium sql runs exactly one statement per call, and `{shown(sql)}` holds {len(statements)}: "
+            "run them one at a time (with --write for one that changes data)."
+        )
+    return statements[0]
+
+
+def shown(sql: str) -> str:
+    """The SQL on one line, cut to `SHOWN` characters, for an error message to quote."""
+    line = " ".join(sql.split())
+    return line if len(line) <= SHOWN else line[: SHOWN - 1] + "…"
+
+
+def _write_in(statement: exp.Expression) -> str | None:
+    """Why a parsed statement is no read ('is not a query (DROP)', 'holds a write (UPDATE)'), or None."""
+    if isinstance(statement, exp.Command):
+        return f"is not a query Podium can check ({_word(statement)})"
+    if not isinstance(statement, READING):
+        return f"is not a query ({_word(statement)})"
+    for node in statement.walk():
+        if isinstance(node, WRITING):
+            return f"holds a write ({_word(node)})"
+        if isinstance(node, exp.Anonymous) and str(node.name).upper().startswith("SYSTEM$"):
+            return f"calls {node.name.upper()}, a Snowflake system function that may change state"
+    return None
+
+
+def _word(node: exp.Expression) -> str:
+    """The statement or clause as the user wrote it: DROP, CALL, SELECT ... INTO, FOR UPDATE."""
+    if isinstance(node, exp.Command):
+        return str(node.this).upper()
+    if isinstance(node, exp.Into):
+        return "SELECT ... INTO"
+    if isinstance(node, exp.Lock):
+        return "FOR UPDATE"
+    try:
+        return node.sql(dialect="snowflake").split(maxsplit=1)[0].upper()
+    except (SqlglotError, IndexError):
+        return node.key.upper()
 
 
 @lru_cache(maxsize=512)

@@ -41,38 +41,30 @@ class DuckDBWarehouse(TableOps):
         read_only: bool = False,
         wait: float = LOCK_WAIT_SECONDS,
         memory_limit: str | None = None,
+        external_access: bool = True,
     ) -> None:
         """Open the file; while another process writes it (DuckDB's file lock), wait up to `wait` seconds.
 
         `memory_limit` caps DuckDB's buffers (e.g. "1GB"): beyond it, joins and sorts spill to disk.
+        `external_access=False` confines statements to this file: no other file, URL, database or
+        extension is read or written (read_text, read_csv, COPY, ATTACH, INSTALL/LOAD are refused; DuckDB
+        still allows its own .wal and spill files), and the configuration is locked, so no statement can
+        SET it back. Read-only opens through `connect` use it.
         """
+        config: dict[str, str | bool] = {}
+        if not external_access:
+            config = {"enable_external_access": False, "lock_configuration": True}
+            if memory_limit:  # SET after the lock would be refused
+                config["memory_limit"] = memory_limit
         try:
             if str(path) != ":memory:" and not read_only:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file where a folder should be
             raise _cannot_open(path, exc) from None
-        deadline, told = time.monotonic() + wait, False
-        while True:
-            try:
-                self._con = duckdb.connect(str(path), read_only=read_only)
-                if memory_limit:
-                    self._con.execute("SET memory_limit = ?", [memory_limit])
-                return
-            except duckdb.IOException as exc:
-                if _damaged(exc):
-                    raise _damaged_file(path, exc) from None
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                    raise _cannot_open(path, exc) from None
-                if not told:
-                    log.warning(
-                        "waiting up to %.0f s for the DuckDB warehouse %s: another process writes it",
-                        wait,
-                        path,
-                    )
-                    told = True
-                time.sleep(0.2)
-            except (duckdb.Error, OSError) as exc:  # not built yet, or a bad path
-                raise _cannot_open(path, exc) from None
+        self.path = path
+        self._con = _open(path, read_only, config, wait)
+        if memory_limit and external_access:
+            self._con.execute("SET memory_limit = ?", [memory_limit])
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Translate and run one or more statements; params bind to the last one."""
@@ -82,7 +74,11 @@ class DuckDBWarehouse(TableOps):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         """Translate and run one query, returning a DataFrame."""
-        return self._run(self._single(sql), params).df()
+        result = self._run(self._single(sql), params)
+        try:
+            return result.df()
+        except duckdb.Error as exc:  # rows are read here: a damaged file shows now
+            raise self._failed(exc) from None
 
     def batches(self, sql: str, rows: int, params: Sequence[Any] = ()) -> Iterator[pd.DataFrame]:
         """Stream a query as Arrow record batches, converted to pandas frames of `rows` rows."""
@@ -94,7 +90,7 @@ class DuckDBWarehouse(TableOps):
             frames = (batch.to_pandas(date_as_object=False) for batch in relation.to_arrow_reader(rows))
             yield from rechunk(frames, rows)
         except duckdb.Error as exc:
-            raise WarehouseError(first_line(exc)) from None
+            raise self._failed(exc) from None
         finally:
             cursor.close()
 
@@ -117,7 +113,7 @@ class DuckDBWarehouse(TableOps):
             self._con.execute("COMMIT")
         except duckdb.Error as exc:
             self._con.execute("ROLLBACK")
-            raise write_failed(table, exc) from None
+            raise (self._failed(exc) if _damaged(exc) else write_failed(table, exc)) from None
         finally:
             self._con.unregister(staged)
         return len(df)
@@ -256,7 +252,37 @@ class DuckDBWarehouse(TableOps):
                 f"{first_line(exc)} Check the name, or build it first (`podium ingest`, `podium features`)."
             ) from None
         except duckdb.Error as exc:
-            raise WarehouseError(first_line(exc)) from None
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: duckdb.Error) -> WarehouseError:
+        """A failed statement as one error; a file DuckDB finds truncated or corrupt says so, and the fix."""
+        return _damaged_file(self.path, exc) if _damaged(exc) else WarehouseError(first_line(exc))
+
+
+def _open(
+    path: Path | str, read_only: bool, config: dict[str, str | bool], wait: float
+) -> duckdb.DuckDBPyConnection:
+    """Connect; while another process writes the file (DuckDB's file lock), wait up to `wait` seconds."""
+    deadline, told = time.monotonic() + wait, False
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only, config=config)
+        except duckdb.IOException as exc:
+            if _damaged(exc):
+                raise _damaged_file(path, exc) from None
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise _cannot_open(path, exc) from None
+            if not told:
+                log.warning(
+                    "waiting up to %.0f s for the DuckDB warehouse %s: another process writes it, and "
+                    "this command goes on when that write ends",
+                    wait,
+                    path,
+                )
+                told = True
+            time.sleep(0.2)
+        except (duckdb.Error, OSError) as exc:  # not built yet, or a bad path
+            raise _cannot_open(path, exc) from None
 
 
 DAMAGE = ("could not read enough bytes", "not a valid duckdb database", "corrupt", "checksum")

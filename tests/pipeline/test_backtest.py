@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,11 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from pipelines import backtest, pipeline, promote, score, train
+from pipelines import backtest, pipeline, promote, score, status, train
 from pipelines.config import BacktestConfig, Profile, Spec
+from pipelines.tracking import PROCESS_TAG, experiment_id, process_id
 from pipelines.warehouse import connect
 from tests.data.test_features import rebuild_after_changing_results
 from tests.helpers import duckdb_profile
@@ -124,3 +127,106 @@ def test_backtest_options_are_checked(trained_profile: Profile, tuned: tuple[Pro
         backtest.main(trained_profile, spec, pipeline.LIFECYCLE, start=date(2011, 1, 1))
     with pytest.raises(ConfigError, match="has no `backtest` section: add backtest.table, start and end"):
         backtest.main(trained_profile, tuned[1].model_copy(update={"backtest": None}), pipeline.LIFECYCLE)
+
+
+def _no_stage(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("a stage ran: the backtest's options and windows must be checked before any tuning")
+
+
+UNTUNED = backtest.Lifecycle(_no_stage, _no_stage, _no_stage, _no_stage, _no_stage)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"start": date(2014, 1, 1), "end": date(2016, 1, 1)},
+            r"^backtest\.start 2014-01-01 leaves period 2014 too few seasons to tune on: the rows before "
+            r"its holdout \(2013-01-01\) hold 3 \(2010, 2011, 2012\), and cv\.folds 4 with cv\.gap 0 need 5: "
+            r"start the backtest at 2016-01-01 or later \(backtest\.start or --start\), or lower "
+            r"cv\.folds\.$",
+        ),
+        (
+            {"start": date(2021, 1, 1), "end": date(2025, 1, 1)},
+            r"^backtest\.end 2025-01-01 runs past the data: the last RACE_DATE in ML\.F1_FEATURES is "
+            r"2022-\d\d-\d\d, so periods 2023, 2024 have no rows to replay\. Set backtest\.end \(or --end\) "
+            r"to 2023-01-01 or earlier\.$",
+        ),
+        ({"trials": 0}, r"^backtest --trials / backtest\.trials must be at least 1, not 0: "),
+        ({"trials": -3}, r"^backtest --trials / backtest\.trials must be at least 1, not -3: "),
+        (
+            {"families": ["logreg", "lightgbm"]},
+            r"^backtest\.families names unknown families \['lightgbm'\]: the known families are logreg, "
+            r"knn, svc, decision_tree, .*xgboost\. Fix backtest\.families, or drop it to replay "
+            r"tuning\.families\.$",
+        ),
+    ],
+    ids=["too-few-seasons", "past-the-data", "zero-trials", "negative-trials", "unknown-family"],
+)
+def test_a_bad_backtest_window_or_option_is_one_clear_error_before_any_tuning(
+    built_profile: Profile, spec: Spec, options: dict[str, Any], message: str
+) -> None:
+    """Each names its input and fix, before any stage (here: stages that must not run) or MLflow run."""
+    from pipelines.errors import PodiumError
+
+    config = BacktestConfig(table="ML.F1_BACKTEST", start=date(2019, 1, 1), end=date(2021, 1, 1), trials=1)
+    config = config.model_copy(update={"families": options.get("families")})
+    bad = spec.model_copy(update={"backtest": config})
+    given = {k: v for k, v in options.items() if k != "families"}
+    with pytest.raises(PodiumError, match=message):
+        backtest.main(built_profile, bad, UNTUNED, **given)
+    client = MlflowClient()
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()]), "a run started"
+
+
+def test_the_next_backtest_ends_every_run_nested_in_a_killed_one_and_removes_its_studies(
+    built_profile: Profile, spec: Spec, tmp_path: Path
+) -> None:
+    """A killed backtest's tree, as a kill leaves it (the slow kill test makes real ones), one run in it
+    ended since by another stage: status shows the rest as stale; the next backtest ends them all FAILED
+    (innermost first, a live process's runs untouched) and removes the killed one's studies folder."""
+    profile = built_profile.model_copy(
+        update={"optuna_storage": str(tmp_path / "optuna" / "studies.journal")}
+    )
+    config = BacktestConfig(table="ML.F1_BACKTEST", start=date(2019, 1, 1), end=date(2020, 1, 1), trials=1)
+    replay = spec.model_copy(update={"backtest": config})
+    client, gone = MlflowClient(), f"{socket.gethostname()}:999999999:0"  # no such pid: a killed process
+    experiment = experiment_id(spec.name)
+
+    def create(name: str, parent: str | None = None, **tags: str) -> str:
+        tags |= {MLFLOW_RUN_NAME: name} | ({MLFLOW_PARENT_RUN_ID: parent} if parent else {})
+        return client.create_run(experiment, tags=tags).info.run_id
+
+    killed = create("backtest", **{"podium.stage": "backtest", PROCESS_TAG: gone})
+    period = create("period 2019", killed)
+    tune_run = create("tune", period, **{"podium.stage": "tune", PROCESS_TAG: gone})
+    study = create("decision_tree", tune_run)
+    trial = create("decision_tree-0000", study)
+    client.set_terminated(tune_run, "FAILED")  # as a `podium tune` since would have ended it
+    live = create("tune", **{"podium.stage": "tune", PROCESS_TAG: process_id()})
+    live_study = create("logreg", live)
+    studies = tmp_path / "optuna" / "backtests" / killed  # beside the journal, named by the backtest id
+    studies.mkdir(parents=True)
+    (studies / "podium.process").write_text(gone)  # the process that ran it
+
+    stale = {r["run_id"]: r["stage"] for r in status.stale_stage_runs(replay)}
+    assert stale == {
+        killed: "backtest",
+        period: "backtest: period 2019",
+        study: "backtest: decision_tree",
+        trial: "backtest: decision_tree-0000",
+    }
+    with pytest.raises(AssertionError, match="a stage ran"):
+        backtest.main(profile, replay, UNTUNED)
+    ended = {
+        r: client.get_run(r).info.status for r in (killed, period, tune_run, study, trial, live, live_study)
+    }
+    assert ended == {r: "FAILED" for r in (killed, period, tune_run, study, trial)} | {
+        live: "RUNNING",
+        live_study: "RUNNING",
+    }
+    assert client.get_run(trial).data.tags["podium.stale"] == "its process ended without closing the run"
+    ends = [client.get_run(r).info.end_time for r in (trial, study, period, killed)]
+    assert ends == sorted(ends), "innermost first: the killed run ends last, so a kill now leaves it found"
+    assert not studies.parent.exists(), "the killed backtest's studies, and the failed one's, are removed"
+    assert status.stale_stage_runs(replay) == []

@@ -53,7 +53,7 @@ def test_the_example_runs_every_stage_from_its_spec(
     checked = features.main(profile, spec)  # builds nothing, checks the spec's table
     assert checked.rows == {}
     assert {c.name: c.passed for c in checked.checks} == dict.fromkeys(
-        ["keys_not_null", "keys_unique", "target_accepted", "row_count"], True
+        ["keys_not_null", "keys_unique", "target_accepted", "row_count", "feature_contract"], True
     )
 
     board = {s.name: s for s in tune.main(profile, spec, n_trials=3).leaderboard}

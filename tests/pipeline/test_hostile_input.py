@@ -97,6 +97,19 @@ def test_a_truncated_warehouse_file_names_the_fix(
     assert "Traceback" not in err
 
 
+def test_a_file_damaged_inside_its_data_names_the_fix_when_a_query_reaches_it(
+    own_warehouse: Profile, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    path = own_warehouse.warehouse.path
+    with path.open("r+b") as file:  # the file opens; the feature table's data blocks end early
+        file.truncate(int(path.stat().st_size * 0.75))
+    query = "select sum(GRID) as g, max(CIRCUIT_REF) as c from ML.F1_FEATURES"
+    code, _, err = podium(["sql", "-p", profile_file(tmp_path, own_warehouse), query], capsys, monkeypatch)
+    assert code == 1 and "is damaged or not a DuckDB file" in err and "restore it from a backup" in err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+
+
 def test_a_quoted_column_name_in_the_manifest_is_refused(tmp_path: Path, spec: Spec) -> None:
     from pipelines import ingest
 

@@ -239,7 +239,7 @@ def test_psi_is_zero_for_the_same_distribution_and_large_for_a_shift() -> None:
     [
         ("unresolvable model uri", r"model URI models:/f1_podium@nobody does not resolve"),
         ("missing feature column", r"lacks columns \['GRID'\] that f1_podium v1's signature needs"),
-        ("chunk size zero", r"--chunk-rows must be a positive number of rows, got 0"),
+        ("chunk size zero", r"--chunk-rows must be a number from 1 to 1e\+07, got 0"),
         ("incompatible scoring table", r"exists with an incompatible schema .* will not drop it"),
     ],
 )

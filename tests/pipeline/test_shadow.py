@@ -145,9 +145,10 @@ def test_the_live_gate_refuses_a_challenger_that_lost_in_shadow_and_promotes_one
     profile, spec, better, worse = pair
     gated = live(spec)
     before = promote.main(profile, gated, version=better, dry_run=True)[0]
-    assert before.decision == "dry-run: would be promoted", "without evidence the holdout rule decides"
+    assert before.decision == "dry-run: would be refused", "without evidence the challenger waits in shadow"
     assert (
-        "no live evidence: 0 of 2 shadow periods" in before.reason and before.live["verdict"] == "no evidence"
+        "not enough live evidence: 0 of 2 shadow periods" in before.reason
+        and before.live["verdict"] == "waiting"
     )
 
     score.main(profile, spec, shadow=True)
@@ -156,6 +157,10 @@ def test_the_live_gate_refuses_a_challenger_that_lost_in_shadow_and_promotes_one
     refused = promote.main(lost, gated, version=better)[0]
     assert refused.decision == "refused" and refused.live["verdict"] == "lost"
     assert all(e["GAIN"] < 0 for e in refused.live["evidence"])
+    patient = promote.main(lost, live(spec, periods=100), version=better, dry_run=True)[0]
+    assert patient.decision == "dry-run: would be refused" and patient.live["verdict"] == "lost", (
+        "asking for more periods than were evaluated never ignores the ones it lost"
+    )
     audit = table(lost, spec.registry.audit_table).iloc[-1]
     assert audit.DECISION == "refused" and "live log_loss gain vs v" + worse in audit.REASON
     assert "2021 -" in audit.REASON and "2022 -" in audit.REASON, "the audit row cites the live figures"

@@ -111,6 +111,24 @@ def test_rerun_resumes_the_study_without_losing_or_duplicating_trials(
     assert_children_mirror_trials(storage)
 
 
+def test_a_moved_project_resumes_its_studies_under_the_same_parents(
+    built_profile: Profile, spec: Spec, tmp_path: Path
+) -> None:
+    small = fast_spec(spec, tmp_path, ["decision_tree"])
+    (tmp_path / "before").mkdir()
+    before = tmp_path / "before" / "studies.journal"
+    tune.main(built_profile, small, n_trials=2, storage=str(before))
+    after = tmp_path / "after"
+    (tmp_path / "before").rename(after)  # the project folder moved: its journal has another absolute path
+    tune.main(built_profile, small, n_trials=2, storage=str(after / "studies.journal"))
+    (study,) = studies(str(after / "studies.journal")).values()
+    assert [t.number for t in study.trials] == list(range(4))
+    parents, children = mlflow_tree()
+    assert len(parents) == 1, "one study, one parent run, wherever its journal lives"
+    assert len(children[parents[0].info.run_id]) == 4, "no trial's run duplicated"
+    assert_children_mirror_trials(str(after / "studies.journal"))
+
+
 def test_baselines_are_logged_with_the_trials_metric_names(
     built_profile: Profile, spec: Spec, tmp_path: Path
 ) -> None:

@@ -14,9 +14,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from datetime import date
 from multiprocessing.context import BaseContext
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -24,8 +27,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipelines import promote, registry, score, train, tune
-from pipelines.config import Profile, Spec
+from pipelines import backtest, pipeline, promote, registry, score, status, train, tune
+from pipelines.config import BacktestConfig, Profile, Spec
 from pipelines.tracking import open_storage
 from pipelines.warehouse import connect
 from tests.helpers import FAST_SPACE, REPO, assert_children_mirror_trials, profile_file, worker_env
@@ -33,6 +36,7 @@ from tests.reliability.child import context, instants, run, timed
 
 KILLS = 8
 RESCORE_KILLS = 10  # a --full rescore writes over part of its run only, and two kills must land there
+BACKTEST_KILLS = 4  # each followed by a whole backtest
 pytestmark = pytest.mark.slow
 
 
@@ -372,3 +376,76 @@ def test_promotion_audit_and_registry_agree_after_the_next_command(
             assert str(registry.holder(client, spec.model_name, target).version) == version
     (decision,) = promote.main(profile, spec, rollback=True, alias="champion")
     assert decision.promoted, "rollback still works after the kills"
+
+
+def test_the_next_backtest_ends_every_run_a_killed_one_left_running_and_removes_its_studies(
+    ctx: BaseContext, champion: tuple[Profile, Spec, list[str]], tmp_path: Path
+) -> None:
+    """`podium backtest` (one season, one family, one trial) killed at a few instants; after each kill,
+    `status` shows every run it left RUNNING as stale, nested ones included, and the next backtest ends
+    them all and removes the killed one's studies, leaving the real model, scores and audit as they were."""
+    profile, spec, _ = champion
+    score.main(profile, spec)
+    journal = tmp_path / "optuna" / "studies.journal"
+    profile = profile.model_copy(update={"optuna_storage": str(journal)})
+    config = BacktestConfig(table="ML.F1_BACKTEST", start=date(2020, 1, 1), end=date(2021, 1, 1), trials=1)
+    small = spec.model_copy(update={"backtest": config.model_copy(update={"families": ["decision_tree"]})})
+    local = tmp_path / "profile.yaml"
+    local.write_text(
+        f"warehouse: {{backend: duckdb, path: {profile.warehouse.path}}}\noptuna_storage: {journal}\n"
+    )
+    args = ["backtest", "-p", str(local), "--spec", spec_file(small, tmp_path / "s.yaml")]
+    before, temps = _real_state(profile, spec), _temp_studies()
+    duration = timed(ctx, args, worker_env(), str(REPO))
+    nested = killed = 0
+    for i, instant in enumerate(instants(duration, BACKTEST_KILLS)):
+        killed += run(ctx, args, worker_env(), str(REPO), instant) == -9
+        left = {r.info.run_id: r for r in _running_runs(spec)}
+        shown = {s["run_id"] for s in status.stale_stage_runs(small)}
+        assert set(left) <= shown, f"kill {i} at {instant:.1f}s: status hides runs it left RUNNING"
+        nested += any(r.data.tags.get("mlflow.parentRunId") for r in left.values())
+        backtest.main(profile, small, pipeline.LIFECYCLE)  # the next backtest
+        assert not _running_runs(spec), f"kill {i} at {instant:.1f}s: a run stays RUNNING"
+        assert not [r for r in left if MlflowClient().get_run(r).info.status != "FAILED"]
+        folders = journal.parent / "backtests"
+        assert not folders.exists() or not list(folders.iterdir()), f"kill {i}: a studies folder is left"
+        assert _temp_studies() <= temps, f"kill {i}: a temporary folder of studies is left"
+        _assert_same(_real_state(profile, spec), before, f"kill {i}")
+    assert killed >= BACKTEST_KILLS - 1, (
+        f"only {killed} of {BACKTEST_KILLS} backtests were killed before they ended"
+    )
+    assert nested >= 1, "no kill landed after the backtest's nested runs started"
+
+
+def _running_runs(spec: Spec) -> list[Any]:
+    client = MlflowClient()
+    found = client.get_experiment_by_name(spec.name)
+    return client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'") if found else []
+
+
+def _temp_studies() -> set[Path]:
+    """Folders of per-period journals in the temporary folder (where backtests used to keep them)."""
+    return {p.parent for p in Path(tempfile.gettempdir()).glob("*/20[0-9][0-9].journal")}
+
+
+def _real_state(
+    profile: Profile, spec: Spec
+) -> tuple[list[tuple], dict[str, str], pd.DataFrame, pd.DataFrame]:
+    """What a backtest must leave alone: the real model's versions, stages and aliases, scores, audit."""
+    client = MlflowClient()
+    versions = client.search_model_versions(f"name = '{spec.model_name}'")
+    with connect(profile, read_only=True) as warehouse:
+        audit = warehouse.query(f"SELECT * FROM {spec.registry.audit_table}")
+    keys = [*spec.keys, "MODEL_VERSION"]
+    return (
+        sorted((v.version, v.current_stage, tuple(sorted(v.aliases))) for v in versions),
+        client.get_registered_model(spec.model_name).aliases,
+        score_rows(profile, spec).sort_values(keys).reset_index(drop=True),
+        audit,
+    )
+
+
+def _assert_same(after: tuple, before: tuple, when: str) -> None:
+    assert after[:2] == before[:2], f"{when}: the real model's versions or aliases changed"
+    pd.testing.assert_frame_equal(after[2], before[2], obj=f"{when}: the real scores")
+    pd.testing.assert_frame_equal(after[3], before[3], obj=f"{when}: the real audit")
