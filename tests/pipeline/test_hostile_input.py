@@ -238,3 +238,41 @@ def test_features_never_replace_good_tables_with_bad_ones(
         features.main(own_warehouse, target)
     assert "Nothing was published" in str(raised.value)
     assert table_counts(own_warehouse, RAW_AND_ML[2:]) == before and before["ML.F1_FEATURES"] == 5517
+
+
+def test_a_syntax_error_in_a_feature_sql_model_names_the_file(
+    own_warehouse: Profile, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    models = tmp_path / "sql"
+    shutil.copytree(REPO / "pipelines" / "sql" / "f1", models)
+    last = sorted(models.glob("*.sql"))[
+        -1
+    ]  # it reads earlier models, so it is parsed to read their staged tables
+    last.write_text(last.read_text().replace("SELECT", "SELEKT", 1))
+    spec = bad_spec(tmp_path, "sql: pipelines/sql/f1", f"sql: {models}")
+    code, _, err = podium(
+        ["features", "--spec", spec, "-p", profile_file(tmp_path, own_warehouse)], capsys, monkeypatch
+    )
+    assert code == 1 and "Traceback" not in err
+    assert f"{last}: could not parse the SQL model as Snowflake dialect" in err and "fix its syntax" in err
+
+
+def test_evaluate_with_no_scores_says_so(own_warehouse: Profile, spec: Spec) -> None:
+    from pipelines import evaluate
+
+    with connect(own_warehouse) as warehouse:
+        warehouse.execute(f"CREATE TABLE {spec.scoring_table} (RACE_ID BIGINT, MODEL_VERSION VARCHAR)")
+    with pytest.raises(PodiumError, match=r"ML\.F1_SCORES holds no scores yet: run `podium score`"):
+        evaluate.main(own_warehouse, spec)
+
+
+def test_shadow_asked_for_with_the_champion_as_challenger_is_an_error(
+    trained_profile: Profile, tuned: tuple[Profile, Spec]
+) -> None:
+    from pipelines import promote, score, train
+
+    _, small = tuned
+    version = train.main(trained_profile, small).champion.version  # also the challenger
+    promote.main(trained_profile, small, version=version, force=True)
+    with pytest.raises(PodiumError, match=rf"names v{version} itself: train a new challenger"):
+        score.main(trained_profile, small, shadow=True)
