@@ -6,6 +6,7 @@ Fixtures live in conftest.py; plain functions and constants live here, so no tes
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines import cli
-from pipelines.config import Profile
+from pipelines.config import Profile, Spec
 from pipelines.tracking import STATUS, open_storage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,6 +71,20 @@ def podium(
         raise SystemExit(0)
     captured = capsys.readouterr()
     return int(exit_info.value.code or 0), captured.out, captured.err
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The `error:` lines a command printed (one, for a user error)."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def with_sql(spec: Spec, edit: str, by: str, tmp: Path) -> Spec:
+    """The spec with a copy of its SQL models in which `edit` is replaced by `by`."""
+    folder = tmp / "sql"
+    shutil.copytree(spec.features.sql, folder)
+    for model in folder.glob("*.sql"):
+        model.write_text(model.read_text().replace(edit, by))
+    return spec.model_copy(update={"features": spec.features.model_copy(update={"sql": folder})})
 
 
 def profile_file(tmp_path: Path, profile: Profile) -> str:

@@ -16,7 +16,7 @@ from pipelines import features
 from pipelines.config import Profile, Spec
 from pipelines.warehouse import connect
 from pipelines.warehouse.dialect import to_duckdb
-from tests.helpers import duckdb_profile
+from tests.helpers import duckdb_profile, with_sql
 
 CUTOFF = date(2016, 1, 1)
 
@@ -62,15 +62,6 @@ def rebuild_after_changing_results(source: Profile, spec: Spec, cutoff: date, tm
             warehouse.execute(f"DELETE FROM {table} WHERE RACE_ID IN ({later})", [cutoff])
     features.main(changed, spec)
     return changed
-
-
-def with_sql(spec: Spec, edit: str, by: str, tmp: Path) -> Spec:
-    """The spec with a copy of its SQL models in which `edit` is replaced by `by`."""
-    folder = tmp / "sql"
-    shutil.copytree(spec.features.sql, folder)
-    for model in folder.glob("*.sql"):
-        model.write_text(model.read_text().replace(edit, by))
-    return spec.model_copy(update={"features": spec.features.model_copy(update={"sql": folder})})
 
 
 @pytest.mark.parametrize(

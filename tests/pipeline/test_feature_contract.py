@@ -20,7 +20,7 @@ from pipelines.config import Profile, Spec
 from pipelines.errors import DataQualityError, PodiumError
 from pipelines.registry import CHALLENGER, CHAMPION
 from pipelines.warehouse import connect
-from tests.helpers import duckdb_profile
+from tests.helpers import duckdb_profile, with_sql
 
 KEPT = "ML.F1_FEATURES_AS_TRAINED"  # a copy of the table as the versions were trained on it
 
@@ -45,15 +45,6 @@ def nothing_ran(spec: Spec) -> bool:
     experiment = client.get_experiment_by_name(spec.name)
     runs = client.search_runs([experiment.experiment_id]) if experiment else []
     return not runs and not client.search_registered_models()
-
-
-def with_sql(spec: Spec, edit: str, by: str, tmp: Path) -> Spec:
-    """The spec with a copy of its SQL models in which `edit` is replaced by `by`."""
-    folder = tmp / "sql"
-    shutil.copytree(spec.features.sql, folder)
-    for model in folder.glob("*.sql"):
-        model.write_text(model.read_text().replace(edit, by))
-    return spec.model_copy(update={"features": spec.features.model_copy(update={"sql": folder})})
 
 
 def without(spec: Spec, columns: list[str]) -> Spec:

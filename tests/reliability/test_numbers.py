@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import REPO, podium
+from tests.helpers import REPO, error_lines, podium
 
 NOT_A_NUMBER = ["nan", "inf", "-inf"]
 
@@ -42,7 +42,7 @@ def test_a_bad_number_for_an_option_is_one_error_line(
 ) -> None:
     code, _, err = podium([*command, option, value], capsys, monkeypatch)
     assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    lines = error_lines(err)
     assert code == 1 and len(lines) == 1, err
     assert option in lines[0] and "must be a number from" in lines[0]
 
@@ -100,7 +100,7 @@ def test_a_bad_number_in_the_spec_is_one_error_line_naming_the_field(
 ) -> None:
     code, _, err = podium(["status", "--spec", str(spec_with(tmp_path, field, value))], capsys, monkeypatch)
     assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    lines = error_lines(err)
     assert code == 1 and len(lines) == 1, err
     assert field.split(".")[-1] in lines[0] or field.rsplit(".", 1)[0] in lines[0], lines[0]
 
@@ -135,5 +135,5 @@ def test_a_bad_number_in_the_profile_is_one_error_line_naming_the_field(
     profile.write_text(yaml.safe_dump({"warehouse": {"backend": backend, field: value}}))
     code, _, err = podium(["status", "--profile", str(profile)], capsys, monkeypatch)
     assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    lines = error_lines(err)
     assert code == 1 and len(lines) == 1 and field in lines[0], err
