@@ -76,9 +76,18 @@ def test_a_plain_postgresql_url_opens_with_psycopg_3(postgres_url: str) -> None:
     assert len(optuna.load_study(study_name="plain-url", storage=storage).trials) == 2
 
 
-def test_a_storage_password_is_never_printed(postgres_url: str, spec: Spec) -> None:
+def test_a_storage_password_is_refused_and_never_printed(postgres_url: str, spec: Spec) -> None:
     with_password = postgres_url.replace("postgres@", "postgres:s3cret@")
     with pytest.raises(PodiumError) as raised:
-        registry.best_trials(spec, with_password, family="svc")  # no svc study here: the error path
+        registry.best_trials(spec, with_password, family="svc")
+    assert "carries a password" in str(raised.value) and "PGPASSWORD" in str(raised.value)
+    assert "s3cret" not in str(raised.value) and "postgres:***@" in str(raised.value)
+
+
+def test_the_password_comes_from_pgpassword(
+    postgres_url: str, spec: Spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PGPASSWORD", "s3cret")  # libpq reads it; the trust cluster accepts any
+    with pytest.raises(PodiumError) as raised:
+        registry.best_trials(spec, postgres_url, family="svc")  # no svc study here: the error path
     assert "no completed trials" in str(raised.value) and "s3cret" not in str(raised.value)
-    assert "postgres:***@" in str(raised.value)

@@ -295,7 +295,7 @@ def test_two_worker_processes_share_one_study_and_one_parent(
 @pytest.mark.parametrize(
     ("storage", "detail"),
     [
-        ("foo://podium:s3cret@host/db", "Can't load plugin"),
+        ("foo://podium@host/db", "Can't load plugin"),
         ("sqlite:///{tmp}/no/such/folder/optuna.db", "unable to open database file"),
         ("{tmp}/a-file/studies.journal", "File exists"),
         ("{tmp}", "Is a directory"),
