@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 from benchmarks.demo_stages import bench_profile
-from pipelines import backtest, features, ingest, pipeline
+from pipelines import pipeline
 from pipelines.config import load_spec
+from pipelines.stages import backtest, features, ingest
 
 
 def measure(root: Path) -> list[dict[str, object]]:

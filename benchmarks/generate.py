@@ -15,7 +15,7 @@ from datetime import date
 import yaml
 
 from pipelines.config import Spec
-from pipelines.ingest import snake_upper
+from pipelines.stages.ingest import snake_upper
 from pipelines.warehouse import Warehouse
 
 ID_OFFSET = 1_000_000

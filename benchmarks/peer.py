@@ -18,11 +18,12 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.demo_stages import bench_profile
-from pipelines import dataset, features, ingest, train, tune
+from pipelines import dataset
 from pipelines.config import Profile, Spec, load_spec
 from pipelines.crossval import available_cores
 from pipelines.metrics import classification_metrics
 from pipelines.splits import Fold
+from pipelines.stages import features, ingest, train, tune
 from pipelines.warehouse import connect
 
 FLAML_ESTIMATORS = ["lgbm", "rf", "extra_tree", "xgboost", "xgb_limitdepth", "lrl1"]

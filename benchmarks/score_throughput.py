@@ -25,10 +25,11 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from benchmarks.generate import tile_window
-from pipelines import features, ingest, served, train, tune
+from pipelines import served
 from pipelines.config import Profile, Spec, load_spec
 from pipelines.models import make_estimator
 from pipelines.served import NamedClassifier
+from pipelines.stages import features, ingest, train, tune
 from pipelines.warehouse import connect
 
 REPO = Path(__file__).resolve().parent.parent

@@ -28,12 +28,12 @@ import optuna
 from mlflow.tracking import MlflowClient
 
 from benchmarks.generate import tile_window
-from pipelines import features, ingest, tune
 from pipelines.config import Profile, Spec, load_spec
 from pipelines.metrics import METRICS
 from pipelines.models import read_spaces, suggest
 from pipelines.registry import study_name
 from pipelines.runwriter import write_run
+from pipelines.stages import features, ingest, tune
 from pipelines.tracking import PROCESS_TAG, StudyBridge, experiment_id, open_storage, process_id
 from pipelines.warehouse import connect
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import optuna
 
 from benchmarks.demo_stages import bench_profile
-from pipelines import features, ingest, tune
 from pipelines.config import load_spec
 from pipelines.crossval import available_cores
 from pipelines.registry import study_name
+from pipelines.stages import features, ingest, tune
 from pipelines.tracking import open_storage
 
 CASES = (("extra_trees", 12), ("decision_tree", 40))

@@ -24,16 +24,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from pipelines import backtest as backtest_stage
 from pipelines import display, pipeline
-from pipelines import evaluate as evaluate_stage
-from pipelines import features as features_stage
-from pipelines import ingest as ingest_stage
-from pipelines import promote as promote_stage
-from pipelines import score as score_stage
 from pipelines import status as status_stage
-from pipelines import train as train_stage
-from pipelines import tune as tune_stage
 from pipelines.config import (
     DEFAULT_PROFILE,
     MAX_CHUNK_ROWS,
@@ -47,6 +39,14 @@ from pipelines.config import (
 from pipelines.errors import ConfigError, PodiumError
 from pipelines.registry import CHAMPION
 from pipelines.secrets import MaskPasswords, hide_password, refuse_password
+from pipelines.stages import backtest as backtest_stage
+from pipelines.stages import evaluate as evaluate_stage
+from pipelines.stages import features as features_stage
+from pipelines.stages import ingest as ingest_stage
+from pipelines.stages import promote as promote_stage
+from pipelines.stages import score as score_stage
+from pipelines.stages import train as train_stage
+from pipelines.stages import tune as tune_stage
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.dialect import check_one, check_read, reads_only, shown
 

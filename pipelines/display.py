@@ -15,16 +15,16 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines import shadow
-from pipelines.backtest import BacktestResult
-from pipelines.evaluate import EvaluateResult, same_drift
-from pipelines.features import FeaturesResult, QualityCheck
-from pipelines.ingest import IngestResult
 from pipelines.metrics import COUNTS
-from pipelines.promote import Decisions
-from pipelines.score import ScoreResult
+from pipelines.stages.backtest import BacktestResult
+from pipelines.stages.evaluate import EvaluateResult, same_drift
+from pipelines.stages.features import FeaturesResult, QualityCheck
+from pipelines.stages.ingest import IngestResult
+from pipelines.stages.promote import Decisions
+from pipelines.stages.score import ScoreResult
+from pipelines.stages.train import TrainResult
+from pipelines.stages.tune import TuneResult
 from pipelines.status import Status
-from pipelines.train import TrainResult
-from pipelines.tune import TuneResult
 
 out = Console()
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines import evaluate, features, ingest, promote, score, train, tune
-from pipelines.backtest import Lifecycle
 from pipelines.config import Profile, Spec
 from pipelines.registry import CHAMPION
+from pipelines.stages import evaluate, features, ingest, promote, score, train, tune
+from pipelines.stages.backtest import Lifecycle
 from pipelines.tracking import stage_run
 
 

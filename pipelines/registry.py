@@ -34,7 +34,7 @@ from pipelines.warehouse.dialect import quote
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-STAGES = ("Staging", "Production")
+VERSION_STAGES = ("Staging", "Production")
 MIRROR = "snowflake"  # the target kind of an alias mirrored into Snowflake's model registry
 URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<ref>[\w-]+))$")
 NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # MLflow's codes for a missing name

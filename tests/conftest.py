@@ -13,8 +13,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipelines import features, ingest
 from pipelines.config import Profile, Spec, load_spec
+from pipelines.stages import features, ingest
 from tests.helpers import REPO, duckdb_profile, tracking_store
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"  # tests talk to loopback only
@@ -81,7 +81,7 @@ def tuned(
     tmp_path_factory: pytest.TempPathFactory, built_profile: Profile, spec: Spec
 ) -> tuple[Profile, Spec]:
     """(profile, spec) whose Optuna journal holds small finished studies of decision_tree and logreg."""
-    from pipelines import tune
+    from pipelines.stages import tune
 
     root = tmp_path_factory.mktemp("tuned")
     (root / "space.yaml").write_text(TUNED_SPACE)

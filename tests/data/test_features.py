@@ -12,8 +12,8 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from pipelines import features
 from pipelines.config import Profile, Spec
+from pipelines.stages import features
 from pipelines.warehouse import connect
 from pipelines.warehouse.dialect import to_duckdb
 from tests.helpers import duckdb_profile, with_sql

@@ -24,8 +24,8 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from pipelines import features, ingest
 from pipelines.config import Profile, Spec
+from pipelines.stages import features, ingest
 from pipelines.warehouse import connect
 from pipelines.warehouse.snowpark import ENV_KEYS, SnowparkWarehouse
 from tests.helpers import tracking_store

@@ -5,8 +5,9 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from pipelines import dataset, train
+from pipelines import dataset
 from pipelines.config import Profile, Spec
+from pipelines.stages import train
 from pipelines.warehouse import connect
 
 

@@ -17,10 +17,11 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import dataset, evaluate, features, ingest, promote, score, tracking, train, tune
+from pipelines import dataset, tracking
 from pipelines.config import Profile, Spec, load_spec
 from pipelines.dataset import FeatureSchema
 from pipelines.errors import ConfigError
+from pipelines.stages import evaluate, features, ingest, promote, score, train, tune
 from pipelines.warehouse import connect
 from tests.helpers import REPO
 

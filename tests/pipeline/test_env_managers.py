@@ -24,8 +24,8 @@ from mlflow.tracking import MlflowClient
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from pipelines import ingest
 from pipelines.config import Spec
+from pipelines.stages import ingest
 from pipelines.warehouse import connect
 from tests.helpers import REPO, duckdb_profile
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import features, promote, score, train, tune
 from pipelines.config import Profile, Spec
 from pipelines.errors import DataQualityError, PodiumError
 from pipelines.registry import CHALLENGER, CHAMPION
+from pipelines.stages import features, promote, score, train, tune
 from pipelines.warehouse import connect
 from tests.helpers import duckdb_profile, with_sql
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from pipelines import tracking, tune
+from pipelines import tracking
 from pipelines.config import Profile, Spec, load_spec
 from pipelines.errors import ConfigError, PodiumError
+from pipelines.stages import tune
 from pipelines.warehouse import connect
 from tests.helpers import REPO, bad_spec, duckdb_profile, podium, profile_file
 
@@ -111,7 +112,7 @@ def test_a_file_damaged_inside_its_data_names_the_fix_when_a_query_reaches_it(
 
 
 def test_a_quoted_column_name_in_the_manifest_is_refused(tmp_path: Path, spec: Spec) -> None:
-    from pipelines import ingest
+    from pipelines.stages import ingest
 
     source = tmp_path / "data"
     shutil.copytree(REPO / "data" / "f1", source)
@@ -204,7 +205,7 @@ def test_ingest_publishes_every_table_or_none(
         replace_csv(source, "circuits", "\n".join(csv_text("circuits").splitlines()[:61]) + "\n")
         replace_csv(source, "races", csv_text("races") + "1,2,3\n")
     before = table_counts(own_warehouse, RAW_AND_ML)
-    from pipelines import ingest
+    from pipelines.stages import ingest
 
     with pytest.raises(PodiumError, match=re.escape(message)):
         ingest.main(own_warehouse, from_source(spec, source))
@@ -225,7 +226,7 @@ def test_ingest_publishes_every_table_or_none(
 def test_features_never_replace_good_tables_with_bad_ones(
     break_it: str, message: str, own_warehouse: Profile, spec: Spec
 ) -> None:
-    from pipelines import features
+    from pipelines.stages import features
 
     strict = spec.features.model_copy(
         update={"expect_rows": spec.features.expect_rows.model_copy(update={"min": 6000})}
@@ -258,7 +259,7 @@ def test_a_syntax_error_in_a_feature_sql_model_names_the_file(
 
 
 def test_evaluate_with_no_scores_says_so(own_warehouse: Profile, spec: Spec) -> None:
-    from pipelines import evaluate
+    from pipelines.stages import evaluate
 
     with connect(own_warehouse) as warehouse:
         warehouse.execute(f"CREATE TABLE {spec.scoring_table} (RACE_ID BIGINT, MODEL_VERSION VARCHAR)")
@@ -269,7 +270,7 @@ def test_evaluate_with_no_scores_says_so(own_warehouse: Profile, spec: Spec) -> 
 def test_shadow_asked_for_with_the_champion_as_challenger_is_an_error(
     trained_profile: Profile, tuned: tuple[Profile, Spec]
 ) -> None:
-    from pipelines import promote, score, train
+    from pipelines.stages import promote, score, train
 
     _, small = tuned
     version = train.main(trained_profile, small).champion.version  # also the challenger

@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import evaluate, promote, score, train, tune
 from pipelines.config import Profile, Spec, load_spec
+from pipelines.stages import evaluate, promote, score, train, tune
 from pipelines.warehouse import connect
 from tests.helpers import REPO, mlflow_tree
 
@@ -133,10 +133,12 @@ def test_a_class_absent_from_a_fold_and_the_holdout_gets_finite_auc_and_a_warned
     for run in found:
         assert_folds_lack_snow_once(run.data.metrics)
 
-    with caplog.at_level(logging.WARNING, logger="pipelines.train"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.stages.train"):
         trained = train.main(profile, spec)
     warned = [
-        r.getMessage() for r in caplog.records if r.name == "pipelines.train" and r.levelname == "WARNING"
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "pipelines.stages.train" and r.levelname == "WARNING"
     ]
     assert len(warned) == 1 and warned[0].startswith(
         "baseline heuristic beat every family's best trial in CV"

@@ -18,8 +18,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import promote, registry, score, train, tune
+from pipelines import registry
 from pipelines.config import Profile, Spec
+from pipelines.stages import promote, score, train, tune
 from pipelines.warehouse import connect
 from tests.servers import mlflow_server
 

@@ -12,8 +12,9 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import promote, score, tracking, train
+from pipelines import tracking
 from pipelines.config import Profile, Spec
+from pipelines.stages import promote, score, train
 from pipelines.tracking import STATUS
 from pipelines.warehouse import connect
 from tests.helpers import FAST_SPACE, REPO, duckdb_profile

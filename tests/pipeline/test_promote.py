@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import promote, train
 from pipelines.config import Profile, Spec
+from pipelines.stages import promote, train
 from pipelines.warehouse import connect
 from tests.helpers import REPO, bad_spec, podium, profile_file
 

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from snowflake.snowpark import Session
 
-from pipelines import dataset, registry, score, train
+from pipelines import dataset, registry
 from pipelines.config import Profile, Spec
+from pipelines.stages import score, train
 from pipelines.warehouse import connect
 from pipelines.warehouse.snowpark import SnowparkWarehouse
 

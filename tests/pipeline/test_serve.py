@@ -26,10 +26,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from pipelines import dataset, registry, served, train
+from pipelines import dataset, registry, served
 from pipelines.config import Profile, Spec
 from pipelines.dataset import FeatureSchema
 from pipelines.models import make_estimator
+from pipelines.stages import train
 from pipelines.warehouse import connect
 from tests.helpers import tracking_store
 from tests.servers import free_port, http_service

@@ -11,10 +11,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import log_loss
 
-from pipelines import dataset, evaluate, promote, score, status, train
+from pipelines import dataset, status
 from pipelines.config import LiveEvidence, Profile, Spec
 from pipelines.errors import PodiumError
 from pipelines.registry import CHALLENGER, CHAMPION
+from pipelines.stages import evaluate, promote, score, train
 from pipelines.warehouse import connect
 
 

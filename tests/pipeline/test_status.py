@@ -13,8 +13,8 @@ import duckdb
 import optuna
 import pytest
 
-from pipelines import evaluate, promote, score, train
 from pipelines.config import Profile, Spec
+from pipelines.stages import evaluate, promote, score, train
 from tests.helpers import REPO, duckdb_profile, podium
 
 

@@ -24,10 +24,11 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipelines import runwriter, tune
+from pipelines import runwriter
 from pipelines.config import Profile, Spec
 from pipelines.errors import TrackingStoreError
 from pipelines.runwriter import WRITER_THREAD, number_ranges
+from pipelines.stages import tune
 from pipelines.tracking import PROCESS_TAG, StudyBridge, experiment_id, open_storage, process_id
 from tests.helpers import (
     FAST_SPACE,

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import dataset, train
+from pipelines import dataset
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
+from pipelines.stages import train
 from pipelines.warehouse import connect
 from pipelines.warehouse.duckdb import DuckDBWarehouse
 from tests.helpers import connect_with

@@ -17,11 +17,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from pipelines import tracking, tune
+from pipelines import tracking
 from pipelines.config import Profile, Spec
 from pipelines.crossval import FoldRunner, fold_order
 from pipelines.errors import PodiumError
 from pipelines.models import make_estimator
+from pipelines.stages import tune
 from pipelines.warehouse import connect
 from pipelines.warehouse.duckdb import DuckDBWarehouse
 from tests.helpers import (

@@ -17,8 +17,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import promote, train, tune
 from pipelines.config import Profile, Spec
+from pipelines.stages import promote, train, tune
 from tests.helpers import REPO
 from tests.servers import PIPELINE_RUNS, WINDOW, RenderedPage, mlflow_page, mlflow_server, rendered
 

@@ -1,4 +1,5 @@
-"""The package's shape, read from its source: no stage imports another, no import cycle, short functions.
+"""The package's shape, read from its source: the stages in one folder, no stage importing another, no
+import cycle, short modules and short functions.
 
 Imports are read with `ast` (nothing is imported). An import inside a function counts like any other;
 only imports under `if TYPE_CHECKING:` are left out, as they never run. Importing `a.b.c` also imports
@@ -16,8 +17,10 @@ import pytest
 from tests.helpers import REPO
 
 PACKAGE = REPO / "pipelines"
-STAGES = {"ingest", "features", "tune", "train", "promote", "score", "evaluate", "status", "backtest"}
+STAGE_FOLDER = PACKAGE / "stages"
+STAGE_NAMES = {"ingest", "features", "tune", "train", "promote", "score", "evaluate", "backtest"}
 MAX_FUNCTION_LINES = 40
+MAX_MODULE_LINES = 500
 
 
 def module_name(path: Path) -> str:
@@ -86,18 +89,27 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def is_stage(module: str) -> bool:
+    return module.startswith("pipelines.stages.")
+
+
+def test_the_stages_live_in_their_folder() -> None:
+    found = {p.stem for p in STAGE_FOLDER.glob("*.py")} - {"__init__"}
+    assert found == STAGE_NAMES, f"pipelines/stages/ holds {sorted(found)}"
+    outside = sorted(STAGE_NAMES & {p.stem for p in PACKAGE.glob("*.py")})
+    assert not outside, f"stage modules outside pipelines/stages/: {outside}"
+
+
 def test_no_stage_imports_another_stage() -> None:
     graph = import_graph()
+    assert {f"pipelines.stages.{name}" for name in STAGE_NAMES} <= set(graph), "a stage module is gone"
     crossings = [
         f"{module} imports {target}"
         for module, targets in graph.items()
-        if module.removeprefix("pipelines.") in STAGES
+        if is_stage(module)
         for target in targets
-        if target.removeprefix("pipelines.") in STAGES
+        if is_stage(target)
     ]
-    assert set(STAGES) - {"backtest"} <= {m.removeprefix("pipelines.") for m in graph}, (
-        "a stage module is gone"
-    )
     assert not crossings, "; ".join(crossings)
 
 
@@ -107,12 +119,14 @@ def test_no_import_cycle_among_pipelines_modules() -> None:
 
 def test_the_checks_see_a_crossing_and_a_cycle() -> None:
     """The two checks above can fail: they catch a stage import and a cycle written on purpose."""
-    tree = ast.parse("from pipelines import tune\nfrom pipelines.train import main\n")
-    assert {"pipelines.tune", "pipelines.train"} <= runtime_imports(tree, "pipelines.score")
+    tree = ast.parse("from pipelines.stages import tune\nfrom pipelines.stages.train import main\n")
+    found = runtime_imports(tree, "pipelines.stages.score")
+    assert {"pipelines.stages.tune", "pipelines.stages.train"} <= found
+    assert is_stage("pipelines.stages.tune") and not is_stage("pipelines.stages")
     guarded = ast.parse(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pipelines import tune\n"
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pipelines.stages import tune\n"
     )
-    assert runtime_imports(guarded, "pipelines.score") == set()
+    assert runtime_imports(guarded, "pipelines.stages.score") == set()
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
@@ -137,7 +151,13 @@ def test_no_function_is_over_40_lines() -> None:
     assert not long, "; ".join(long)
 
 
-@pytest.mark.parametrize("name", sorted(STAGES - {"backtest"}))
+def test_no_module_is_over_500_lines() -> None:
+    sizes = {path.relative_to(REPO): len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")}
+    long = [f"{path} has {n} lines" for path, n in sorted(sizes.items()) if n > MAX_MODULE_LINES]
+    assert not long, "; ".join(long)
+
+
+@pytest.mark.parametrize("name", sorted(STAGE_NAMES - {"backtest"}))
 def test_each_stage_module_has_a_main(name: str) -> None:
-    tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+    tree = ast.parse((STAGE_FOLDER / f"{name}.py").read_text())
     assert any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body)

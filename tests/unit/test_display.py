@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from pipelines import display
-from pipelines.evaluate import EvaluateResult
 from pipelines.metrics import period_figures
+from pipelines.stages.evaluate import EvaluateResult
 
 
 def test_a_period_with_one_class_prints_auc_as_undefined_and_counts_as_whole_numbers(

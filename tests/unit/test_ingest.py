@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import ingest
 from pipelines.config import Profile, Spec
 from pipelines.errors import ConfigError, PodiumError
+from pipelines.stages import ingest
 from pipelines.warehouse import connect
 
 MANIFEST = """tables:

@@ -35,7 +35,7 @@ from pipelines.snowflake_registry import (
     native_model,
     pickled_modules,
 )
-from pipelines.train import pip_requirements
+from pipelines.stages.train import pip_requirements
 
 MODEL = "f1_podium"
 CLASSES = ["podium", "points", "none"]

@@ -7,9 +7,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipelines import promote, registry, score, status
+from pipelines import registry, status
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
+from pipelines.stages import promote, score
 from pipelines.tracking import hide_password, stage_run
 from tests.helpers import podium, profile_file
 

@@ -38,7 +38,7 @@ DYNAMIC: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = {
         True,
     ),
     # a bad table name in tables.yaml: the file, then dialect.check_identifier's message
-    ("pipelines/ingest.py", "read_manifest"): (("is not a valid SQL identifier",), False),
+    ("pipelines/stages/ingest.py", "read_manifest"): (("is not a valid SQL identifier",), False),
     # DuckDB's and Snowflake's own message for SQL they refuse (`podium sql`, feature SQL models)
     ("pipelines/warehouse/duckdb.py", "_failed"): (("Binder Error", "Parser Error"), False),
     ("pipelines/warehouse/snowpark.py", "_guard"): (("SQL compilation error",), False),

@@ -40,7 +40,7 @@ from pipelines import dataset, registry, shadow, snowflake_registry
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
 from pipelines.metrics import classification_metrics, improvement, undefined
-from pipelines.registry import CHAMPION, MIRROR, STAGES, Target
+from pipelines.registry import CHAMPION, MIRROR, VERSION_STAGES, Target
 from pipelines.tracking import configure, stage_run
 from pipelines.warehouse import Warehouse, connect
 
@@ -159,11 +159,11 @@ def main(
 
 def parse_stage(stage: str) -> str:
     """A stage name as MLflow spells it; anything else is a user error."""
-    for known in STAGES:
+    for known in VERSION_STAGES:
         if stage.lower() == known.lower():
             return known
     raise PodiumError(
-        f"unknown stage {stage!r}: promote to one of {', '.join(STAGES)} "
+        f"unknown stage {stage!r}: promote to one of {', '.join(VERSION_STAGES)} "
         "(versions leave a stage by being archived when another takes it)."
     )
 
