@@ -31,10 +31,13 @@ from benchmarks.generate import tile_window
 from pipelines.config import Profile, Spec, load_spec
 from pipelines.metrics import METRICS
 from pipelines.models import read_spaces, suggest
+from pipelines.processes import PROCESS_TAG, process_id
 from pipelines.registry import study_name
 from pipelines.runwriter import write_run
 from pipelines.stages import features, ingest, tune
-from pipelines.tracking import PROCESS_TAG, StudyBridge, experiment_id, open_storage, process_id
+from pipelines.studies import open_storage
+from pipelines.study_bridge import StudyBridge
+from pipelines.tracking import experiment_id
 from pipelines.warehouse import connect
 
 FAMILIES = {"decision_tree": 30, "random_forest": 6}

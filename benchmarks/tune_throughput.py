@@ -19,7 +19,7 @@ from pipelines.config import load_spec
 from pipelines.crossval import available_cores
 from pipelines.registry import study_name
 from pipelines.stages import features, ingest, tune
-from pipelines.tracking import open_storage
+from pipelines.studies import open_storage
 
 CASES = (("extra_trees", 12), ("decision_tree", 40))
 

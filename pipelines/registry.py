@@ -28,7 +28,9 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.config import Spec
 from pipelines.errors import PodiumError
-from pipelines.tracking import STORE_ERRORS, hide_password, open_storage, store_error, trial_counts
+from pipelines.secrets import hide_password
+from pipelines.studies import open_storage, trial_counts
+from pipelines.tracking import STORE_ERRORS, store_error
 from pipelines.warehouse import Warehouse
 from pipelines.warehouse.dialect import quote
 

@@ -1,6 +1,6 @@
 """The background writer of trial runs: a queue drained on a daemon thread, in order.
 
-`tracking.StudyBridge` queues each finished trial as a `RunRecord`; the writer creates the run,
+`study_bridge.StudyBridge` queues each finished trial as a `RunRecord`; the writer creates the run,
 logs its metrics, params and tags in one batch and ends it with its status, a moment after the
 trial ended so that the writes fall inside the next trial's fit. A failing store is tried once;
 the runs after it are kept as missing for the bridge to report once, and nothing is dropped.
@@ -16,6 +16,7 @@ import time
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -38,6 +39,11 @@ def number_ranges(numbers: list[int]) -> str:
 
 
 WRITER_THREAD = "podium-run-writer"
+
+
+def epoch_ms(moment: datetime) -> int:
+    """A moment as MLflow's milliseconds since the epoch."""
+    return int(moment.timestamp() * 1000)
 
 
 @dataclass

@@ -48,8 +48,9 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from pipelines.errors import PodiumError
+from pipelines.secrets import hide_password
 from pipelines.served import NamedClassifier, model_input, probability_column
-from pipelines.tracking import hide_password, store_detail
+from pipelines.tracking import store_detail
 
 METHOD = "predict_proba"  # the one method logged: `predict` of the pipeline answers class indices
 INPUT_STEP = "snowflake_input"

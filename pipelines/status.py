@@ -16,19 +16,10 @@ import pandas as pd
 
 from pipelines import pipeline, registry
 from pipelines.config import DuckDBConfig, Profile, Spec
-from pipelines.tracking import (
-    PROCESS_TAG,
-    STORE_ERRORS,
-    configure,
-    hide_password,
-    of_stage,
-    open_storage,
-    process_gone,
-    stale_run_trees,
-    stale_runs,
-    store_error,
-    trial_counts,
-)
+from pipelines.processes import PROCESS_TAG, of_stage, process_gone, stale_run_trees, stale_runs
+from pipelines.secrets import hide_password
+from pipelines.studies import open_storage, trial_counts
+from pipelines.tracking import STORE_ERRORS, configure, store_error
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.dialect import quote
 

@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import cli
 from pipelines.config import Profile, Spec
-from pipelines.tracking import STATUS, open_storage
+from pipelines.studies import open_storage
+from pipelines.study_bridge import STATUS
 
 REPO = Path(__file__).resolve().parent.parent
 

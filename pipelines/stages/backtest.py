@@ -51,18 +51,9 @@ from pipelines import plots, registry, shadow
 from pipelines.config import BacktestConfig, Profile, RegistryConfig, ScoringConfig, Spec
 from pipelines.errors import PodiumError
 from pipelines.models import FACTORIES
+from pipelines.processes import end_stale_stage_trees, process_gone, process_id
 from pipelines.registry import CHALLENGER, CHAMPION
-from pipelines.tracking import (
-    STORE_ERRORS,
-    configure,
-    end_stale_stage_trees,
-    log_figures,
-    nested_run,
-    process_gone,
-    process_id,
-    stage_run,
-    store_error,
-)
+from pipelines.tracking import STORE_ERRORS, configure, log_figures, nested_run, stage_run, store_error
 from pipelines.warehouse import connect, types
 from pipelines.warehouse.dialect import quote
 

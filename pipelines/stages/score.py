@@ -46,10 +46,11 @@ from pipelines import dataset, overlap, registry
 from pipelines.config import Profile, ScoringConfig, Spec
 from pipelines.dataset import FeatureSchema
 from pipelines.errors import DataQualityError, PodiumError
+from pipelines.processes import PROCESS_TAG, end_stale_stage_runs, process_gone
 from pipelines.progress import counter
 from pipelines.registry import CHALLENGER, CHAMPION, ResolvedModel
 from pipelines.served import PREDICTED, NamedClassifier
-from pipelines.tracking import PROCESS_TAG, configure, end_stale_stage_runs, process_gone, stage_run
+from pipelines.tracking import configure, stage_run
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.base import ScoringJob
 from pipelines.warehouse.dialect import quote

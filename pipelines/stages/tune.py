@@ -35,23 +35,13 @@ from pipelines.dataset import FeatureSchema, Window
 from pipelines.errors import ConfigError, PodiumError
 from pipelines.metrics import METRICS
 from pipelines.models import FACTORIES, make_estimator, read_spaces, start_point, suggest
+from pipelines.processes import PROCESS_TAG, process_gone, process_id
 from pipelines.progress import counter
 from pipelines.registry import study_name
 from pipelines.splits import Fold, season_folds
-from pipelines.tracking import (
-    PROCESS_TAG,
-    StudyBridge,
-    git_sha,
-    log_dataset,
-    log_figures,
-    log_run,
-    open_storage,
-    process_gone,
-    process_id,
-    stage_run,
-    study_key,
-    trial_counts,
-)
+from pipelines.studies import open_storage, study_key, trial_counts
+from pipelines.study_bridge import StudyBridge
+from pipelines.tracking import git_sha, log_dataset, log_figures, log_run, stage_run
 from pipelines.warehouse import Warehouse, connect
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipelines import pipeline, status
 from pipelines.config import BacktestConfig, Profile, Spec
+from pipelines.processes import PROCESS_TAG, process_id
 from pipelines.stages import backtest, promote, score, train
-from pipelines.tracking import PROCESS_TAG, experiment_id, process_id
+from pipelines.tracking import experiment_id
 from pipelines.warehouse import connect
 from tests.data.test_features import rebuild_after_changing_results
 from tests.helpers import duckdb_profile

@@ -17,11 +17,12 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import dataset, tracking
+from pipelines import dataset
 from pipelines.config import Profile, Spec, load_spec
 from pipelines.dataset import FeatureSchema
 from pipelines.errors import ConfigError
 from pipelines.stages import evaluate, features, ingest, promote, score, train, tune
+from pipelines.studies import open_storage
 from pipelines.warehouse import connect
 from tests.helpers import REPO
 
@@ -58,7 +59,7 @@ def test_the_example_runs_every_stage_from_its_spec(
     )
 
     board = {s.name: s for s in tune.main(profile, spec, n_trials=3).leaderboard}
-    storage = tracking.open_storage(profile.optuna_storage)
+    storage = open_storage(profile.optuna_storage)
     studies = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
     assert studies == {f"store_demand-{f}": 3 for f in spec.tuning.families}
     best = min(spec.tuning.families, key=lambda f: board[f].cv_log_loss)

@@ -17,6 +17,7 @@ from pipelines import tracking
 from pipelines.config import Profile, Spec, load_spec
 from pipelines.errors import ConfigError, PodiumError
 from pipelines.stages import tune
+from pipelines.studies import open_storage
 from pipelines.warehouse import connect
 from tests.helpers import REPO, bad_spec, duckdb_profile, podium, profile_file
 
@@ -139,7 +140,7 @@ def test_a_torn_journal_line_loses_no_study(built_profile: Profile, spec: Spec, 
     whole = journal.read_bytes()
     journal.write_bytes(whole[:-37])
     before = optuna.load_study(
-        study_name="f1_podium-decision_tree", storage=tracking.open_storage(str(journal), False)
+        study_name="f1_podium-decision_tree", storage=open_storage(str(journal), False)
     )
     kept = {t.number: t.state for t in before.trials}
 
@@ -149,9 +150,7 @@ def test_a_torn_journal_line_loses_no_study(built_profile: Profile, spec: Spec, 
     assert backup.read_bytes() == whole[:-37] and journal.read_bytes().startswith(
         whole[: whole[:-37].rfind(b"\n") + 1]
     )
-    after = optuna.load_study(
-        study_name="f1_podium-decision_tree", storage=tracking.open_storage(str(journal))
-    )
+    after = optuna.load_study(study_name="f1_podium-decision_tree", storage=open_storage(str(journal)))
     assert {n: after.trials[n].state for n in kept} == kept
     assert len(after.trials) == len(kept) + 1 and after.trials[-1].state.name == "COMPLETE"
 

@@ -12,10 +12,10 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import tracking
 from pipelines.config import Profile, Spec
 from pipelines.stages import promote, score, train
-from pipelines.tracking import STATUS
+from pipelines.studies import open_storage
+from pipelines.study_bridge import STATUS
 from pipelines.warehouse import connect
 from tests.helpers import FAST_SPACE, REPO, duckdb_profile
 
@@ -108,7 +108,7 @@ def test_tune_entry_point_nests_one_parent_per_family_under_the_mlflow_run(
     assert all(p.data.tags["mlflow.parentRunId"] == top.info.run_id for p in parents)
     for parent in parents:
         study = optuna.load_study(
-            study_name=parent.data.tags["podium.study"], storage=tracking.open_storage(str(storage))
+            study_name=parent.data.tags["podium.study"], storage=open_storage(str(storage))
         )
         children = {
             int(r.data.tags["podium.trial"]): r.info.status
@@ -178,7 +178,7 @@ def test_mlflow_run_outside_the_spec_experiment_stops_before_any_trial(
         assert "pass `--experiment-name f1_podium` to `mlflow run`" in done.stderr
         assert "Traceback" not in done.stderr
 
-    assert not storage.exists() or not optuna.get_all_study_names(tracking.open_storage(str(storage)))
+    assert not storage.exists() or not optuna.get_all_study_names(open_storage(str(storage)))
     client = MlflowClient(mlflow_store)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=500)
     assert len(runs) == 3 and not [r for r in runs if r.data.tags.get("podium.role") == "study"]

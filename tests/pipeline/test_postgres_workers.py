@@ -14,9 +14,10 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import registry, tracking
+from pipelines import registry
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
+from pipelines.studies import open_storage
 from tests.helpers import (
     FAST_SPACE,
     REPO,
@@ -69,7 +70,7 @@ def test_two_workers_on_postgres_share_one_study_and_one_parent(
 def test_a_plain_postgresql_url_opens_with_psycopg_3(postgres_url: str) -> None:
     """The URL `podium tune --help` shows: SQLAlchemy 2.1 maps postgresql:// to psycopg 3."""
     plain = postgres_url.replace("postgresql+psycopg2://", "postgresql://")
-    storage = tracking.open_storage(plain)
+    storage = open_storage(plain)
     optuna.create_study(study_name="plain-url", storage=storage).optimize(
         lambda t: t.suggest_float("x", 0, 1), 2
     )

@@ -19,8 +19,8 @@ from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 from pipelines import dataset, metrics
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
+from pipelines.processes import PROCESS_TAG, process_id
 from pipelines.stages import evaluate, promote, score, train
-from pipelines.tracking import PROCESS_TAG, process_id
 from pipelines.warehouse import connect
 from tests.helpers import REPO, bad_spec, podium, profile_file
 

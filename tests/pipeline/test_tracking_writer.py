@@ -27,9 +27,12 @@ from mlflow.tracking import MlflowClient
 from pipelines import runwriter
 from pipelines.config import Profile, Spec
 from pipelines.errors import TrackingStoreError
+from pipelines.processes import PROCESS_TAG, process_id
 from pipelines.runwriter import WRITER_THREAD, number_ranges
 from pipelines.stages import tune
-from pipelines.tracking import PROCESS_TAG, StudyBridge, experiment_id, open_storage, process_id
+from pipelines.studies import open_storage
+from pipelines.study_bridge import StudyBridge
+from pipelines.tracking import experiment_id
 from tests.helpers import (
     FAST_SPACE,
     REPO,
@@ -138,7 +141,7 @@ def test_a_store_that_fails_once_loses_nothing() -> None:
 def test_finish_writes_the_runs_a_killed_worker_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """Trials of an ended worker without a run, or with one it never ended, are mended from the study."""
     gone = "podium-test-gone:1:0"
-    monkeypatch.setattr("pipelines.tracking.process_gone", lambda ident: ident == gone)
+    monkeypatch.setattr("pipelines.study_bridge.process_gone", lambda ident: ident == gone)
     bridge = bridge_on(MlflowClient())
     study = study_with(None, 4, owner=gone)
     run_id = bridge.client.create_run(bridge.experiment_id, tags={"mlflow.runName": "tree-0001"}).info.run_id

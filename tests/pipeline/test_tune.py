@@ -17,12 +17,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from pipelines import tracking
 from pipelines.config import Profile, Spec
 from pipelines.crossval import FoldRunner, fold_order
 from pipelines.errors import PodiumError
 from pipelines.models import make_estimator
 from pipelines.stages import tune
+from pipelines.studies import open_storage
 from pipelines.warehouse import connect
 from pipelines.warehouse.duckdb import DuckDBWarehouse
 from tests.helpers import (
@@ -306,7 +306,7 @@ def test_an_unusable_optuna_storage_is_one_clear_error(storage: str, detail: str
     (tmp_path / "a-file").write_text("")
     storage = storage.format(tmp=tmp_path)
     with pytest.raises(PodiumError) as caught:
-        tracking.open_storage(storage)
+        open_storage(storage)
     message = str(caught.value)
     assert message.startswith("cannot open the Optuna storage ") and detail in message
     assert "Pass --storage (or set the profile's optuna_storage)" in message

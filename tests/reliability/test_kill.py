@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import pipeline, registry, status
 from pipelines.config import BacktestConfig, Profile, Spec
 from pipelines.stages import backtest, promote, score, train, tune
-from pipelines.tracking import open_storage
+from pipelines.studies import open_storage
 from pipelines.warehouse import connect
 from tests.helpers import FAST_SPACE, REPO, assert_children_mirror_trials, profile_file, worker_env
 from tests.reliability.child import context, instants, run, timed

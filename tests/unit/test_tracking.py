@@ -10,8 +10,9 @@ import pytest
 from pipelines import registry, status
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
+from pipelines.secrets import hide_password
 from pipelines.stages import promote, score
-from pipelines.tracking import hide_password, stage_run
+from pipelines.tracking import stage_run
 from tests.helpers import podium, profile_file
 
 REFUSED = "http://127.0.0.1:1"  # nothing listens on loopback port 1: connection refused at once
