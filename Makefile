@@ -9,15 +9,15 @@ BIN    := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test check ui docs clean
+.PHONY: help demo test check ui docs docs-site clean
 
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-8s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-9s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(BIN)/podium: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,docs]'
 	touch $@
 
 demo: $(BIN)/podium ## Run the full pipeline on DuckDB + the bundled F1 data
@@ -36,5 +36,8 @@ ui: $(BIN)/podium ## Open the MLflow UI on http://127.0.0.1:5000
 docs: $(BIN)/podium ## Regenerate docs/*.png from the demo's MLflow store (after make demo)
 	$(BIN)/python docs/capture.py
 
+docs-site: $(BIN)/podium ## Build the docs site into site/ (mkdocs build --strict)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean: ## Remove local state: warehouse, MLflow store, Optuna studies (keeps .venv)
-	rm -rf warehouse mlflow.db mlruns mlartifacts optuna
+	rm -rf warehouse mlflow.db mlruns mlartifacts optuna site

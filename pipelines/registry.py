@@ -16,11 +16,10 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 import mlflow
 import optuna
-import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
@@ -31,13 +30,13 @@ from pipelines.errors import PodiumError
 from pipelines.secrets import hide_password
 from pipelines.studies import open_storage, trial_counts
 from pipelines.tracking import STORE_ERRORS, store_error
-from pipelines.warehouse import Warehouse
-from pipelines.warehouse.dialect import quote
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 VERSION_STAGES = ("Staging", "Production")
-MIRROR = "snowflake"  # the target kind of an alias mirrored into Snowflake's model registry
+TargetKind = Literal["alias", "stage", "snowflake"]
+TARGET_KINDS: tuple[TargetKind, ...] = get_args(TargetKind)
+MIRROR: TargetKind = "snowflake"  # the target kind of an alias mirrored into Snowflake's model registry
 URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<ref>[\w-]+))$")
 NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # MLflow's codes for a missing name
 NUMERIC_TYPES = {"double", "float", "long", "integer"}
@@ -47,7 +46,7 @@ NUMERIC_TYPES = {"double", "float", "long", "integer"}
 class Target:
     """What a version is promoted to: an alias or a stage, written `alias:champion` / `stage:Production`."""
 
-    kind: str  # "alias" | "stage" | "snowflake" (an alias mirrored into Snowflake's model registry)
+    kind: TargetKind
     name: str
 
     def __str__(self) -> str:
@@ -55,8 +54,13 @@ class Target:
 
     @classmethod
     def parse(cls, text: str) -> Target:
+        """A target from its audited form, `kind:name`."""
         kind, name = text.split(":", 1)
-        return cls(kind, name)
+        if kind not in TARGET_KINDS:
+            raise PodiumError(
+                f"unknown target {text!r} in the audit table: its kind must be one of {TARGET_KINDS}."
+            )
+        return cls(cast(TargetKind, kind), name)
 
 
 @dataclass(frozen=True)
@@ -244,57 +248,6 @@ def move(registry: MlflowClient, model: str, target: Target, version: str | None
         else:
             for held in registry.get_latest_versions(model, stages=[target.name]):
                 registry.transition_model_version_stage(model, held.version, "Archived")
-
-
-@dataclass(frozen=True)
-class Drift:
-    """A target whose registry holder is not the version the audit table last recorded for it."""
-
-    target: str
-    audited: str
-    held: str | None
-
-    def __str__(self) -> str:
-        held = f"v{self.held}" if self.held else "nobody"
-        return (
-            f"{self.target} was held by {held} while the audit table last recorded v{self.audited} "
-            "(a promote stopped between its audit row and its registry move)"
-        )
-
-
-def audit_rows(warehouse: Warehouse, spec: Spec) -> pd.DataFrame:
-    """The audit table's rows for the spec's model, oldest first (empty if none yet)."""
-    if not warehouse.exists(spec.registry.audit_table):
-        return pd.DataFrame()
-    return warehouse.query(
-        f"SELECT * FROM {quote(spec.registry.audit_table)} WHERE MODEL_NAME = ? ORDER BY DECIDED_AT, RUN_ID",
-        [spec.model_name],
-    )
-
-
-def last_promoted(rows: pd.DataFrame, target: str) -> str | None:
-    """The version the audit table last records as promoted to `target` (None if never)."""
-    if rows.empty:
-        return None
-    taken = rows[(rows["TARGET"] == target) & (rows["DECISION"] == "promoted")]["MODEL_VERSION"]
-    return str(taken.iloc[-1]) if not taken.empty else None
-
-
-def audit_drift(registry: MlflowClient, warehouse: Warehouse, spec: Spec) -> list[Drift]:
-    """Every target whose holder differs from the last promoted version of the audit table."""
-    rows = audit_rows(warehouse, spec)
-    if rows.empty:
-        return []
-    promoted = rows[rows["DECISION"] == "promoted"].groupby("TARGET", sort=True)["MODEL_VERSION"].last()
-    found = []
-    for target, audited in promoted.items():
-        if Target.parse(str(target)).kind == MIRROR:  # Snowflake's registry: `promote` brings it up to date
-            continue
-        held = holder(registry, spec.model_name, Target.parse(str(target)))
-        held_version = str(held.version) if held else None
-        if held_version != str(audited):
-            found.append(Drift(str(target), str(audited), held_version))
-    return found
 
 
 def best_trials(spec: Spec, storage: str, family: str | None = None) -> list[Candidate]:

@@ -14,7 +14,7 @@ import mlflow
 import optuna
 import pandas as pd
 
-from pipelines import pipeline, registry
+from pipelines import audit, pipeline, registry
 from pipelines.config import DuckDBConfig, Profile, Spec
 from pipelines.processes import PROCESS_TAG, of_stage, process_gone, stale_run_trees, stale_runs
 from pipelines.secrets import hide_password
@@ -113,9 +113,7 @@ def _warehouse_view(warehouse: Warehouse, spec: Spec, tables: list[str]) -> dict
     scored = present.get(spec.scoring_table)
     monitored = spec.monitoring and spec.monitoring.table in present
     drift = (
-        []
-        if _store_missing(mlflow.get_tracking_uri())
-        else registry.audit_drift(registry.client(), warehouse, spec)
+        [] if _store_missing(mlflow.get_tracking_uri()) else audit.drift(registry.client(), warehouse, spec)
     )
     return {
         "tables": counts,

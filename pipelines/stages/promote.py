@@ -22,21 +22,18 @@ row with action `reconcile`), and `podium status` reports it until then.
 from __future__ import annotations
 
 import getpass
-import json
 import logging
 import os
-import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import mlflow
-import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from pipelines import dataset, registry, shadow, snowflake_registry
+from pipelines import audit, dataset, registry, shadow, snowflake_registry
+from pipelines.audit import Decision
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
 from pipelines.metrics import classification_metrics, improvement, undefined
@@ -45,51 +42,6 @@ from pipelines.tracking import configure, stage_run
 from pipelines.warehouse import Warehouse, connect
 
 log = logging.getLogger(__name__)
-
-AUDIT_COLUMNS = {
-    "AUDIT_ID": "VARCHAR",
-    "MODEL_NAME": "VARCHAR",
-    "MODEL_VERSION": "VARCHAR",
-    "FROM_VERSION": "VARCHAR",
-    "TARGET": "VARCHAR",
-    "ACTION": "VARCHAR",
-    "DECISION": "VARCHAR",
-    "FORCED": "BOOLEAN",
-    "REASON": "VARCHAR",
-    "METRIC": "VARCHAR",
-    "CANDIDATE_VALUE": "DOUBLE",
-    "INCUMBENT_VALUE": "DOUBLE",
-    "CHECKS": "VARCHAR",
-    "ACTOR": "VARCHAR",
-    "DECIDED_AT": "TIMESTAMP_NTZ",
-    "RUN_ID": "VARCHAR",
-}
-
-
-@dataclass
-class Decision:
-    """One promotion decision, as audited."""
-
-    model: str
-    version: str
-    target: str
-    from_version: str | None
-    action: str  # promote | rollback | reconcile | mirror
-    decision: str = "refused"  # promoted | refused | failed (a mirror) | dry-run (would promote / refuse)
-    forced: bool = False
-    reason: str = ""
-    metric: str = ""
-    candidate_value: float | None = None
-    incumbent_value: float | None = None
-    checks: dict[str, bool] = field(default_factory=dict)
-    actor: str = ""
-    decided_at: str = ""
-    run_id: str = ""
-    live: dict[str, Any] = field(default_factory=dict)  # the shadow evidence, when the policy asks for it
-
-    @property
-    def promoted(self) -> bool:
-        return self.decision == "promoted"
 
 
 class Decisions(list[Decision]):
@@ -168,15 +120,10 @@ def parse_stage(stage: str) -> str:
     )
 
 
-def audit_rows(warehouse: Warehouse, spec: Spec) -> pd.DataFrame:
-    """The audit table's rows for this spec's model, oldest first (empty if none yet)."""
-    return registry.audit_rows(warehouse, spec)
-
-
 def reconcile(client: MlflowClient, warehouse: Warehouse, spec: Spec, run_id: str) -> list[Decision]:
     """Complete every move the audit table recorded but the registry lacks, auditing each completion."""
     done = []
-    for drift in registry.audit_drift(client, warehouse, spec):
+    for drift in audit.drift(client, warehouse, spec):
         decision = Decision(
             spec.model_name,
             drift.audited,
@@ -210,16 +157,16 @@ def mirror(client: MlflowClient, warehouse: Warehouse, spec: Spec, run_id: str) 
             warehouse.backend,
         )
         return []
-    rows, done = audit_rows(warehouse, spec), []
+    rows, done = audit.rows(warehouse, spec), []
     for alias in config.aliases:
         held = registry.holder(client, spec.model_name, Target("alias", alias.lower()))
         target = str(Target(MIRROR, alias.lower()))
-        mirrored = registry.last_promoted(rows, target)
+        mirrored = audit.last_promoted(rows, target)
         if held is None or str(held.version) == mirrored:
             continue
         decision = _mirror_one(warehouse, spec, str(held.version), alias, target, mirrored)
         decision.run_id = run_id
-        _audit(warehouse, spec, decision)
+        audit.append(warehouse, spec, decision)
         done.append(decision)
     return done
 
@@ -306,7 +253,7 @@ def _decide(
             decision.decision = "promoted"
             decision.reason = f"forced (the gate said: {decision.reason})"
     if request.dry_run:
-        decision.decision = f"dry-run: would be {decision.decision}"
+        decision.decision = "dry-run: would be promoted" if decision.promoted else "dry-run: would be refused"
     return decision
 
 
@@ -448,7 +395,7 @@ def _previous_holder(
     warehouse: Warehouse, spec: Spec, target: Target, holder: ModelVersion | None
 ) -> ModelVersion:
     """The version the current holder took the target from (walking back past earlier rollbacks)."""
-    rows = audit_rows(warehouse, spec)
+    rows = audit.rows(warehouse, spec)
     if not rows.empty and holder is not None:
         taken = rows[
             (rows["TARGET"] == str(target)) & (rows["DECISION"] == "promoted") & (rows["ACTION"] == "promote")
@@ -469,7 +416,7 @@ def _apply_and_audit(client: MlflowClient, warehouse: Warehouse, spec: Spec, dec
     A crash between the two leaves an audited move the registry lacks; the next promote completes it
     (`reconcile`) and `podium status` reports it. The registry never holds an unaudited version.
     """
-    _audit(warehouse, spec, decision)
+    audit.append(warehouse, spec, decision)
     _apply(client, decision)
 
 
@@ -485,23 +432,6 @@ def _apply(client: MlflowClient, decision: Decision) -> None:
     registry.move(client, decision.model, Target.parse(decision.target), decision.version)
     client.set_registered_model_tag(decision.model, f"podium.{decision.target}", decision.version)
     client.set_registered_model_tag(decision.model, "podium.last_promotion", stamp[:5000])
-
-
-def _audit(warehouse: Warehouse, spec: Spec, decision: Decision) -> None:
-    """Append the decision to the audit table (created with its explicit schema) in one atomic write."""
-    table = spec.registry.audit_table
-    warehouse.ensure_table(table, AUDIT_COLUMNS)
-    row = asdict(decision) | {
-        "audit_id": uuid.uuid4().hex,
-        "model_name": decision.model,
-        "model_version": decision.version,
-        "checks": json.dumps(decision.checks),
-        "decided_at": pd.Timestamp(decision.decided_at).tz_convert(None),
-    }
-    frame = pd.DataFrame([{name: row[name.lower()] for name in AUDIT_COLUMNS}])
-    warehouse.write(
-        frame.astype({"CANDIDATE_VALUE": "float64", "INCUMBENT_VALUE": "float64"}), table, mode="append"
-    )
 
 
 def _actor() -> str:

@@ -231,8 +231,17 @@ class SnowparkWarehouse(TableOps):
         native.mirror(self.session, model_name, alias)
 
     def score_in_warehouse(self, job: ScoringJob) -> tuple[int, int]:
-        """Score inside Snowflake with the model as a vectorized UDF (see `snowpark_scoring`)."""
-        return snowpark_scoring.run_job(self, job)
+        """Score inside Snowflake with the model as a vectorized UDF (see `snowpark_scoring`), then merge the
+        scores into the job's table: (rows scored, rows written)."""
+        incremental = not job.full and self.exists(job.table)
+        staged_name = f"PODIUM_SCORES_{uuid.uuid4().hex.upper()}"
+        scores = snowpark_scoring.scores(self.session, job, incremental)
+        scores.write.save_as_table(staged_name, mode="overwrite", table_type="temporary")
+        staged = self.session.table(staged_name)
+        count = staged.count()
+        written = self.merge_dataframe(staged, job.table, [*job.keys, "MODEL_VERSION"]) if count else 0
+        staged.drop_table()
+        return count, written
 
     def write_chunks(
         self,

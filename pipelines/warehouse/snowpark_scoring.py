@@ -4,8 +4,8 @@ The model travels to Snowflake as a vectorized (pandas) UDF. One Snowpark plan s
 window's unscored rows, calls the UDF on an array of the model's features (the model's own
 `predict_frame`, as in local scoring, returned as one array per row: the predicted class,
 then a probability per class), splits it into the scoring columns and adds the lineage
-columns; the result lands in a temporary staging table and one MERGE by (keys,
-MODEL_VERSION) moves it into the scoring table.
+columns. The warehouse (`SnowparkWarehouse.score_in_warehouse`) lands the result in a temporary
+staging table, and one MERGE by (keys, MODEL_VERSION) moves it into the scoring table.
 
 Snowpark local testing runs a vectorized UDF one row at a time, so the handler accepts a
 whole batch (a Series of arrays, in Snowflake) or a single array (local testing).
@@ -14,10 +14,8 @@ whole batch (a Series of arrays, in Snowflake) or a single array (local testing)
 from __future__ import annotations
 
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import cloudpickle
 import pandas as pd
@@ -30,26 +28,17 @@ from pipelines.errors import WarehouseError
 from pipelines.warehouse.base import ScoringJob, first_line
 from pipelines.warehouse.dialect import quote
 
-if TYPE_CHECKING:
-    from pipelines.warehouse.snowpark import SnowparkWarehouse
-
 # What a model needs inside Snowflake; Snowflake resolves them from its Anaconda channel.
 PACKAGES = ["scikit-learn", "pandas", "numpy", "xgboost", "skops"]
 
 
-def run_job(warehouse: SnowparkWarehouse, job: ScoringJob) -> tuple[int, int]:
-    """Score the job's rows inside Snowflake and merge them into its table: (rows scored, rows written)."""
-    session = warehouse.session
+def scores(session: Session, job: ScoringJob, incremental: bool) -> DataFrame:
+    """The job's rows (incremental: those this version has not scored) scored by the model as a temporary
+    vectorized UDF, in the scoring table's columns."""
     udf = _register(session, job)
-    rows = _selection(warehouse, job)
+    rows = _selection(session, job, incremental)
     scored = rows.select(*job.id_columns, udf(array_construct(*[col(f) for f in job.features])).alias("P"))
-    staged_name = f"PODIUM_SCORES_{uuid.uuid4().hex.upper()}"
-    _scores(scored, job).write.save_as_table(staged_name, mode="overwrite", table_type="temporary")
-    staged = session.table(staged_name)
-    count = staged.count()
-    written = warehouse.merge_dataframe(staged, job.table, [*job.keys, "MODEL_VERSION"]) if count else 0
-    session.table(staged_name).drop_table()
-    return count, written
+    return _scores(scored, job)
 
 
 def _register(session: Session, job: ScoringJob) -> UserDefinedFunction:
@@ -96,12 +85,11 @@ def _pickled_by_value(function: Callable) -> Iterator[None]:
         cloudpickle.unregister_pickle_by_value(module)
 
 
-def _selection(warehouse: SnowparkWarehouse, job: ScoringJob) -> DataFrame:
-    session = warehouse.session
+def _selection(session: Session, job: ScoringJob, incremental: bool) -> DataFrame:
     rows = session.table(quote(job.source)).filter(col(job.time) >= lit(job.start))
     if job.end:
         rows = rows.filter(col(job.time) < lit(job.end))
-    if job.full or not warehouse.exists(job.table):
+    if not incremental:
         return rows
     done = session.table(quote(job.table)).filter(col("MODEL_VERSION") == lit(job.version)).select(*job.keys)
     return rows.join(done, on=job.keys, how="leftanti")

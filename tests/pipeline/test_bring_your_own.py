@@ -153,7 +153,9 @@ def test_make_data_regenerates_the_committed_csv(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", ["store_demand.yaml", "data/tables.yaml"])
-def test_the_readme_shows_the_example_files_as_they_are(path: str) -> None:
-    readme = (REPO / "README.md").read_text()
-    shown = readme.split(f"```yaml\n# examples/store_demand/{path}\n", 1)[1].split("```\n", 1)[0]
-    assert shown == (EXAMPLE / path).read_text(), f"README's copy of examples/store_demand/{path} is stale"
+def test_the_docs_show_the_example_files_as_they_are(path: str) -> None:
+    page = (REPO / "docs" / "bring-your-own.md").read_text()
+    shown = page.split(f"```yaml\n# examples/store_demand/{path}\n", 1)[1].split("```\n", 1)[0]
+    assert shown == (EXAMPLE / path).read_text(), (
+        f"docs/bring-your-own.md's copy of examples/store_demand/{path} is stale"
+    )

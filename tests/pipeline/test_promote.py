@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipelines import audit
 from pipelines.config import Profile, Spec
 from pipelines.stages import promote, train
 from pipelines.warehouse import connect
@@ -30,9 +31,9 @@ def registered(trained_profile: Profile, tuned: tuple[Profile, Spec]) -> tuple[P
     return trained_profile, spec, ranked[0].version, ranked[1].version
 
 
-def audit(profile: Profile, spec: Spec) -> pd.DataFrame:
+def audited(profile: Profile, spec: Spec) -> pd.DataFrame:
     with connect(profile, read_only=True) as warehouse:
-        return promote.audit_rows(warehouse, spec)
+        return audit.rows(warehouse, spec)
 
 
 def holder(spec: Spec, alias: str = "champion") -> str | None:
@@ -55,7 +56,7 @@ def test_first_champion_passes_on_the_baseline_check(registered: tuple[Profile, 
     assert decision.promoted and decision.from_version is None
     assert decision.checks == {"beats_baseline": True, "signature_matches": True}
     assert holder(spec) == better
-    rows = audit(profile, spec)
+    rows = audited(profile, spec)
     assert rows[["MODEL_VERSION", "TARGET", "DECISION", "FORCED"]].values.tolist() == [
         [better, "alias:champion", "promoted", False]
     ]
@@ -70,7 +71,7 @@ def test_gate_refuses_a_worse_challenger(registered: tuple[Profile, Spec, str, s
     assert decision.decision == "refused"
     assert "min_improvement" in decision.reason and decision.candidate_value > decision.incumbent_value
     assert holder(spec) == better
-    assert audit(profile, spec)["DECISION"].tolist() == ["promoted", "refused"]
+    assert audited(profile, spec)["DECISION"].tolist() == ["promoted", "refused"]
 
 
 def test_dry_run_changes_nothing(registered: tuple[Profile, Spec, str, str]) -> None:
@@ -78,7 +79,7 @@ def test_dry_run_changes_nothing(registered: tuple[Profile, Spec, str, str]) -> 
     (decision,) = promote.main(profile, spec, version=better, stage="Production", alias=None, dry_run=True)
     assert decision.decision == "dry-run: would be promoted"
     assert in_stage(spec, "Production") == [] and holder(spec) is None
-    assert audit(profile, spec).empty
+    assert audited(profile, spec).empty
     assert not any(
         k.startswith("podium.decision")
         for k in MlflowClient().get_model_version(spec.model_name, better).tags
@@ -91,7 +92,7 @@ def test_force_skips_the_gate_and_is_recorded(registered: tuple[Profile, Spec, s
     (decision,) = promote.main(profile, spec, version=worse, force=True)
     assert decision.promoted and decision.forced and decision.reason.startswith("forced")
     assert holder(spec) == worse
-    last = audit(profile, spec).iloc[-1]
+    last = audited(profile, spec).iloc[-1]
     assert (last.MODEL_VERSION, last.FROM_VERSION, bool(last.FORCED)) == (worse, better, True)
 
 
@@ -102,7 +103,7 @@ def test_rollback_restores_the_previous_champion(registered: tuple[Profile, Spec
     (decision,) = promote.main(profile, spec, rollback=True)
     assert decision.action == "rollback" and decision.promoted
     assert holder(spec) == better
-    assert audit(profile, spec)["ACTION"].tolist() == ["promote", "promote", "rollback"]
+    assert audited(profile, spec)["ACTION"].tolist() == ["promote", "promote", "rollback"]
 
 
 def test_stage_promotion_archives_the_previous_production_version(
@@ -149,7 +150,7 @@ def test_racing_promotions_leave_one_champion_and_a_whole_audit(
     for racer in racers:
         assert racer.wait(timeout=300) == 0, racer.stderr.read()[-2000:]
 
-    rows = audit(profile, spec)
+    rows = audited(profile, spec)
     assert len(rows) == 4 and set(rows["DECISION"]) == {"promoted"}
     for target, taken in rows.groupby("TARGET", sort=False):
         first, second = taken.itertuples()
@@ -205,7 +206,7 @@ def test_promotion_user_errors(
     assert code == 1 and "Traceback" not in err
     assert err.strip().startswith("error:")
     assert re.search(message, " ".join(err.split())), err
-    assert holder(spec) is None and audit(profile, spec).empty
+    assert holder(spec) is None and audited(profile, spec).empty
 
 
 def test_unknown_policy_key(tmp_path: Path, profile: Profile, capsys, monkeypatch) -> None:
@@ -220,11 +221,11 @@ def test_an_audited_move_the_registry_lacks_is_reported_then_completed(
     registered: tuple[Profile, Spec, str, str],
 ) -> None:
     """Finding 4: a promote that stopped after its audit row and before its registry move."""
-    from pipelines import registry, status
+    from pipelines import status
 
     profile, spec, better, worse = registered
     promote.main(profile, spec, version=better)
-    stopped = promote.Decision(
+    stopped = audit.Decision(
         spec.model_name,
         worse,
         "alias:champion",
@@ -236,7 +237,7 @@ def test_an_audited_move_the_registry_lacks_is_reported_then_completed(
         decided_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
     )
     with connect(profile) as warehouse:
-        promote._audit(warehouse, spec, stopped)  # what the killed process had written
+        audit.append(warehouse, spec, stopped)  # what the killed process had written
     assert holder(spec) == better
     (drift,) = status.main(profile, spec).promotion_drift
     assert "held by v" + better in drift and "recorded v" + worse in drift
@@ -246,7 +247,7 @@ def test_an_audited_move_the_registry_lacks_is_reported_then_completed(
     assert (fixed.action, fixed.version, fixed.from_version) == ("reconcile", worse, better)
     assert holder(spec) == worse and decisions[0].reason.startswith("version")  # it already held champion
     with connect(profile, read_only=True) as warehouse:
-        assert registry.audit_drift(MlflowClient(), warehouse, spec) == []
-    assert audit(profile, spec)["ACTION"].tolist() == ["promote", "promote", "reconcile", "promote"]
+        assert audit.drift(MlflowClient(), warehouse, spec) == []
+    assert audited(profile, spec)["ACTION"].tolist() == ["promote", "promote", "reconcile", "promote"]
     (back,) = promote.main(profile, spec, rollback=True)
     assert back.promoted and holder(spec) == better

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipelines import pipeline, registry, status
+from pipelines import audit, pipeline, registry, status
 from pipelines.config import BacktestConfig, Profile, Spec
 from pipelines.stages import backtest, promote, score, train, tune
 from pipelines.studies import open_storage
@@ -372,7 +372,7 @@ def test_promotion_audit_and_registry_agree_after_the_next_command(
         run(ctx, args(version), env, str(REPO), instant)
         promote.main(profile, spec, version=version, stage="Production", force=True)  # the next command
         with connect(profile, read_only=True) as warehouse:
-            assert registry.audit_drift(client, warehouse, spec) == [], f"kill {i} at {instant:.2f}s"
+            assert audit.drift(client, warehouse, spec) == [], f"kill {i} at {instant:.2f}s"
         for target in (registry.Target("alias", "champion"), registry.Target("stage", "Production")):
             assert str(registry.holder(client, spec.model_name, target).version) == version
     (decision,) = promote.main(profile, spec, rollback=True, alias="champion")

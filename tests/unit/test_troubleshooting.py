@@ -1,4 +1,4 @@
-"""README's Troubleshooting section names every error a user can cause; this test keeps it so.
+"""The docs' Troubleshooting page names every error a user can cause; this test keeps it so.
 
 The rule, checked mechanically over pipelines/**/*.py:
 
@@ -9,10 +9,11 @@ The rule, checked mechanically over pipelines/**/*.py:
   a string constant, an f-string, or a `+` of those; a message held in a variable is followed to
   its one assignment in the same function), stripped of surrounding spaces and punctuation and
   cut to its first 40 characters.
-* That fragment must appear in README.md's `## Troubleshooting` section, so a row there quotes it.
+* That fragment must appear on docs/troubleshooting.md, the docs site's Troubleshooting page, so a row
+  there quotes it.
 
 A message with no literal run of MIN_FRAGMENT characters (the warehouse's own text, messages
-assembled by a helper) is listed in DYNAMIC with the README fragments it maps to; each entry must
+assembled by a helper) is listed in DYNAMIC with the page's fragments it maps to; each entry must
 still match such a site, so the list cannot go stale.
 """
 
@@ -29,7 +30,7 @@ MIN_FRAGMENT = 12
 MAX_FRAGMENT = 40
 PUNCTUATION = " .,:;()'\"`"
 
-# (file, function) -> README fragments for error sites whose message has no usable literal run.
+# (file, function) -> Troubleshooting fragments for error sites whose message has no usable literal run.
 # `in_source`: the fragments are Podium's own text, so they must also still be in that file.
 DYNAMIC: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = {
     # pydantic's validation errors, each rewritten by config._describe
@@ -59,10 +60,10 @@ class Site:
 
 
 def troubleshooting() -> str:
-    """README's `## Troubleshooting` section, up to the next `## ` heading."""
-    text = (REPO / "README.md").read_text()
-    match = re.search(r"^## Troubleshooting\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
-    assert match, "README.md has no `## Troubleshooting` section"
+    """docs/troubleshooting.md, the Troubleshooting page: everything under its `# Troubleshooting` title."""
+    text = (REPO / "docs" / "troubleshooting.md").read_text()
+    match = re.search(r"^# Troubleshooting\n(.*)", text, flags=re.M | re.S)
+    assert match, "docs/troubleshooting.md has no `# Troubleshooting` title"
     return match.group(1).replace("\\|", "|")
 
 
@@ -109,7 +110,7 @@ def test_every_user_error_is_in_troubleshooting() -> None:
     found = sites(trees, error_classes(trees))
     assert len(found) > 40, "the scan found too few error sites: is the rule still right?"
     missing = [
-        f"{site}: README Troubleshooting lacks {site.fragment!r} (from this error's message); add a row "
+        f"{site}: docs/troubleshooting.md lacks {site.fragment!r} (from this error's message); add a row "
         "quoting it"
         for site in found
         if len(site.fragment) >= MIN_FRAGMENT and site.fragment not in section
@@ -122,7 +123,7 @@ def test_messages_without_a_literal_run_are_listed() -> None:
     dynamic = [s for s in sites(trees, error_classes(trees)) if len(s.fragment) < MIN_FRAGMENT]
     unlisted = [
         f"{site} (in {site.function}): its message has no literal run of {MIN_FRAGMENT}+ characters; "
-        "write one into the message, or list the site in DYNAMIC with the README fragments it maps to"
+        "write one into the message, or list the site in DYNAMIC with the page's fragments it maps to"
         for site in dynamic
         if (site.path, site.function) not in DYNAMIC
     ]
@@ -145,11 +146,11 @@ def test_dynamic_entries_are_current_and_documented() -> None:
         for fragment in fragments:
             if fragment not in section:
                 problems.append(
-                    f"{path} {function}: README Troubleshooting lacks {fragment!r}; add a row quoting it"
+                    f"{path} {function}: docs/troubleshooting.md lacks {fragment!r}; add a row quoting it"
                 )
             if in_source and fragment not in source:
                 problems.append(
-                    f"{path} {function}: {fragment!r} is no longer in {path}; update DYNAMIC and README"
+                    f"{path} {function}: {fragment!r} is no longer in {path}; update DYNAMIC and the page"
                 )
     assert not problems, "\n".join(problems)
 
