@@ -39,7 +39,8 @@ from pipelines.warehouse import connect
 from tests.helpers import REPO
 from tests.snowflake.emulator import snowflake_env
 
-pytestmark = pytest.mark.snowflake
+# One pytest-xdist worker runs this module's tests, so the account and both lifecycles are built once.
+pytestmark = [pytest.mark.snowflake, pytest.mark.xdist_group("lifecycle")]
 
 DATABASE = "PODIUM"
 SPACE = """logreg:
