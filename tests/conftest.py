@@ -15,36 +15,29 @@ import pytest
 
 from pipelines.config import Profile, Spec, load_spec
 from pipelines.stages import features, ingest
+from tests import scheduling
 from tests.helpers import REPO, duckdb_profile, tracking_store
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"  # tests talk to loopback only
 
-# Under pytest-xdist (`make test`: -n 2 --dist loadgroup) the heaviest modules are handed out first, so
-# the workers start the long tests early and end together; the rest follow in their usual order.
-# Longest first, from `pytest --durations` (a module named here runs before any module listed after it).
-HEAVIEST_FIRST = [
-    "tests/snowflake/test_lifecycle.py",
-    "tests/pipeline/test_env_managers.py",
-    "tests/reliability/test_kill.py",
-    "tests/pipeline/test_mlproject.py",
-    "tests/pipeline/test_backtest.py",
-    "tests/pipeline/test_tracking_writer.py",
-    "tests/pipeline/test_secrets.py",
-    "tests/ui/test_mlflow_ui.py",
-    "tests/pipeline/test_mlflow_server.py",
-    "tests/pipeline/test_tune.py",
-    "tests/pipeline/test_postgres_workers.py",
-    "tests/pipeline/test_score.py",
-    "tests/pipeline/test_promote.py",
-]
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On an xdist worker, the HEAVIEST_FIRST modules first (every worker sorts alike, as xdist requires)."""
-    if not hasattr(config, "workerinput"):
-        return
-    rank = {path: i for i, path in enumerate(HEAVIEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+    """On an xdist worker, the heaviest modules first and the `timed` tests last (tests/scheduling.py)."""
+    if hasattr(config, "workerinput"):
+        scheduling.order(items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`--dist loadgroup`: a shared module goes to one worker (tests/scheduling.py); other modes: xdist's."""
+    return scheduling.make_scheduler(config, log) if config.getoption("dist") == "loadgroup" else None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[object]:
+    """Under xdist a `timed` test runs with no other test beside it (tests/scheduling.py)."""
+    with scheduling.running(item):
+        return (yield)
 
 
 @pytest.fixture(scope="session")

@@ -30,9 +30,6 @@ from pipelines.warehouse import connect
 from pipelines.warehouse.snowpark import ENV_KEYS, SnowparkWarehouse
 from tests.helpers import tracking_store
 
-# One pytest-xdist worker runs this module's tests, so its Snowpark build is built once.
-pytestmark = pytest.mark.xdist_group("snowpark_build")
-
 DATABASE = "PODIUM"
 FEATURE_ROWS = 5_517  # the DuckDB build of the bundled data
 

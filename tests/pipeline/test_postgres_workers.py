@@ -29,9 +29,6 @@ from tests.helpers import (
 )
 from tests.servers import postgres_server
 
-# One pytest-xdist worker runs this module's tests, so its PostgreSQL cluster is built once.
-pytestmark = pytest.mark.xdist_group("postgres")
-
 
 @pytest.fixture(scope="module")
 def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

@@ -19,9 +19,6 @@ from mlflow.tracking import MlflowClient
 
 from tests.helpers import REPO
 
-# One pytest-xdist worker runs this module's tests, so its whole `podium run` is built once.
-pytestmark = pytest.mark.xdist_group("secrets")
-
 PLANTED = {
     "SNOWFLAKE_PASSWORD": "planted-snowflake-8d1f",
     "PGPASSWORD": "planted-postgres-5c2a",

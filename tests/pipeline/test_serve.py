@@ -35,9 +35,6 @@ from pipelines.warehouse import connect
 from tests.helpers import tracking_store
 from tests.servers import free_port, http_service
 
-# One pytest-xdist worker runs this module's tests, so its served champion is built once.
-pytestmark = pytest.mark.xdist_group("serve")
-
 
 @dataclass(frozen=True)
 class Served:

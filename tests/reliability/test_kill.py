@@ -70,6 +70,7 @@ def staged_left(profile: Profile) -> int:
         return int(found.N[0])
 
 
+@pytest.mark.timed
 def test_ingest_publishes_all_tables_or_none(
     ctx: BaseContext, spec: Spec, profile: Profile, tmp_path: Path
 ) -> None:
@@ -215,7 +216,9 @@ def window_rows(profile: Profile, spec: Spec) -> int:
         )
 
 
-@pytest.mark.parametrize("full", [False, True], ids=["incremental", "full"])
+@pytest.mark.parametrize(
+    "full", [False, pytest.param(True, marks=pytest.mark.timed)], ids=["incremental", "full"]
+)
 def test_scoring_keeps_one_row_per_key_and_version_and_a_rerun_completes(
     full: bool, ctx: BaseContext, champion: tuple[Profile, Spec, list[str]], tmp_path: Path
 ) -> None:
@@ -252,6 +255,7 @@ def test_scoring_keeps_one_row_per_key_and_version_and_a_rerun_completes(
     assert not full or resumed >= 2, f"only {resumed} kills landed inside a --full rescore's writes"
 
 
+@pytest.mark.timed
 def test_a_killed_shadow_batch_keeps_only_whole_pairs_and_a_rerun_completes(
     ctx: BaseContext, champion: tuple[Profile, Spec, list[str]], tmp_path: Path
 ) -> None:
@@ -379,6 +383,7 @@ def test_promotion_audit_and_registry_agree_after_the_next_command(
     assert decision.promoted, "rollback still works after the kills"
 
 
+@pytest.mark.timed
 def test_the_next_backtest_ends_every_run_a_killed_one_left_running_and_removes_its_studies(
     ctx: BaseContext, champion: tuple[Profile, Spec, list[str]], tmp_path: Path
 ) -> None:

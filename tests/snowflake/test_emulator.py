@@ -35,9 +35,6 @@ from tests.helpers import REPO
 from tests.servers import free_port
 from tests.snowflake.emulator import apply_patches, emulator, snowflake_env
 
-# One pytest-xdist worker runs this module's tests, so its emulator and session start once.
-pytestmark = pytest.mark.xdist_group("emulator")
-
 
 def open_session(kwargs: dict) -> Session:
     """A Session on database PODIUM, schema ML, created first if need be."""

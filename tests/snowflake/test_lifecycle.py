@@ -39,8 +39,7 @@ from pipelines.warehouse import connect
 from tests.helpers import REPO
 from tests.snowflake.emulator import snowflake_env
 
-# One pytest-xdist worker runs this module's tests, so the account and both lifecycles are built once.
-pytestmark = [pytest.mark.snowflake, pytest.mark.xdist_group("lifecycle")]
+pytestmark = pytest.mark.snowflake
 
 DATABASE = "PODIUM"
 SPACE = """logreg:

@@ -34,9 +34,6 @@ from pipelines.config import SnowflakeConfig
 from pipelines.errors import WarehouseError
 from pipelines.warehouse.snowpark import ENV_KEYS, SnowparkWarehouse, connection_parameters, timeouts
 
-# One pytest-xdist worker runs this module's tests, so its Snowpark session is built once.
-pytestmark = pytest.mark.xdist_group("sql_wh")
-
 SECRET = "hunter2-not-a-real-password"
 
 
