@@ -16,7 +16,7 @@ import pytest
 from pipelines.config import Profile, Spec, load_spec
 from pipelines.stages import features, ingest
 from tests import scheduling
-from tests.helpers import REPO, duckdb_profile, tracking_store
+from tests.helpers import REPO, Snapshot, duckdb_profile, snapshot, tracking_store
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"  # tests talk to loopback only
 
@@ -122,3 +122,15 @@ def trained_profile(tuned: tuple[Profile, Spec], tmp_path: Path) -> Profile:
     copy = tmp_path / "warehouse.duckdb"
     shutil.copyfile(profile.warehouse.path, copy)
     return profile.model_copy(update={"warehouse": profile.warehouse.model_copy(update={"path": copy})})
+
+
+@pytest.fixture(scope="session")
+def two_versions(tmp_path_factory: pytest.TempPathFactory, tuned: tuple[Profile, Spec]) -> Snapshot:
+    """`train --top-k 2` on the tuned warehouse, once per session: versions 1 and 2, no alias yet.
+
+    Its value is train's result; tests restore a copy of its warehouse and MLflow store (tests.helpers).
+    """
+    from pipelines.stages import train
+
+    profile, spec = tuned
+    return snapshot(tmp_path_factory.mktemp("two_versions"), profile, lambda p: train.main(p, spec, top_k=2))
