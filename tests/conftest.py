@@ -52,6 +52,39 @@ def profile(tmp_path: Path) -> Profile:
     return duckdb_profile(tmp_path / "warehouse.duckdb")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def migrated_once(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A new SQLite MLflow store opened in this process is a copy of one migrated once per session.
+
+    MLflow builds a new store by running every schema migration, about a second each time; here it gets
+    the same tables and schema version by SQLite's backup from a store migrated at the session's start
+    (no experiment in it: MLflow adds its Default experiment as for any new store). Other stores, and
+    stores that `podium` and `mlflow` processes create, are built by MLflow as ever.
+    """
+    import sqlite3
+
+    import sqlalchemy
+    from mlflow.store.db import utils
+    from mlflow.store.model_registry import sqlalchemy_store as registry_store
+
+    migrate = utils._initialize_tables
+    template = tmp_path_factory.mktemp("migrated") / "mlflow.db"
+    engine = sqlalchemy.create_engine(f"sqlite:///{template}")
+    migrate(engine)
+    engine.dispose()
+
+    def initialize(engine: sqlalchemy.engine.Engine) -> None:
+        if engine.url.get_backend_name() != "sqlite" or engine.url.database in (None, "", ":memory:"):
+            return migrate(engine)
+        with engine.connect() as connection, sqlite3.connect(template) as source:
+            source.backup(connection.connection.driver_connection)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(utils, "_initialize_tables", initialize)
+        patch.setattr(registry_store, "_initialize_tables", initialize)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Every test gets its own MLflow store; no run is left active afterwards."""
