@@ -26,15 +26,16 @@ HEAVIEST_FIRST = [
     "tests/pipeline/test_env_managers.py",
     "tests/reliability/test_kill.py",
     "tests/pipeline/test_mlproject.py",
-    "tests/pipeline/test_backtest.py",
-    "tests/pipeline/test_tracking_writer.py",
     "tests/pipeline/test_secrets.py",
+    "tests/pipeline/test_tune.py",
+    "tests/pipeline/test_backtest.py",
+    "tests/pipeline/test_postgres_workers.py",
+    "tests/pipeline/test_serve.py",
+    "tests/pipeline/test_tracking_writer.py",
     "tests/ui/test_mlflow_ui.py",
     "tests/pipeline/test_mlflow_server.py",
-    "tests/pipeline/test_tune.py",
-    "tests/pipeline/test_postgres_workers.py",
     "tests/pipeline/test_score.py",
-    "tests/pipeline/test_promote.py",
+    "tests/pipeline/test_hostile_input.py",
 ]
 
 # Modules whose tests share one module-scoped fixture that is slow to build or holds state between tests.
