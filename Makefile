@@ -4,12 +4,14 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# pytest-xdist workers for `make test` and `make test-fast`: one per core of the 2-core CI machine
+JOBS   ?= 2
 
 # MLflow's usage telemetry stays off: Podium talks to loopback and the warehouse only.
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test check ui docs docs-site clean
+.PHONY: help demo test test-fast check ui docs docs-site clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-9s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,8 +29,11 @@ check: $(BIN)/podium ## Lint and format check (ruff), in seconds
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(BIN)/podium ## Run the tests (pytest)
-	$(BIN)/python -m pytest
+test: $(BIN)/podium ## Run the tests (pytest), on two worker processes (JOBS=2)
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup --no-loadscope-reorder
+
+test-fast: $(BIN)/podium ## Unit and data tiers, under 2 minutes
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup --no-loadscope-reorder tests/unit tests/data
 
 ui: $(BIN)/podium ## Open the MLflow UI on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000

@@ -15,9 +15,29 @@ import pytest
 
 from pipelines.config import Profile, Spec, load_spec
 from pipelines.stages import features, ingest
-from tests.helpers import REPO, duckdb_profile, tracking_store
+from tests import scheduling
+from tests.helpers import REPO, Snapshot, duckdb_profile, snapshot, tracking_store
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"  # tests talk to loopback only
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On an xdist worker, the heaviest modules first and the `timed` tests last (tests/scheduling.py)."""
+    if hasattr(config, "workerinput"):
+        scheduling.order(items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`--dist loadgroup`: a shared module goes to one worker (tests/scheduling.py); other modes: xdist's."""
+    return scheduling.make_scheduler(config, log) if config.getoption("dist") == "loadgroup" else None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[object]:
+    """Under xdist a `timed` test runs with no other test beside it (tests/scheduling.py)."""
+    with scheduling.running(item):
+        return (yield)
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +50,39 @@ def spec() -> Spec:
 def profile(tmp_path: Path) -> Profile:
     """A profile on an empty DuckDB file of this test's own."""
     return duckdb_profile(tmp_path / "warehouse.duckdb")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def migrated_once(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A new SQLite MLflow store opened in this process is a copy of one migrated once per session.
+
+    MLflow builds a new store by running every schema migration, about a second each time; here it gets
+    the same tables and schema version by SQLite's backup from a store migrated at the session's start
+    (no experiment in it: MLflow adds its Default experiment as for any new store). Other stores, and
+    stores that `podium` and `mlflow` processes create, are built by MLflow as ever.
+    """
+    import sqlite3
+
+    import sqlalchemy
+    from mlflow.store.db import utils
+    from mlflow.store.model_registry import sqlalchemy_store as registry_store
+
+    migrate = utils._initialize_tables
+    template = tmp_path_factory.mktemp("migrated") / "mlflow.db"
+    engine = sqlalchemy.create_engine(f"sqlite:///{template}")
+    migrate(engine)
+    engine.dispose()
+
+    def initialize(engine: sqlalchemy.engine.Engine) -> None:
+        if engine.url.get_backend_name() != "sqlite" or engine.url.database in (None, "", ":memory:"):
+            return migrate(engine)
+        with engine.connect() as connection, sqlite3.connect(template) as source:
+            source.backup(connection.connection.driver_connection)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(utils, "_initialize_tables", initialize)
+        patch.setattr(registry_store, "_initialize_tables", initialize)
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -102,3 +155,15 @@ def trained_profile(tuned: tuple[Profile, Spec], tmp_path: Path) -> Profile:
     copy = tmp_path / "warehouse.duckdb"
     shutil.copyfile(profile.warehouse.path, copy)
     return profile.model_copy(update={"warehouse": profile.warehouse.model_copy(update={"path": copy})})
+
+
+@pytest.fixture(scope="session")
+def two_versions(tmp_path_factory: pytest.TempPathFactory, tuned: tuple[Profile, Spec]) -> Snapshot:
+    """`train --top-k 2` on the tuned warehouse, once per session: versions 1 and 2, no alias yet.
+
+    Its value is train's result; tests restore a copy of its warehouse and MLflow store (tests.helpers).
+    """
+    from pipelines.stages import train
+
+    profile, spec = tuned
+    return snapshot(tmp_path_factory.mktemp("two_versions"), profile, lambda p: train.main(p, spec, top_k=2))

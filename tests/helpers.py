@@ -10,9 +10,11 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
@@ -59,6 +61,53 @@ def tracking_store(uri: str) -> Iterator[None]:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def with_warehouse(profile: Profile, path: Path) -> Profile:
+    """The profile on the DuckDB file at `path`."""
+    return profile.model_copy(update={"warehouse": profile.warehouse.model_copy(update={"path": path})})
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """State a fixture built once: a DuckDB warehouse, the MLflow store tracking it, what it returned."""
+
+    warehouse: Path
+    store: Path
+    value: Any
+
+
+def snapshot(
+    root: Path, profile: Profile, build: Callable[[Profile], Any], base: Snapshot | None = None
+) -> Snapshot:
+    """Run `build` on a copy of the profile's warehouse in `root`, tracked in root/mlflow.db, and keep both.
+
+    With `base`, on copies of that snapshot's warehouse and store. Fixtures build a state once (per session
+    or module) and `restore` a copy for each test, instead of training the same models for every test.
+    """
+    warehouse, store = root / "warehouse.duckdb", root / "mlflow.db"
+    shutil.copyfile(base.warehouse if base else profile.warehouse.path, warehouse)
+    if base:
+        shutil.copyfile(base.store, store)
+    previous = mlflow.get_tracking_uri()
+    with tracking_store(f"sqlite:///{store}"):
+        mlflow.set_tracking_uri(f"sqlite:///{store}")  # the per-test store set it last
+        try:
+            value = build(with_warehouse(profile, warehouse))
+        finally:
+            mlflow.set_tracking_uri(previous)
+    return Snapshot(warehouse, store, value)
+
+
+def restore(state: Snapshot, profile: Profile, tmp_path: Path, mlflow_store: str) -> Profile:
+    """The profile on this test's copy of the snapshot's warehouse; this test's MLflow store is a copy of
+    the snapshot's (the same runs, registered versions and aliases; the artifacts they point to are shared).
+    """
+    store = Path(mlflow_store.removeprefix("sqlite:///"))
+    assert not store.exists(), "the test used its MLflow store before the snapshot was restored into it"
+    shutil.copyfile(state.store, store)
+    shutil.copyfile(state.warehouse, tmp_path / "warehouse.duckdb")
+    return with_warehouse(profile, tmp_path / "warehouse.duckdb")
 
 
 def podium(

@@ -16,19 +16,20 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import audit
 from pipelines.config import Profile, Spec
-from pipelines.stages import promote, train
+from pipelines.stages import promote
 from pipelines.warehouse import connect
-from tests.helpers import REPO, bad_spec, podium, profile_file
+from tests.helpers import REPO, Snapshot, bad_spec, podium, profile_file, restore
 
 
 @pytest.fixture
-def registered(trained_profile: Profile, tuned: tuple[Profile, Spec]) -> tuple[Profile, Spec, str, str]:
+def registered(
+    two_versions: Snapshot, tuned: tuple[Profile, Spec], tmp_path: Path, mlflow_store: str
+) -> tuple[Profile, Spec, str, str]:
     """Two registered versions: (profile, spec, better, worse) by holdout log loss."""
-    _, spec = tuned
-    result = train.main(trained_profile, spec, top_k=2)
-    ranked = sorted(result.trained, key=lambda t: t.holdout["log_loss"])
+    profile, spec = tuned
+    ranked = sorted(two_versions.value.trained, key=lambda t: t.holdout["log_loss"])
     assert ranked[0].holdout["log_loss"] < ranked[1].holdout["log_loss"]
-    return trained_profile, spec, ranked[0].version, ranked[1].version
+    return restore(two_versions, profile, tmp_path, mlflow_store), spec, ranked[0].version, ranked[1].version
 
 
 def audited(profile: Profile, spec: Spec) -> pd.DataFrame:

@@ -20,19 +20,21 @@ from pipelines import dataset, metrics
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
 from pipelines.processes import PROCESS_TAG, process_id
-from pipelines.stages import evaluate, promote, score, train
+from pipelines.stages import evaluate, promote, score
 from pipelines.warehouse import connect
-from tests.helpers import REPO, bad_spec, podium, profile_file
+from tests.helpers import REPO, Snapshot, bad_spec, podium, profile_file, restore
 
 
 @pytest.fixture
-def champion(trained_profile: Profile, tuned: tuple[Profile, Spec]) -> tuple[Profile, Spec]:
+def champion(
+    two_versions: Snapshot, tuned: tuple[Profile, Spec], tmp_path: Path, mlflow_store: str
+) -> tuple[Profile, Spec]:
     """Two registered versions: v1 champion and challenger, v2 forced into Production."""
     _, spec = tuned
-    train.main(trained_profile, spec, top_k=2)
-    promote.main(trained_profile, spec, version="1", force=True)
-    promote.main(trained_profile, spec, version="2", alias=None, stage="Production", force=True)
-    return trained_profile, spec
+    profile = restore(two_versions, tuned[0], tmp_path, mlflow_store)  # `train --top-k 2`
+    promote.main(profile, spec, version="1", force=True)
+    promote.main(profile, spec, version="2", alias=None, stage="Production", force=True)
+    return profile, spec
 
 
 def window_rows(profile: Profile, spec: Spec) -> int:

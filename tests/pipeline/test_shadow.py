@@ -17,18 +17,22 @@ from pipelines.errors import PodiumError
 from pipelines.registry import CHALLENGER, CHAMPION
 from pipelines.stages import evaluate, promote, score, train
 from pipelines.warehouse import connect
+from tests.helpers import Snapshot, restore
 
 
 @pytest.fixture
-def pair(trained_profile: Profile, tuned: tuple[Profile, Spec]) -> tuple[Profile, Spec, str, str]:
+def pair(
+    two_versions: Snapshot, tuned: tuple[Profile, Spec], tmp_path: Path, mlflow_store: str
+) -> tuple[Profile, Spec, str, str]:
     """(profile, spec, better, worse): the worse of two versions on the holdout is champion, the better
     challenger."""
     _, spec = tuned
-    trained = sorted(train.main(trained_profile, spec, top_k=2).trained, key=lambda t: t.holdout["log_loss"])
+    profile = restore(two_versions, tuned[0], tmp_path, mlflow_store)  # `train --top-k 2`
+    trained = sorted(two_versions.value.trained, key=lambda t: t.holdout["log_loss"])
     better, worse = trained[0].version, trained[1].version
-    promote.main(trained_profile, spec, version=worse, force=True)
+    promote.main(profile, spec, version=worse, force=True)
     MlflowClient().set_registered_model_alias(spec.model_name, CHALLENGER, better)
-    return trained_profile, spec, better, worse
+    return profile, spec, better, worse
 
 
 def table(profile: Profile, name: str) -> pd.DataFrame:

@@ -370,6 +370,7 @@ def test_cross_validation_reports_the_same_figures_on_one_core_and_on_two(
     assert [f.valid_season for f in fold_order(data.folds)] == [2020, 2019, 2018, 2017]
 
 
+@pytest.mark.timed
 def test_a_budget_in_seconds_is_spent_by_successive_halving(
     built_profile: Profile, spec: Spec, tmp_path: Path
 ) -> None:
@@ -385,6 +386,7 @@ def test_a_budget_in_seconds_is_spent_by_successive_halving(
     assert_children_mirror_trials(str(tmp_path / "s.journal"))
 
 
+@pytest.mark.timed
 def test_a_trial_that_would_overrun_the_budget_stops_at_a_fold_boundary(
     built_profile: Profile, spec: Spec, tmp_path: Path
 ) -> None:

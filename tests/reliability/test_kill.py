@@ -32,7 +32,16 @@ from pipelines.config import BacktestConfig, Profile, Spec
 from pipelines.stages import backtest, promote, score, train, tune
 from pipelines.studies import open_storage
 from pipelines.warehouse import connect
-from tests.helpers import FAST_SPACE, REPO, assert_children_mirror_trials, profile_file, worker_env
+from tests.helpers import (
+    FAST_SPACE,
+    REPO,
+    Snapshot,
+    assert_children_mirror_trials,
+    profile_file,
+    restore,
+    snapshot,
+    worker_env,
+)
 from tests.reliability.child import context, instants, run, timed
 
 KILLS = 8
@@ -70,6 +79,7 @@ def staged_left(profile: Profile) -> int:
         return int(found.N[0])
 
 
+@pytest.mark.timed
 def test_ingest_publishes_all_tables_or_none(
     ctx: BaseContext, spec: Spec, profile: Profile, tmp_path: Path
 ) -> None:
@@ -189,14 +199,27 @@ def _finished(journal: Path, study: str) -> list[tuple[int, str, float | None]]:
     return [(t.number, t.state.name, t.value) for t in trials if t.state.is_finished()]
 
 
-@pytest.fixture
-def champion(trained_profile: Profile, tuned: tuple[Profile, Spec]) -> tuple[Profile, Spec, list[str]]:
-    """The trained warehouse with two registered versions; the first holds champion and Production."""
+@pytest.fixture(scope="module")
+def crowned(tmp_path_factory: pytest.TempPathFactory, tuned: tuple[Profile, Spec]) -> Snapshot:
+    """Two versions trained and registered, the first champion and in Production: once for this module."""
     _, spec = tuned
-    first = train.main(trained_profile, spec, family="decision_tree").champion.version
-    second = train.main(trained_profile, spec, family="logreg").champion.version
-    promote.main(trained_profile, spec, version=first, stage="Production", force=True)
-    return trained_profile, spec, [first, second]
+
+    def build(profile: Profile) -> list[str]:
+        first = train.main(profile, spec, family="decision_tree").champion.version
+        second = train.main(profile, spec, family="logreg").champion.version
+        promote.main(profile, spec, version=first, stage="Production", force=True)
+        return [first, second]
+
+    return snapshot(tmp_path_factory.mktemp("crowned"), tuned[0], build)
+
+
+@pytest.fixture
+def champion(
+    crowned: Snapshot, tuned: tuple[Profile, Spec], tmp_path: Path, mlflow_store: str
+) -> tuple[Profile, Spec, list[str]]:
+    """This test's copy of the trained warehouse and store: two versions; the first holds champion and
+    Production."""
+    return restore(crowned, tuned[0], tmp_path, mlflow_store), tuned[1], list(crowned.value)
 
 
 def score_rows(profile: Profile, spec: Spec) -> pd.DataFrame:
@@ -215,7 +238,9 @@ def window_rows(profile: Profile, spec: Spec) -> int:
         )
 
 
-@pytest.mark.parametrize("full", [False, True], ids=["incremental", "full"])
+@pytest.mark.parametrize(
+    "full", [False, pytest.param(True, marks=pytest.mark.timed)], ids=["incremental", "full"]
+)
 def test_scoring_keeps_one_row_per_key_and_version_and_a_rerun_completes(
     full: bool, ctx: BaseContext, champion: tuple[Profile, Spec, list[str]], tmp_path: Path
 ) -> None:
@@ -252,6 +277,7 @@ def test_scoring_keeps_one_row_per_key_and_version_and_a_rerun_completes(
     assert not full or resumed >= 2, f"only {resumed} kills landed inside a --full rescore's writes"
 
 
+@pytest.mark.timed
 def test_a_killed_shadow_batch_keeps_only_whole_pairs_and_a_rerun_completes(
     ctx: BaseContext, champion: tuple[Profile, Spec, list[str]], tmp_path: Path
 ) -> None:
@@ -379,6 +405,7 @@ def test_promotion_audit_and_registry_agree_after_the_next_command(
     assert decision.promoted, "rollback still works after the kills"
 
 
+@pytest.mark.timed
 def test_the_next_backtest_ends_every_run_a_killed_one_left_running_and_removes_its_studies(
     ctx: BaseContext, champion: tuple[Profile, Spec, list[str]], tmp_path: Path
 ) -> None:
