@@ -28,7 +28,7 @@ from benchmarks import (
     tune_overhead,
     tune_throughput,
 )
-from pipelines.config import load_spec
+from pipelines.config_files import load_spec
 
 RESULTS = Path(__file__).parent / "results.md"
 HEADER = """# Benchmarks
@@ -50,7 +50,7 @@ class Section:
 
 
 def _demo_seconds() -> float:
-    budget = load_spec("f1_podium").require("tuning").budget
+    budget = load_spec("f1_podium").tuning_section.budget
     assert budget.seconds, "the demo spec states its tuning budget in seconds"
     return budget.seconds
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from benchmarks.demo_stages import bench_profile
 from pipelines import pipeline
-from pipelines.config import load_spec
+from pipelines.config_files import load_spec
 from pipelines.stages import backtest, features, ingest
 
 
@@ -18,7 +18,7 @@ def measure(root: Path) -> list[dict[str, object]]:
     profile = bench_profile(root)
     ingest.main(profile, spec)
     features.main(profile, spec)
-    config = spec.require("backtest")
+    config = spec.backtest_section
     started = time.perf_counter()
     result = backtest.main(profile, spec, pipeline.LIFECYCLE)
     seconds = time.perf_counter() - started

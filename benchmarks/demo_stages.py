@@ -9,7 +9,8 @@ from typing import Any
 
 import mlflow
 
-from pipelines.config import Profile, load_spec
+from pipelines.config import Profile
+from pipelines.config_files import load_spec
 from pipelines.stages import evaluate, features, ingest, promote, score, train, tune
 from pipelines.tracking import stage_run
 

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.generate import scale_raw
-from pipelines.config import Profile, Spec, load_spec
+from pipelines.config import Profile, Spec
+from pipelines.config_files import load_spec
 from pipelines.stages import features, ingest
 from pipelines.warehouse import connect
 

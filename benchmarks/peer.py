@@ -19,7 +19,8 @@ import pandas as pd
 
 from benchmarks.demo_stages import bench_profile
 from pipelines import dataset
-from pipelines.config import Profile, Spec, load_spec
+from pipelines.config import Profile, Spec
+from pipelines.config_files import load_spec
 from pipelines.crossval import available_cores
 from pipelines.metrics import classification_metrics
 from pipelines.splits import Fold

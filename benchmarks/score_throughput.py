@@ -26,7 +26,8 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks.generate import tile_window
 from pipelines import served
-from pipelines.config import Profile, Spec, load_spec
+from pipelines.config import Profile, Spec
+from pipelines.config_files import load_spec
 from pipelines.models import make_estimator
 from pipelines.served import NamedClassifier
 from pipelines.stages import features, ingest, train, tune

@@ -28,7 +28,8 @@ import optuna
 from mlflow.tracking import MlflowClient
 
 from benchmarks.generate import tile_window
-from pipelines.config import Profile, Spec, load_spec
+from pipelines.config import Profile, Spec
+from pipelines.config_files import load_spec
 from pipelines.metrics import METRICS
 from pipelines.models import read_spaces, suggest
 from pipelines.processes import PROCESS_TAG, process_id

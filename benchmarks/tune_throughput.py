@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 
 from benchmarks.demo_stages import bench_profile
-from pipelines.config import load_spec
+from pipelines.config_files import load_spec
 from pipelines.crossval import available_cores
 from pipelines.registry import study_name
 from pipelines.stages import features, ingest, tune

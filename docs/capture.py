@@ -36,7 +36,7 @@ from mlflow.entities import Run  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipelines.config import load_spec  # noqa: E402
+from pipelines.config_files import load_spec  # noqa: E402
 from tests.servers import (  # noqa: E402
     CHROMIUM_FLAGS,
     RenderedPage,

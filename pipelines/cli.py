@@ -6,39 +6,37 @@ learns; env PODIUM_SPEC). Errors a user can cause print one line and exit 1.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable
 from datetime import datetime
-from enum import StrEnum
 from typing import Annotated
 
-import pandas as pd
 import typer
-from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
 from pipelines import display, pipeline
+from pipelines import query as query_stage
 from pipelines import status as status_stage
-from pipelines.config import (
-    DEFAULT_PROFILE,
-    MAX_CHUNK_ROWS,
-    MIN_TUNE_SECONDS,
-    WEEK,
-    Profile,
-    Spec,
-    load,
-    load_profile,
+from pipelines.cli_help import EPILOG, HELP, reflow
+from pipelines.cli_options import (
+    Format,
+    ProfileOption,
+    SecondsOption,
+    SpecOption,
+    StorageOption,
+    TrialsOption,
+    bounded,
 )
-from pipelines.errors import ConfigError, PodiumError
+from pipelines.config import DEFAULT_PROFILE, MAX_CHUNK_ROWS, Profile, Spec
+from pipelines.config_files import load, load_profile
+from pipelines.errors import PodiumError
 from pipelines.registry import CHAMPION
-from pipelines.secrets import MaskPasswords, hide_password, refuse_password
+from pipelines.secrets import MaskPasswords, hide_password
 from pipelines.stages import backtest as backtest_stage
 from pipelines.stages import evaluate as evaluate_stage
 from pipelines.stages import features as features_stage
@@ -47,68 +45,6 @@ from pipelines.stages import promote as promote_stage
 from pipelines.stages import score as score_stage
 from pipelines.stages import train as train_stage
 from pipelines.stages import tune as tune_stage
-from pipelines.warehouse import Warehouse, connect
-from pipelines.warehouse.dialect import check_one, check_read, reads_only, shown
-
-HELP = """Podium: MLflow-tracked experiments and a model registry over Snowflake (a DuckDB file offline).
-
-One command per stage, in pipeline order: [bold]ingest[/] raw files, build [bold]features[/] in SQL,
-[bold]tune[/] one Optuna study per model family, [bold]train[/] and register the best, [bold]promote[/] it
-through the spec's policy, [bold]score[/] rows back into the warehouse, [bold]evaluate[/] them against
-actuals. [bold]run[/] chains them all, [bold]backtest[/] replays them over past periods, [bold]status[/]
-shows where everything stands and [bold]sql[/] queries the warehouse. Every stage is an MLflow run:
-see them with `mlflow ui`.
-
-A [italic]spec[/] (experiments/NAME.yaml) says what is learned; a [italic]profile[/] (conf/NAME.yaml)
-says where it runs. `podium COMMAND --help` explains one command, with examples.
-"""
-
-EPILOG = """[bold]Examples[/]
-  podium run
-      the whole pipeline on the local DuckDB file (what `make demo` does)
-  podium status --format json
-      tables, studies, versions, latest scores and monitoring, for machines
-  podium tune --family xgboost --n-trials 50
-      fifty more xgboost trials: the study resumes
-
-[bold]Environment[/]
-  PODIUM_PROFILE, PODIUM_SPEC
-      defaults for --profile and --spec
-  MLFLOW_TRACKING_URI
-      the MLflow store; else the profile's tracking_uri, else the project's sqlite:///mlflow.db
-  PODIUM_LOG_LEVEL
-      INFO (default), DEBUG or WARNING
-  PODIUM_ACTOR
-      who promotes, recorded in the audit table (default: the OS user)
-  SNOWFLAKE_ACCOUNT, SNOWFLAKE_USER, ...
-      Snowflake credentials, when the profile names no connection_name
-
-[bold]Files[/]
-  conf/NAME.yaml, experiments/NAME.yaml
-      profiles and specs
-  warehouse/podium.duckdb
-      the embedded warehouse of profile local
-  mlflow.db, mlruns/
-      MLflow's default store: runs, artifacts, registered models
-  optuna/studies.journal
-      the Optuna studies (the profile's optuna_storage)
-
-[bold]Exit status[/]
-  0 on success; 1 for a problem with your input, printed as one line
-  `error: ...` that names the fix; 2 for bad usage (an unknown option).
-"""
-
-
-def reflow(text: str) -> str:
-    """Unwrap prose for the terminal's width: a line joins the line before it unless either is indented."""
-    lines: list[str] = []
-    for line in inspect.cleandoc(text).splitlines():
-        if lines and lines[-1] and line and not line[0].isspace() and not lines[-1][0].isspace():
-            lines[-1] += " " + line
-        else:
-            lines.append(line)
-    return "\n".join(lines)
-
 
 app = typer.Typer(
     name="podium",
@@ -127,62 +63,6 @@ def command(function: Callable[..., None]) -> Callable[..., None]:
     return app.command(help=reflow(function.__doc__ or ""))(function)
 
 
-ProfileOption = Annotated[
-    str,
-    typer.Option("--profile", "-p", envvar="PODIUM_PROFILE", help="Profile name (conf/<name>.yaml) or path."),
-]
-SpecOption = Annotated[
-    str,
-    typer.Option(
-        "--spec",
-        "-s",
-        envvar="PODIUM_SPEC",
-        help="Spec name (experiments/<name>.yaml) or path; default: the only one.",
-    ),
-]
-
-
-def bounded(option: str, low: float, high: float, hint: str = "") -> Callable[[float | None], float | None]:
-    """A callback refusing NaN, infinity and values outside [low, high] for `option`, as one clear error."""
-
-    def check(value: float | None) -> float | None:
-        if value is not None and not (math.isfinite(value) and low <= value <= high):
-            raise PodiumError(f"{option} must be a number from {low:g} to {high:g}, got {value}{hint}.")
-        return value
-
-    return check
-
-
-def _no_secret(storage: str) -> str:
-    """A storage URL carrying a password is refused; under `mlflow run`, which logged it as a parameter
-    before Podium started, the run holding it is deleted too (`mlflow gc` purges it)."""
-    try:
-        return refuse_password(storage, "--storage")
-    except ConfigError as exc:
-        run_id = os.environ.get("MLFLOW_RUN_ID")
-        if not run_id:
-            raise
-        MlflowClient().delete_run(run_id)
-        raise ConfigError(
-            f"{exc} `mlflow run` logged it as a parameter of run {run_id}, which Podium deleted: purge it "
-            f"with `mlflow gc --run-ids {run_id}`."
-        ) from None
-
-
-StorageOption = Annotated[
-    str,
-    typer.Option(
-        callback=_no_secret, help="Optuna storage URL (no password) or journal path (default: the profile's)."
-    ),
-]
-
-
-class Format(StrEnum):
-    table = "table"
-    csv = "csv"
-    json = "json"
-
-
 @command
 def ingest(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") -> None:
     """Load the spec's raw CSV files into the warehouse, one table each, with declared types.
@@ -198,7 +78,8 @@ def ingest(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") -> N
       mlflow run . -e ingest --env-manager local
           as an MLflow project run
     """
-    display.show(ingest_stage.main(*_load(profile, spec)))
+    settings, experiment = _load(profile, spec)
+    display.show(ingest_stage.main(settings, experiment))
 
 
 @command
@@ -214,30 +95,8 @@ def features(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") ->
       podium sql "select count(*) from ML.F1_FEATURES"
           look at the result
     """
-    display.show(features_stage.main(*_load(profile, spec)))
-
-
-SPEC_BUDGET = ": leave it out for the spec's budget"
-TrialsOption = Annotated[
-    int | None,
-    typer.Option(
-        "--n-trials",
-        "-n",
-        callback=bounded("--n-trials", 1, 100_000, SPEC_BUDGET),
-        help="At most this many new trials per family.",
-    ),
-]
-SecondsOption = Annotated[
-    float | None,
-    typer.Option(
-        "--seconds",
-        "--timeout",
-        callback=bounded(
-            "--seconds", MIN_TUNE_SECONDS, WEEK, " (the stage keeps 2 s to close)" + SPEC_BUDGET
-        ),
-        help="Seconds for the whole stage.",
-    ),
-]
+    settings, experiment = _load(profile, spec)
+    display.show(features_stage.main(settings, experiment))
 
 
 @command
@@ -281,8 +140,18 @@ def tune(
       podium tune -j 1 --storage postgresql://u@host/optuna
           a one-core worker on a shared study
     """
-    loaded = _load(profile, spec)
-    display.show(tune_stage.main(*loaded, family, n_trials, seconds, n_jobs, storage or None))
+    settings, experiment = _load(profile, spec)
+    display.show(
+        tune_stage.main(
+            settings,
+            experiment,
+            family,
+            n_trials=n_trials,
+            seconds=seconds,
+            n_jobs=n_jobs,
+            storage=storage or None,
+        )
+    )
 
 
 @command
@@ -312,7 +181,8 @@ def train(
       podium train --family logreg
           this family's best trial, whatever the leaderboard says
     """
-    display.show(train_stage.main(*_load(profile, spec), family or None, top_k, storage or None))
+    settings, experiment = _load(profile, spec)
+    display.show(train_stage.main(settings, experiment, family or None, top_k=top_k, storage=storage or None))
 
 
 @command
@@ -350,10 +220,18 @@ def promote(
       podium promote --rollback
           give champion back to its previous holder
     """
-    loaded = _load(profile, spec)
-    display.show(
-        promote_stage.main(*loaded, alias or None, stage or None, version or None, dry_run, force, rollback)
+    settings, experiment = _load(profile, spec)
+    decisions = promote_stage.main(
+        settings,
+        experiment,
+        alias=alias or None,
+        stage=stage or None,
+        version=version or None,
+        dry_run=dry_run,
+        force=force,
+        rollback=rollback,
     )
+    display.show(decisions)
 
 
 @command
@@ -402,7 +280,11 @@ def score(
       podium score --engine warehouse --profile snowflake
           inside Snowflake, as a vectorized UDF
     """
-    display.show(score_stage.main(*_load(profile, spec), model or None, full, chunk_rows, engine, shadow))
+    settings, experiment = _load(profile, spec)
+    result = score_stage.main(
+        settings, experiment, model or None, full=full, chunk_rows=chunk_rows, engine=engine, shadow=shadow
+    )
+    display.show(result)
 
 
 @command
@@ -417,7 +299,8 @@ def evaluate(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") ->
       podium evaluate
       podium sql "select * from ML.F1_MONITORING where METRIC = 'log_loss'"
     """
-    display.show(evaluate_stage.main(*_load(profile, spec)))
+    settings, experiment = _load(profile, spec)
+    display.show(evaluate_stage.main(settings, experiment))
 
 
 @command
@@ -451,9 +334,9 @@ def backtest(
           two seasons, two trials per family
       podium sql "select PERIOD, ROLE, MODEL_FAMILY, LOG_LOSS, DECISION from ML.F1_BACKTEST"
     """
-    profile_, spec_ = _load(profile, spec)
+    settings, experiment = _load(profile, spec)
     begin, finish = (d.date() if d else None for d in (start, end))
-    display.show(backtest_stage.main(profile_, spec_, pipeline.LIFECYCLE, begin, finish, trials))
+    display.show(backtest_stage.main(settings, experiment, pipeline.LIFECYCLE, begin, finish, trials))
 
 
 @command
@@ -475,7 +358,8 @@ def status(
     """
     if format is Format.csv:
         raise PodiumError("status has no csv form: use --format table or --format json.")
-    result = status_stage.main(*_load(profile, spec), storage or None)
+    settings, experiment = _load(profile, spec)
+    result = status_stage.main(settings, experiment, storage or None)
     if format is Format.json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     else:
@@ -507,18 +391,10 @@ def sql(
       podium sql --write "delete from ML.F1_SCORES where MODEL_VERSION = '1'"
           change data, on purpose
     """
-    if write:
-        check_one(query)
-    else:
-        check_read(query)
-    settings = load_profile(profile)
-    _check_readable(settings, query, write)
-    with connect(settings, read_only=not write) as warehouse:
-        if write and not reads_only(query):
-            warehouse.execute(query)
-            err.print("done: the statement ran (--write)", highlight=False)
-            return
-        frame = _read(warehouse, query, write)
+    frame = query_stage.run(load_profile(profile), query, write)
+    if frame is None:
+        err.print("done: the statement ran (--write)", highlight=False)
+        return
     if format is Format.csv:
         frame.to_csv(sys.stdout, index=False)
     elif format is Format.json:
@@ -539,47 +415,16 @@ def run(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") -> None
       podium run
       podium run --spec examples/store_demand/store_demand.yaml
     """
-    pipeline.run(*_load(profile, spec), show=display.show)
+    settings, experiment = _load(profile, spec)
+    pipeline.run(settings, experiment, show=display.show)
 
 
 def _load(profile: str, spec: str) -> tuple[Profile, Spec]:
+    """The profile and the spec a command names (the spec: the only one when none is named)."""
     return load(profile, spec or None)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-def _check_readable(settings: Profile, query: str, write: bool) -> None:
-    """A read of a DuckDB file that is not there fails at once: a read creates no file."""
-    where = settings.warehouse
-    if not write and where.backend == "duckdb" and not where.path.exists():
-        raise PodiumError(
-            f"`{shown(query)}` has nothing to read: the DuckDB warehouse {where.path} does not exist. "
-            "Build it first (`podium ingest`, then `podium features`), or fix warehouse.path in the profile."
-        )
-
-
-READ_ONLY_REFUSALS = (
-    "Permission Error",
-    "read-only mode",
-    "has been locked",
-    "disabled through configuration",
-)
-
-
-def _read(warehouse: Warehouse, query: str, write: bool) -> pd.DataFrame:
-    """The query's rows; DuckDB's own refusal on the read-only connection (a file, extension, setting or
-    write) as one error naming the fix."""
-    try:
-        return warehouse.query(query)
-    except PodiumError as exc:
-        if write or not any(sign in str(exc) for sign in READ_ONLY_REFUSALS):
-            raise
-        raise PodiumError(
-            f"`{shown(query)}` was refused by the read-only warehouse ({exc}): podium sql opens the "
-            "DuckDB file read-only, with no access to other files, databases or extensions; query its "
-            "tables, or pass --write to run it on purpose (one statement per call)."
-        ) from None
 
 
 def _setup_logging() -> None:

@@ -1,9 +1,9 @@
-"""Every metric Podium reports: classification figures, their direction, improvements, drift.
+"""Every metric Podium reports: classification metrics, their direction, improvements, drift.
 
 Predictions arrive as `y` (class indices 0..K-1, see `dataset.encode_target`) and `proba`
 (one column per class, in the spec's class order).
 
-A fold, holdout or period may lack a class: AUC (one-vs-rest, macro) and the per-class figures
+A fold, holdout or period may lack a class: AUC (one-vs-rest, macro) and the per-class metrics
 cover the classes present in `y`, and `auc_classes` counts them. Only when fewer than two
 classes occur is AUC undefined (NaN); `undefined` words that for a comparison.
 """
@@ -20,7 +20,7 @@ from sklearn.metrics import (
 
 METRICS = ("log_loss", "auc", "balanced_accuracy")
 HIGHER_IS_BETTER = {"log_loss": False, "auc": True, "balanced_accuracy": True, "accuracy": True}
-COUNTS = ("auc_classes", "rows")  # period figures that are whole numbers
+COUNTS = ("auc_classes", "rows")  # period metrics that are whole numbers
 PSI_SMOOTHING = 0.5  # rows added to every unordered bin (a level, NULL), so that an empty one stays finite
 MISSING = "(missing)"  # the bin of NULL values
 
@@ -84,8 +84,8 @@ def improvement(metric: str, candidate: float, incumbent: float) -> float:
     return candidate - incumbent if HIGHER_IS_BETTER[metric] else incumbent - candidate
 
 
-def period_figures(sums: dict[str, float], n_classes: int) -> dict[str, float]:
-    """A monitoring period's figures from its sums (as `evaluate` computes them in the warehouse).
+def period_metrics(sums: dict[str, float], n_classes: int) -> dict[str, float]:
+    """A monitoring period's metrics from its sums (as `evaluate` computes them in the warehouse).
 
     `sums`: N rows, HITS (argmax = actual), LOSS (summed -ln p(actual)), and per class i POS_i
     (rows of that class) and RANKS_i (the sum of their average ranks by P(class i)). AUC is

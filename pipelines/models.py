@@ -27,7 +27,7 @@ from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 from xgboost import XGBClassifier
 
-from pipelines.config import load_yaml
+from pipelines.config_files import load_yaml
 from pipelines.dataset import FeatureSchema
 from pipelines.errors import ConfigError
 
@@ -130,7 +130,7 @@ def read_spaces(path: Path) -> dict[str, dict[str, Param]]:
         )
         raise ConfigError(
             f"{path}: invalid search space: {problems}. Fix those entries "
-            "(experiments/search_spaces/default.yaml shows the format)."
+            "(experiments/f1_podium/search_space.yaml shows the format)."
         ) from None
     unknown = sorted(set(spaces) - set(FACTORIES))
     if unknown:

@@ -251,8 +251,9 @@ def move(registry: MlflowClient, model: str, target: Target, version: str | None
 
 
 def best_trials(spec: Spec, storage: str, family: str | None = None) -> list[Candidate]:
-    """Each family's best completed trial, best CV log loss first."""
-    families = [family] if family else list(spec.require("tuning").families)
+    """Each family's best completed trial, best CV log loss first (no tuning section: one clear error)."""
+    tuning = spec.tuning_section
+    families = [family] if family else list(tuning.families)
     found = [c for c in (_best_trial(spec, f, storage) for f in families) if c is not None]
     if not found:
         which = f"family {family}" if family else f"any family of {spec.name}"

@@ -8,7 +8,7 @@
 -- created IF NOT EXISTS and grants are idempotent.
 --
 -- Names match conf/snowflake.yaml (connection_name podium, database PODIUM,
--- role PODIUM_ROLE, warehouse PODIUM_WH) and experiments/f1_podium.yaml (raw tables in
+-- role PODIUM_ROLE, warehouse PODIUM_WH) and experiments/f1_podium/spec.yaml (raw tables in
 -- schema RAW, features / scores / monitoring / audit tables in schema ML).
 --
 -- What Podium runs as PODIUM_ROLE, and so what the grants below must allow:
@@ -175,8 +175,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA PODIUM.ML
 -- 4. Loading the raw data with PUT + COPY (optional).
 -- -------------------------------------------------------------------------------------
 -- Two routes fill PODIUM.RAW; use one:
---   a) `podium ingest --profile snowflake` (from the repo root): reads each data/f1/*.csv.gz
---      with the types of data/f1/tables.yaml and replaces RAW.<TABLE> through Snowpark.
+--   a) `podium ingest --profile snowflake` (from the repo root): reads each experiments/f1_podium/data/*.csv.gz
+--      with the types of experiments/f1_podium/data/tables.yaml and replaces RAW.<TABLE> through Snowpark.
 --      Nothing in this section is needed for it.
 --   b) PUT the files to a stage and COPY them in, below. Runs as PODIUM_ROLE, so the stage,
 --      the file format and the tables are owned by Podium's role and `podium ingest` or
@@ -197,21 +197,21 @@ CREATE FILE FORMAT IF NOT EXISTS PODIUM.RAW.F1_CSV
     EMPTY_FIELD_AS_NULL = TRUE
     DATE_FORMAT = 'YYYY-MM-DD'
     ERROR_ON_COLUMN_COUNT_MISMATCH = TRUE
-    COMMENT = 'data/f1/*.csv.gz: header row, empty fields and \\N as NULL';
+    COMMENT = 'experiments/f1_podium/data/*.csv.gz: header row, empty fields and \\N as NULL';
 
 CREATE STAGE IF NOT EXISTS PODIUM.RAW.F1_STAGE
     FILE_FORMAT = (FORMAT_NAME = 'PODIUM.RAW.F1_CSV')
-    COMMENT = 'Internal stage for the F1 raw files (PUT from data/f1)';
+    COMMENT = 'Internal stage for the F1 raw files (PUT from experiments/f1_podium/data)';
 
 -- Upload from the repo root with a client that can PUT (SnowSQL or `snow sql`; not a
 -- Snowsight worksheet). The files are already gzipped, so no recompression:
---     snow sql -c podium -q "PUT file://data/f1/*.csv.gz @PODIUM.RAW.F1_STAGE AUTO_COMPRESS = FALSE OVERWRITE = TRUE"
+--     snow sql -c podium -q "PUT file://experiments/f1_podium/data/*.csv.gz @PODIUM.RAW.F1_STAGE AUTO_COMPRESS = FALSE OVERWRITE = TRUE"
 -- or, inside SnowSQL:
---     PUT file://data/f1/*.csv.gz @PODIUM.RAW.F1_STAGE AUTO_COMPRESS = FALSE OVERWRITE = TRUE;
+--     PUT file://experiments/f1_podium/data/*.csv.gz @PODIUM.RAW.F1_STAGE AUTO_COMPRESS = FALSE OVERWRITE = TRUE;
 -- Check with: LIST @PODIUM.RAW.F1_STAGE;
 
 -- One table as the example: RAW.RESULTS, columns as `podium ingest` names and types them
--- (data/f1/tables.yaml, in CSV header order; resultId -> RESULT_ID, INTEGER -> NUMBER(38,0)).
+-- (experiments/f1_podium/data/tables.yaml, in CSV header order; resultId -> RESULT_ID, INTEGER -> NUMBER(38,0)).
 -- The other tables follow the same pattern.
 CREATE OR REPLACE TABLE PODIUM.RAW.RESULTS (
     RESULT_ID NUMBER(38, 0),
@@ -244,7 +244,7 @@ COPY INTO PODIUM.RAW.RESULTS
     FILE_FORMAT = (FORMAT_NAME = 'PODIUM.RAW.F1_CSV')
     ON_ERROR = ABORT_STATEMENT;
 
--- Expect 25,840 rows (data/f1/README.md).
+-- Expect 25,840 rows (experiments/f1_podium/data/README.md).
 SELECT COUNT(*) AS N_RESULTS FROM PODIUM.RAW.RESULTS;
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipelines.config import Profile, Spec, load_spec
+from pipelines.config import Profile, Spec
+from pipelines.config_files import load_spec
 from pipelines.stages import features, ingest
 from tests import scheduling
 from tests.helpers import REPO, Snapshot, duckdb_profile, snapshot, tracking_store

@@ -145,7 +145,7 @@ def profile_file(tmp_path: Path, profile: Profile) -> str:
 
 def bad_spec(tmp_path: Path, replace: str, by: str) -> str:
     path = tmp_path / f"spec_{len(list(tmp_path.glob('spec_*')))}.yaml"
-    text = (REPO / "experiments" / "f1_podium.yaml").read_text()
+    text = (REPO / "experiments" / "f1_podium" / "spec.yaml").read_text()
     assert replace in text
     path.write_text(text.replace(replace, by))
     return str(path)

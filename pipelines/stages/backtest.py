@@ -19,7 +19,7 @@ Outputs: `backtest.table`, one row per (period, model scored in it), replaced in
          Each backtest starts from an empty scratch state: no champion, no scores.
 Never:   the spec's model (its aliases, stages and versions), scoring, monitoring or audit tables.
 MLflow:  the `backtest` run: a child run per period holding that period's stage runs, the
-         figures per period as metric steps, `backtest.csv` and `plots/backtest.png`.
+         metrics per period as steps, `backtest.csv` and `plots/backtest.png`.
 Checked: before any tuning: the options (trials, families), and every period's window against
          the feature table (seasons enough for cv.folds before it, rows in it).
 Killed:  the studies live in `<the Optuna storage's folder>/backtests/<backtest id>` (a URL storage:
@@ -125,7 +125,7 @@ def main(
 ) -> BacktestResult:
     """Replay tune, train, gate, score and evaluate for each period in [start, end) (default: the spec's)."""
     config = _config(spec, start, end, trials)
-    monitoring = spec.require("monitoring")
+    monitoring = spec.monitoring_section
     periods = period_starts(config.start, config.end, monitoring.period)
     specs = [period_spec(spec, config, begin, finish) for begin, finish in periods]  # all checked first
     check_windows(profile, spec, config, periods)
@@ -152,7 +152,7 @@ def main(
 
 def _config(spec: Spec, start: date | None, end: date | None, trials: int | None) -> BacktestConfig:
     """The spec's backtest section with this call's start, end and trials."""
-    config: BacktestConfig = spec.require("backtest")
+    config: BacktestConfig = spec.backtest_section
     given = {"start": start, "end": end, "trials": trials}
     merged = config.model_dump() | {k: v for k, v in given.items() if v is not None}
     if isinstance(merged["trials"], int) and merged["trials"] < 1:
@@ -188,8 +188,8 @@ def period_label(start: date, period: str) -> str:
 def scratch(spec: Spec, config: BacktestConfig) -> Spec:
     """The spec a backtest works in: its own model name, scores, monitoring and audit tables."""
     tables = {suffix: f"{config.table}_{suffix}" for suffix in ("SCORES", "MONITORING", "PROMOTIONS")}
-    monitoring = spec.require("monitoring").model_copy(update={"table": tables["MONITORING"]})
-    tuning = spec.require("tuning")
+    monitoring = spec.monitoring_section.model_copy(update={"table": tables["MONITORING"]})
+    tuning = spec.tuning_section
     budget = tuning.budget.model_copy(update={"seconds": None, "trials": config.trials})
     tuning = tuning.model_copy(update={"families": config.families or tuning.families, "budget": budget})
     return spec.model_copy(
@@ -206,7 +206,7 @@ def scratch(spec: Spec, config: BacktestConfig) -> Spec:
 
 def period_spec(spec: Spec, config: BacktestConfig, start: date, end: date) -> Spec:
     """The scratch spec as of `start`: trained before the period preceding it, judged on that one."""
-    period = spec.require("monitoring").period
+    period = spec.monitoring_section.period
     holdout = (pd.Timestamp(start) - STEPS[period]).date()
     if holdout <= spec.train_start:
         raise PodiumError(
@@ -331,7 +331,7 @@ def _reset(replay: Replay) -> None:
 
 
 def _params(replay: Replay, periods: list[tuple[date, date]]) -> dict[str, Any]:
-    tuning = scratch(replay.spec, replay.config).require("tuning")
+    tuning = scratch(replay.spec, replay.config).tuning_section
     return {
         "backtest_start": str(replay.config.start),
         "backtest_end": str(replay.config.end),
@@ -359,8 +359,8 @@ def _period(replay: Replay, spec: Spec, start: date) -> list[dict[str, Any]]:
             life.score(profile, spec, registry.alias_uri(spec.model_name, CHALLENGER), shadow=False)
         else:  # the challenger in shadow, unless the gate just made it the champion
             life.score(profile, spec, shadow=champion != challenger)
-        figures = life.evaluate(profile, spec).rows
-        rows = _rows(spec, label, champion, challenger, (decision.decision, decision.reason), figures)
+        measured = life.evaluate(profile, spec).rows
+        rows = _rows(spec, label, champion, challenger, (decision.decision, decision.reason), measured)
         mlflow.set_tags({"podium.decision": decision.decision, "podium.champion": champion or "none"})
     for row in rows:
         row |= {"TRAINED_BEFORE": spec.holdout_start, "BACKTEST_ID": replay.backtest_id}
@@ -411,7 +411,7 @@ def _rows(
 
     `gate` is the promotion's (decision, reason); `monitoring`, the rows `evaluate` wrote.
     """
-    figures = monitoring[monitoring.PERIOD == label]
+    measured = monitoring[monitoring.PERIOD == label]
     common = {
         "PERIOD": label,
         "CHAMPION_VERSION": champion,
@@ -427,7 +427,7 @@ def _rows(
     rows = []
     for role, version in scored:
         mine = dict(
-            zip(*figures[figures.MODEL_VERSION == version][["METRIC", "VALUE"]].T.values, strict=True)
+            zip(*measured[measured.MODEL_VERSION == version][["METRIC", "VALUE"]].T.values, strict=True)
         )
         gain = shadow.prefix(champion or "") + f"{metric}_gain"
         rows.append(
@@ -442,19 +442,19 @@ def _rows(
 
 
 def _log_step(row: dict[str, Any], start: date) -> None:
-    """The row's figures as metric steps on the backtest run, the step being the period's start (yyyymm)."""
+    """The row's metrics as steps on the backtest run, the step being the period's start (yyyymm)."""
     step = start.year * 100 + start.month
     role = row["ROLE"]
-    figures = {
+    measured = {
         f"{role}_{k.lower()}": row[k]
         for k in ("LOG_LOSS", "AUC", "ACCURACY", "HIT_RATE")
         if row[k] is not None
     }
-    mlflow.log_metrics(figures, step=step)  # the backtest run: the period's child run has ended
+    mlflow.log_metrics(measured, step=step)  # the backtest run: the period's child run has ended
 
 
 def _checked(frame: pd.DataFrame, periods: list[tuple[date, date]], period: str) -> pd.DataFrame:
-    """The backtest rows, checked before they replace the table: each period, one row per role, figures."""
+    """The backtest rows, checked before they replace the table: each period, one row per role."""
     labels = [period_label(begin, period) for begin, _ in periods]
     problems = []
     if missing := sorted(set(labels) - set(frame.PERIOD)):

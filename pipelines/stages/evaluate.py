@@ -9,11 +9,11 @@ Outputs: the spec's monitoring table, long format, one row per (model version, p
          window, period `all`), and for each shadow challenger its paired comparison with
          the champion (`shadow.vs_v<N>.*`, see `shadow`). Rerunning replaces the rows it
          recomputes.
-MLflow:  the `evaluate` run: the same figures as metrics (`v<version>.<period>.<metric>`),
+MLflow:  the `evaluate` run: the same metrics as metrics (`v<version>.<period>.<metric>`),
          `monitoring.csv`, `drift_bins.csv` (every PSI bin's shares), `plots/monitoring.png`,
          and a tag naming the drifting features.
 
-Every figure is computed in the warehouse (SQL through the seam): only sums per period and
+Every metric is computed in the warehouse (SQL through the seam): only sums per period and
 rows per PSI bin come back, so memory does not grow with the scored rows.
 """
 
@@ -32,7 +32,7 @@ from pipelines import dataset, plots, shadow
 from pipelines.config import HitRateConfig, MonitoringConfig, Profile, Spec
 from pipelines.dataset import FeatureSchema
 from pipelines.errors import ConfigError, PodiumError
-from pipelines.metrics import MISSING, inner_edges, period_figures, psi_bins
+from pipelines.metrics import MISSING, inner_edges, period_metrics, psi_bins
 from pipelines.tracking import log_figures, stage_run
 from pipelines.warehouse import Warehouse, connect
 from pipelines.warehouse.dialect import quote
@@ -67,7 +67,7 @@ def main(profile: Profile, spec: Spec) -> EvaluateResult:
     Everything is computed in the warehouse (SQL through the seam): only one row per
     (version, period) and per (version, feature, bin) comes back, whatever the scored rows.
     """
-    monitoring: MonitoringConfig = spec.require("monitoring")
+    monitoring: MonitoringConfig = spec.monitoring_section
     with connect(profile) as warehouse:
         if not warehouse.exists(spec.scoring_table):
             raise PodiumError(
@@ -82,11 +82,11 @@ def main(profile: Profile, spec: Spec) -> EvaluateResult:
         check_hit_rate(spec, monitoring.hit_rate, columns)
         schema = dataset.feature_schema(spec, columns)
         with stage_run(profile, spec, "evaluate"):
-            figures = performance(warehouse, spec, monitoring)
+            metrics = performance(warehouse, spec, monitoring)
             pairs = shadow_rows(warehouse, spec, monitoring)
             drifts = drift_rows(warehouse, spec, schema)
-            parts = [part for part in (figures, pairs, drift_metrics(drifts)) if not part.empty]
-            rows = _finish(pd.concat(parts, ignore_index=True) if parts else figures, spec)
+            parts = [part for part in (metrics, pairs, drift_metrics(drifts)) if not part.empty]
+            rows = _finish(pd.concat(parts, ignore_index=True) if parts else metrics, spec)
             if not rows.empty:
                 warehouse.write(rows, monitoring.table, mode="merge", keys=KEYS)
             drifting = _warn(drifts, monitoring.psi_threshold)
@@ -111,7 +111,7 @@ def check_hit_rate(spec: Spec, hit_rate: HitRateConfig | None, columns: dict[str
         )
 
 
-# --- per (version, period): sums in SQL, figures from the sums -----------------------------------
+# --- per (version, period): sums in SQL, metrics from the sums -----------------------------------
 
 
 def outcomes(spec: Spec, period: str, extra: list[str]) -> str:
@@ -144,15 +144,15 @@ def performance(warehouse: Warehouse, spec: Spec, monitoring: MonitoringConfig) 
             "ROWS": int(r["N"]),
         }
         for r in sums.to_dict("records")
-        for m, v in _figures(r, len(spec.classes), rates).items()
+        for m, v in _metrics(r, len(spec.classes), rates).items()
     ]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _figures(
+def _metrics(
     sums: dict[str, Any], n_classes: int, rates: dict[tuple[str, str], dict[str, float]]
 ) -> dict[str, float]:
-    return period_figures(sums, n_classes) | rates.get((sums["MODEL_VERSION"], sums["PERIOD"]), {})
+    return period_metrics(sums, n_classes) | rates.get((sums["MODEL_VERSION"], sums["PERIOD"]), {})
 
 
 def _sums_sql(spec: Spec, period: str) -> tuple[str, list[Any]]:
@@ -393,7 +393,7 @@ def _warn(drifts: list[Drift], threshold: float) -> list[Drift]:
 
 
 def same_drift(drifts: list[Drift]) -> list[tuple[str, Drift]]:
-    """`drifts` with those of one feature and the same figures (versions that scored the same rows)
+    """`drifts` with those of one feature and the same metrics (versions that scored the same rows)
     told once, as ("v1, v2", the first of them), in order."""
     groups: dict[tuple[str, float, str], list[Drift]] = {}
     for d in drifts:
@@ -402,7 +402,7 @@ def same_drift(drifts: list[Drift]) -> list[tuple[str, Drift]]:
 
 
 def _log(rows: pd.DataFrame, drifts: list[Drift], drifting: list[Drift]) -> None:
-    """The figures as MLflow metrics, the tables as CSV (`drift_bins.csv`: every bin), a plot over time."""
+    """The metrics as MLflow metrics, the tables as CSV (`drift_bins.csv`: every bin), a plot over time."""
     metrics = {
         f"v{r.MODEL_VERSION}.{r.PERIOD}.{r.METRIC}": r.VALUE
         for r in rows.itertuples()

@@ -24,7 +24,8 @@ import pyarrow as pa
 from pyarrow import csv
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipelines.config import Profile, Spec, load_yaml
+from pipelines.config import Profile, Spec
+from pipelines.config_files import load_yaml
 from pipelines.errors import ConfigError, DataQualityError, PodiumError
 from pipelines.progress import progress
 from pipelines.tracking import stage_run

@@ -116,7 +116,7 @@ def main(
     the model inside Snowflake as a vectorized UDF. `shadow` (default: the spec's
     `scoring.shadow`) scores the challenger beside the model on the same rows.
     """
-    scoring: ScoringConfig = spec.require("scoring")
+    scoring: ScoringConfig = spec.scoring_section
     rows = chunk_rows if chunk_rows is not None else scoring.chunk_rows
     shadowed = shadow if shadow is not None else scoring.shadow == CHALLENGER
     _check_options(profile, rows, engine, shadowed)

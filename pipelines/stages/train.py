@@ -76,7 +76,6 @@ def main(
     """Refit the best `top_k` families (or `family`), evaluate each once on the holdout, register them."""
     if top_k < 1:
         raise PodiumError(f"--top-k must be at least 1, got {top_k}.")
-    spec.require("tuning")
     families = best_trials(spec, storage or profile.optuna_storage, family)
     candidates = families[:top_k]
     with connect(profile, read_only=True) as warehouse:
@@ -198,7 +197,7 @@ def _train_one(
     lineage: dict[str, str],
 ) -> Trained:
     """Refit one family on the whole training window, evaluate once, log, register."""
-    seed = spec.require("tuning").seed
+    seed = spec.tuning_section.seed
     with nested_run(f"model-{candidate.family}") as run:
         model = _fit(make_estimator(candidate.family, candidate.params, data.schema, seed), data.training)
         proba = model.predict_proba(data.holdout.X)

@@ -125,7 +125,7 @@ def main(
     the spec's budget); `n_jobs` is the cores cross-validation uses (0: all of them).
     """
     started = time.monotonic()
-    tuning: TuningConfig = spec.require("tuning")
+    tuning: TuningConfig = spec.tuning_section
     families = resolve_families(tuning, family)
     spaces = _spaces(tuning, families)
     budget = _budget(tuning, n_trials, seconds)
@@ -235,7 +235,7 @@ def _open_search(
     spec: Spec, family: str, space: dict, storage: str, top: mlflow.ActiveRun, tags: dict
 ) -> Search:
     """The family's study (created or resumed) and its MLflow parent; stale trials failed first."""
-    tuning: TuningConfig = spec.require("tuning")
+    tuning: TuningConfig = spec.tuning_section
     study = _open_study(study_name(spec, family), storage, tuning)
     bridge = StudyBridge.open(
         study.study_name,

@@ -66,7 +66,7 @@ def rebuild_after_changing_results(source: Profile, spec: Spec, cutoff: date, tm
 
 @pytest.mark.parametrize(
     "model",
-    sorted((Path(__file__).parents[2] / "pipelines" / "sql" / "f1").glob("*.sql")),
+    sorted((Path(__file__).parents[2] / "experiments" / "f1_podium" / "sql").glob("*.sql")),
     ids=lambda p: p.name,
 )
 def test_every_sql_model_transpiles_and_runs_on_duckdb(

@@ -18,7 +18,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines import dataset
-from pipelines.config import Profile, Spec, load_spec
+from pipelines.config import Profile, Spec
+from pipelines.config_files import load_spec
 from pipelines.dataset import FeatureSchema
 from pipelines.errors import ConfigError
 from pipelines.stages import evaluate, features, ingest, promote, score, train, tune

@@ -180,7 +180,7 @@ def test_a_broken_sql_model_is_named_in_the_error(
     models = tmp_path / "sql"
     models.mkdir()
     (models / "10_f1_features.sql").write_text("SELECT NOPE FROM RAW.RACES")
-    spec = bad_spec(tmp_path, "sql: pipelines/sql/f1", f"sql: {models}")
+    spec = bad_spec(tmp_path, "sql: experiments/f1_podium/sql", f"sql: {models}")
     code, _, stderr = podium(
         ["features", "-p", profile_file(tmp_path, profile), "--spec", spec], capsys, monkeypatch
     )

@@ -147,6 +147,6 @@ def test_virtualenv_builds_the_env_from_pyenvs_python_for_ingest(
     (run,) = stage_runs(mlflow_store, spec).values()
     assert (run.info.status, run.data.tags["mlflow.project.env"]) == ("FINISHED", "virtualenv")
     counts = {table: table_rows(project, table) for table in ingest.tables_written(spec)}
-    assert len(counts) == 13 and min(counts.values()) > 0  # the tables of data/f1/tables.yaml
+    assert len(counts) == 13 and min(counts.values()) > 0  # the tables of the F1 data/tables.yaml
     metrics = {name: value for name, value in run.data.metrics.items() if name.startswith("rows.")}
     assert metrics == {f"rows.{table}": rows for table, rows in counts.items()}

@@ -14,7 +14,8 @@ import optuna
 import pytest
 
 from pipelines import tracking
-from pipelines.config import Profile, Spec, load_spec
+from pipelines.config import Profile, Spec
+from pipelines.config_files import load_spec
 from pipelines.errors import ConfigError, PodiumError
 from pipelines.stages import tune
 from pipelines.studies import open_storage
@@ -116,7 +117,7 @@ def test_a_quoted_column_name_in_the_manifest_is_refused(tmp_path: Path, spec: S
     from pipelines.stages import ingest
 
     source = tmp_path / "data"
-    shutil.copytree(REPO / "data" / "f1", source)
+    shutil.copytree(REPO / "experiments" / "f1_podium" / "data", source)
     manifest = (source / "tables.yaml").read_text()
     assert "raceId: INTEGER" in manifest
     (source / "tables.yaml").write_text(manifest.replace("raceId: INTEGER", "'race\"Id;': INTEGER", 1))
@@ -157,7 +158,7 @@ def test_a_torn_journal_line_loses_no_study(built_profile: Profile, spec: Spec, 
 
 def raw_copy(tmp_path: Path) -> Path:
     source = tmp_path / "f1"
-    shutil.copytree(REPO / "data" / "f1", source)
+    shutil.copytree(REPO / "experiments" / "f1_podium" / "data", source)
     return source
 
 
@@ -177,7 +178,8 @@ def replace_csv(source: Path, table: str, text: str) -> None:
 def csv_text(table: str) -> str:
     import gzip
 
-    return gzip.decompress((REPO / "data" / "f1" / f"{table}.csv.gz").read_bytes()).decode()
+    path = REPO / "experiments" / "f1_podium" / "data" / f"{table}.csv.gz"
+    return gzip.decompress(path.read_bytes()).decode()
 
 
 RAW_AND_ML = ["RAW.RESULTS", "RAW.CIRCUITS", "ML.F1_FEATURES", "ML.F1_DRIVER_FORM", "ML.F1_RACES"]
@@ -244,12 +246,12 @@ def test_a_syntax_error_in_a_feature_sql_model_names_the_file(
     own_warehouse: Profile, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     models = tmp_path / "sql"
-    shutil.copytree(REPO / "pipelines" / "sql" / "f1", models)
+    shutil.copytree(REPO / "experiments" / "f1_podium" / "sql", models)
     last = sorted(models.glob("*.sql"))[
         -1
     ]  # it reads earlier models, so it is parsed to read their staged tables
     last.write_text(last.read_text().replace("SELECT", "SELEKT", 1))
-    spec = bad_spec(tmp_path, "sql: pipelines/sql/f1", f"sql: {models}")
+    spec = bad_spec(tmp_path, "sql: experiments/f1_podium/sql", f"sql: {models}")
     code, _, err = podium(
         ["features", "--spec", spec, "-p", profile_file(tmp_path, own_warehouse)], capsys, monkeypatch
     )

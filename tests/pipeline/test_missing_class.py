@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import Profile, Spec, load_spec
+from pipelines.config import Profile, Spec
+from pipelines.config_files import load_spec
 from pipelines.stages import evaluate, promote, score, train, tune
 from pipelines.warehouse import connect
 from tests.helpers import REPO, mlflow_tree

@@ -19,7 +19,7 @@ from pipelines.study_bridge import STATUS
 from pipelines.warehouse import connect
 from tests.helpers import FAST_SPACE, REPO, duckdb_profile
 
-# the families as experiments/f1_podium.yaml lists them
+# the families as experiments/f1_podium/spec.yaml lists them
 SPEC_FAMILIES = "[logreg, knn, svc, decision_tree, random_forest, extra_trees, hist_gb, xgboost]"
 BACKTEST_FAMILIES = "[logreg, random_forest, extra_trees, xgboost]"
 
@@ -66,8 +66,8 @@ def copy_profile(built_profile: Profile, tmp_path: Path) -> Path:
 def fast_spec(tmp_path: Path) -> str:
     """The bundled spec with two families and the fast search space, as a file under tmp_path."""
     (tmp_path / "space.yaml").write_text(FAST_SPACE)
-    text = (REPO / "experiments" / "f1_podium.yaml").read_text()
-    text = text.replace("experiments/search_spaces/default.yaml", str(tmp_path / "space.yaml"))
+    text = (REPO / "experiments" / "f1_podium" / "spec.yaml").read_text()
+    text = text.replace("experiments/f1_podium/search_space.yaml", str(tmp_path / "space.yaml"))
     (tmp_path / "spec.yaml").write_text(text.replace(SPEC_FAMILIES, "[decision_tree, knn]"))
     return str(tmp_path / "spec.yaml")
 
@@ -124,7 +124,7 @@ def test_train_and_promote_entry_points_register_and_crown_a_champion(
     tuned: tuple[Profile, Spec], tmp_path: Path, mlflow_store: str
 ) -> None:
     profile, _ = tuned
-    text = (REPO / "experiments" / "f1_podium.yaml").read_text()
+    text = (REPO / "experiments" / "f1_podium" / "spec.yaml").read_text()
     (tmp_path / "spec.yaml").write_text(text.replace(SPEC_FAMILIES, "[decision_tree, logreg]"))
     profile_path = copy_profile(profile, tmp_path)
     profile_path.write_text(profile_path.read_text() + f"optuna_storage: {profile.optuna_storage}\n")

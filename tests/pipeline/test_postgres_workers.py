@@ -41,10 +41,10 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_two_workers_on_postgres_share_one_study_and_one_parent(
     postgres_url: str, built_profile: Profile, spec: Spec, tmp_path: Path
 ) -> None:
-    text = (REPO / "experiments" / "f1_podium.yaml").read_text()
+    text = (REPO / "experiments" / "f1_podium" / "spec.yaml").read_text()
     (tmp_path / "space.yaml").write_text(FAST_SPACE)
     (tmp_path / "spec.yaml").write_text(
-        text.replace("experiments/search_spaces/default.yaml", str(tmp_path / "space.yaml"))
+        text.replace("experiments/f1_podium/search_space.yaml", str(tmp_path / "space.yaml"))
     )
     (tmp_path / "profile.yaml").write_text(
         f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\n"

@@ -36,7 +36,7 @@ def project(root: Path) -> Path:
     (root / "conf" / "local.yaml").write_text(
         "warehouse:\n  backend: duckdb\n  path: warehouse/podium.duckdb\n"
     )
-    spec = yaml.safe_load((REPO / "experiments" / "f1_podium.yaml").read_text())
+    spec = yaml.safe_load((REPO / "experiments" / "f1_podium" / "spec.yaml").read_text())
     spec["ingest"]["source"] = str(REPO / spec["ingest"]["source"])
     spec["features"]["sql"] = str(REPO / spec["features"]["sql"])
     spec["tuning"] |= {

@@ -122,12 +122,10 @@ def test_status_from_another_folder_reads_the_profile_project(built_profile: Pro
     project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
     (project / "warehouse").mkdir(parents=True)
     (project / "conf").mkdir()
-    (project / "experiments").mkdir()
     elsewhere.mkdir()
     shutil.copy(built_profile.warehouse.path, project / "warehouse" / "podium.duckdb")
     shutil.copy(REPO / "conf" / "local.yaml", project / "conf" / "local.yaml")  # relative paths, as shipped
-    shutil.copy(REPO / "experiments" / "f1_podium.yaml", project / "experiments" / "f1_podium.yaml")
-    shutil.copytree(REPO / "pipelines" / "sql", project / "pipelines" / "sql")  # the spec's feature models
+    shutil.copytree(REPO / "experiments", project / "experiments")  # the use case: spec, SQL models, data
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PODIUM_"))}
     command = [str(Path(sys.executable).parent / "podium"), "status", "--format", "json"]
     command += ["--profile", str(project / "conf" / "local.yaml")]

@@ -235,7 +235,7 @@ def test_each_fold_fits_on_its_training_part_only(built_profile: Profile, spec: 
     ],
 )
 def test_tune_user_errors(case: str, message: str, built_profile: Profile, tmp_path: Path) -> None:
-    text = (REPO / "experiments" / "f1_podium.yaml").read_text()
+    text = (REPO / "experiments" / "f1_podium" / "spec.yaml").read_text()
     args = ["tune", "--family", "decision_tree", "-n", "1"]
     if case == "unknown family":
         args[2] = "lightgbm"
@@ -247,7 +247,7 @@ def test_tune_user_errors(case: str, message: str, built_profile: Profile, tmp_p
         text = text.replace("target: FINISH_CLASS", "target: PODIUM_CLASS")
     else:
         (tmp_path / "space.yaml").write_text("decision_tree:\n  max_depth: {type: int, low: 9, high: 2}\n")
-        text = text.replace("experiments/search_spaces/default.yaml", str(tmp_path / "space.yaml"))
+        text = text.replace("experiments/f1_podium/search_space.yaml", str(tmp_path / "space.yaml"))
     (tmp_path / "spec.yaml").write_text(text)
     (tmp_path / "profile.yaml").write_text(
         f"warehouse: {{backend: duckdb, path: {built_profile.warehouse.path}}}\noptuna_storage: "
@@ -267,10 +267,10 @@ def test_tune_user_errors(case: str, message: str, built_profile: Profile, tmp_p
 def test_two_worker_processes_share_one_study_and_one_parent(
     built_profile: Profile, spec: Spec, tmp_path: Path
 ) -> None:
-    text = (REPO / "experiments" / "f1_podium.yaml").read_text()
+    text = (REPO / "experiments" / "f1_podium" / "spec.yaml").read_text()
     (tmp_path / "space.yaml").write_text(FAST_SPACE)
     (tmp_path / "spec.yaml").write_text(
-        text.replace("experiments/search_spaces/default.yaml", str(tmp_path / "space.yaml"))
+        text.replace("experiments/f1_podium/search_space.yaml", str(tmp_path / "space.yaml"))
     )
     storage = tmp_path / "studies.journal"
     (tmp_path / "profile.yaml").write_text(

@@ -25,12 +25,11 @@ CASES = [(broken, command) for broken, commands in USES.items() for command in c
 def setup(tmp_path: Path, built_profile: Profile, broken: str) -> tuple[Path, Path]:
     """A spec and a profile of this test's own, with one thing broken; (spec path, profile path)."""
     source = tmp_path / "f1"
-    shutil.copytree(REPO / "data" / "f1", source)
+    shutil.copytree(REPO / "experiments" / "f1_podium" / "data", source)
     warehouse, journal = tmp_path / "warehouse.duckdb", tmp_path / "studies.journal"
     shutil.copyfile(built_profile.warehouse.path, warehouse)
-    spec = (
-        (REPO / "experiments" / "f1_podium.yaml").read_text().replace("source: data/f1", f"source: {source}")
-    )
+    spec = (REPO / "experiments" / "f1_podium" / "spec.yaml").read_text()
+    spec = spec.replace("source: experiments/f1_podium/data", f"source: {source}")
     profile = f"warehouse: {{backend: duckdb, path: {warehouse}}}\noptuna_storage: {journal}\n"
     if broken == "spec":
         spec = spec.replace("keys: [RACE_ID, DRIVER_ID]", "keys: [RACE_ID")

@@ -85,7 +85,7 @@ def test_ingest_publishes_all_tables_or_none(
 ) -> None:
     """Two versions of the raw data; a kill during either ingest leaves every table of one version."""
     smaller = tmp_path / "f1_smaller"
-    shutil.copytree(REPO / "data" / "f1", smaller)
+    shutil.copytree(REPO / "experiments" / "f1_podium" / "data", smaller)
     for table, keep in (("results", 20000), ("circuits", 60)):
         lines = gzip.decompress((smaller / f"{table}.csv.gz").read_bytes()).decode().splitlines()[: keep + 1]
         (smaller / f"{table}.csv.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))

@@ -77,7 +77,7 @@ SPEC_FIELDS: list[tuple[str, list[Any]]] = [
 
 def spec_with(tmp_path: Path, field: str, value: Any) -> Path:
     """The bundled spec with one field set to `value` (YAML writes NaN and infinity as .nan and .inf)."""
-    spec = yaml.safe_load((REPO / "experiments" / "f1_podium.yaml").read_text())
+    spec = yaml.safe_load((REPO / "experiments" / "f1_podium" / "spec.yaml").read_text())
     *parents, last = field.split(".")
     node = spec
     for key in parents:

@@ -46,7 +46,7 @@ def plain_fakesnow() -> Iterator[dict]:
 def test_a_failed_upload_is_one_error_line(plain_fakesnow: dict, tmp_path: Path) -> None:
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "p.yaml").write_text(yaml.safe_dump({"warehouse": {"backend": "snowflake"}}))
-    spec = yaml.safe_load((REPO / "experiments" / "f1_podium.yaml").read_text())
+    spec = yaml.safe_load((REPO / "experiments" / "f1_podium" / "spec.yaml").read_text())
     spec["ingest"]["source"] = str(REPO / spec["ingest"]["source"])
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SNOWFLAKE_", "MLFLOW_"))}

@@ -34,7 +34,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines.config import load_profile, load_spec
+from pipelines.config_files import load_profile, load_spec
 from pipelines.warehouse import connect
 from tests.helpers import REPO
 from tests.snowflake.emulator import snowflake_env
@@ -93,7 +93,7 @@ def project(root: Path, warehouse: dict[str, Any]) -> Path:
     (root / "experiments").mkdir()
     (root / "conf" / "p.yaml").write_text(yaml.safe_dump({"warehouse": warehouse}))
     (root / "space.yaml").write_text(SPACE)
-    spec = yaml.safe_load((REPO / "experiments" / "f1_podium.yaml").read_text())
+    spec = yaml.safe_load((REPO / "experiments" / "f1_podium" / "spec.yaml").read_text())
     spec["ingest"]["source"] = str(REPO / spec["ingest"]["source"])
     spec["features"]["sql"] = str(REPO / spec["features"]["sql"])
     spec["tuning"] |= {"search_space": str(root / "space.yaml"), "families": ["logreg", "decision_tree"]}

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import DuckDBConfig, SnowflakeConfig, load_profile, load_spec
+from pipelines.config import DuckDBConfig, SnowflakeConfig
+from pipelines.config_files import load_profile, load_spec
 from pipelines.errors import ConfigError
 from tests.helpers import REPO
 
@@ -20,7 +21,7 @@ def write(path: Path, text: str) -> Path:
 
 def spec_text(**overrides: str) -> str:
     """The bundled spec's text with top-level lines replaced."""
-    lines = (REPO / "experiments" / "f1_podium.yaml").read_text().splitlines()
+    lines = (REPO / "experiments" / "f1_podium" / "spec.yaml").read_text().splitlines()
     for key, value in overrides.items():
         lines = [f"{key}: {value}" if line.startswith(f"{key}:") else line for line in lines]
     return "\n".join(lines)
@@ -44,7 +45,7 @@ def test_bundled_spec_loads_with_resolved_paths() -> None:
         "FINISH_CLASS",
     )
     assert (spec.train_start, spec.holdout_start) == (date(2010, 1, 1), date(2021, 1, 1))
-    assert spec.ingest and spec.ingest.source == REPO / "data" / "f1"
+    assert spec.ingest and spec.ingest.source == REPO / "experiments" / "f1_podium" / "data"
     assert spec.features and spec.features.sql.is_dir()
 
 
@@ -54,6 +55,24 @@ def test_the_only_spec_is_the_default(tmp_path: Path) -> None:
     write(tmp_path / "experiments" / "other.yaml", spec_text(name="other"))
     with pytest.raises(ConfigError, match="which spec.*mine, other"):
         load_spec(None, root=tmp_path)
+
+
+def test_a_use_case_folder_is_found_by_its_name_or_its_path(tmp_path: Path) -> None:
+    folder = tmp_path / "experiments" / "mine"
+    write(folder / "spec.yaml", spec_text(name="mine"))
+    write(tmp_path / "experiments" / "flat.yaml", spec_text(name="flat"))
+    assert load_spec("mine", root=tmp_path).name == "mine"
+    assert load_spec(str(folder), root=tmp_path).name == "mine"
+    assert load_spec("flat", root=tmp_path).name == "flat"
+    with pytest.raises(ConfigError, match=r"unknown spec 'other' \(known specs: flat, mine\)"):
+        load_spec("other", root=tmp_path)
+
+
+def test_a_spec_path_from_before_the_use_case_folders_names_the_new_one() -> None:
+    old, new = REPO / "experiments" / "f1_podium.yaml", REPO / "experiments" / "f1_podium" / "spec.yaml"
+    with pytest.raises(ConfigError, match=f"spec file {old} has moved to {new}: pass that to --spec"):
+        load_spec(str(old), root=REPO)
+    assert load_spec(None, root=REPO).name == load_spec("f1_podium", root=REPO).name == "f1_podium"
 
 
 def test_unknown_profile_names_the_known_ones() -> None:

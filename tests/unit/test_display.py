@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from pipelines import display
-from pipelines.metrics import period_figures
+from pipelines.metrics import period_metrics
 from pipelines.stages.evaluate import EvaluateResult
 
 
@@ -20,7 +20,7 @@ def test_a_period_with_one_class_prints_auc_as_undefined_and_counts_as_whole_num
         [
             {"MODEL_VERSION": "1", "PERIOD": period, "METRIC": metric, "VALUE": value}
             for period, sums in [("2021", one_class), ("2022", mixed)]
-            for metric, value in period_figures(sums, 2).items()
+            for metric, value in period_metrics(sums, 2).items()
         ]
     )
     display.show(EvaluateResult("ML.MONITORING", rows, []))

@@ -50,7 +50,7 @@ def test_holdout_guard_fires_on_a_holdout_row() -> None:
 
 
 def test_bundled_search_spaces_cover_every_family() -> None:
-    spaces = read_spaces(REPO / "experiments" / "search_spaces" / "default.yaml")
+    spaces = read_spaces(REPO / "experiments" / "f1_podium" / "search_space.yaml")
     assert set(spaces) == set(FACTORIES)
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1)).ask()
     params = suggest(trial, spaces["xgboost"])

@@ -33,8 +33,8 @@ PUNCTUATION = " .,:;()'\"`"
 # (file, function) -> Troubleshooting fragments for error sites whose message has no usable literal run.
 # `in_source`: the fragments are Podium's own text, so they must also still be in that file.
 DYNAMIC: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = {
-    # pydantic's validation errors, each rewritten by config._describe
-    ("pipelines/config.py", "_validate"): (
+    # pydantic's validation errors, each rewritten by config_files._describe
+    ("pipelines/config_files.py", "_validate"): (
         ("unknown key", "remove it or fix its spelling", "missing key", "(fix this value)"),
         True,
     ),
