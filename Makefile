@@ -25,9 +25,10 @@ $(BIN)/podium: pyproject.toml
 demo: $(BIN)/podium ## Run the full pipeline on DuckDB + the bundled F1 data
 	$(BIN)/podium run
 
-check: $(BIN)/podium ## Lint and format check (ruff), in seconds
+check: $(BIN)/podium ## Lint and format check (ruff), type check of pipelines/ (mypy)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: $(BIN)/podium ## Run the tests (pytest), on two worker processes (JOBS=2)
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup --no-loadscope-reorder

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
@@ -105,7 +105,8 @@ class FoldRunner:
 
     def _run_on_workers(self, estimator: BaseEstimator, check: FoldCheck) -> Scores:
         assert self._pool is not None
-        waiting, running = fold_order(self.folds), {}
+        waiting = fold_order(self.folds)
+        running: dict[Future[dict[str, float]], int] = {}  # a submitted fold -> its index
         done: dict[int, dict[str, float]] = {}
         scores: Scores = []
         while len(scores) < len(self.folds):

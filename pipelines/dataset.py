@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.data.pandas_dataset import PandasDataset
+from mlflow.data.pandas_dataset import PandasDataset, from_pandas  # mlflow.data.from_pandas, typed
 
 from pipelines import served
 from pipelines.config import Spec
@@ -243,7 +242,8 @@ def scoring_selection(
     (`resumed_batch`) already rewrote.
     """
     time_col = f"f.{quote(spec.time)}"
-    clauses, params = [f"{time_col} >= ?"], [start]
+    clauses = [f"{time_col} >= ?"]
+    params: list[Any] = [start]  # the window's dates, then model versions (and the resumed batch)
     if end:
         clauses.append(f"{time_col} < ?")
         params.append(end)
@@ -279,7 +279,7 @@ def decode_target(indices: np.ndarray, spec: Spec) -> np.ndarray:
 def lineage_dataset(spec: Spec, window: Window, name: str) -> PandasDataset:
     """A window of rows as an `mlflow.data` dataset (inputs and class labels), digested for lineage."""
     labelled = window.X.assign(**{spec.target: decode_target(window.y, spec)})
-    return mlflow.data.from_pandas(labelled, name=name, targets=spec.target)
+    return from_pandas(labelled, name=name, targets=spec.target)
 
 
 def training_name(spec: Spec) -> str:

@@ -10,6 +10,9 @@ classes occur is AUC undefined (NaN); `undefined` words that for a comparison.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
 import numpy as np
 import pandas as pd
 from sklearn.metrics import (
@@ -23,6 +26,8 @@ HIGHER_IS_BETTER = {"log_loss": False, "auc": True, "balanced_accuracy": True, "
 COUNTS = ("auc_classes", "rows")  # period metrics that are whole numbers
 PSI_SMOOTHING = 0.5  # rows added to every unordered bin (a level, NULL), so that an empty one stays finite
 MISSING = "(missing)"  # the bin of NULL values
+
+Value = TypeVar("Value", float, np.ndarray)  # a figure, or an array of them (shadow's per-row gains)
 
 
 def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
@@ -70,7 +75,7 @@ def macro_auc(y: np.ndarray, proba: np.ndarray) -> float:
     return float(np.mean([roc_auc_score(y == k, proba[:, k]) for k in used]))
 
 
-def undefined(metric: str, where: str, values: dict[str, float | None]) -> str | None:
+def undefined(metric: str, where: str, values: Mapping[str, float | None]) -> str | None:
     """Why `values` (by side) cannot be compared on `metric`: the sides where it is NaN; None if none is."""
     sides = [side for side, value in values.items() if value is not None and np.isnan(value)]
     if not sides:
@@ -79,7 +84,7 @@ def undefined(metric: str, where: str, values: dict[str, float | None]) -> str |
     return f"{metric} is undefined {where} for the {' and the '.join(sides)}{cause}: cannot compare"
 
 
-def improvement(metric: str, candidate: float, incumbent: float) -> float:
+def improvement(metric: str, candidate: Value, incumbent: Value) -> Value:
     """How much better `candidate` is than `incumbent` on `metric` (positive: better)."""
     return candidate - incumbent if HIGHER_IS_BETTER[metric] else incumbent - candidate
 

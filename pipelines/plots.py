@@ -6,7 +6,7 @@ them and must close them (`plt.close(fig)`), as pyplot keeps a reference to each
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -171,7 +171,7 @@ def backtest_figure(rows: pd.DataFrame) -> Figure:
         "log loss (lower is better)",
         size=(8, 4.5),
     )
-    styles = {
+    styles: dict[str, dict[str, Any]] = {  # matplotlib keyword arguments for Axes.plot
         "champion": {"color": MODEL_COLOR, "marker": "o"},
         "challenger": {"color": "tab:orange", "marker": "D", "linestyle": "none"},  # not every period has one
     }

@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -93,7 +94,7 @@ def stale_run_trees(client: MlflowClient, experiment_id: str, where: str) -> lis
     running = client.search_runs(
         [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=50000
     )
-    known = {r.info.run_id: r for r in running}
+    known: dict[str, Run | None] = {r.info.run_id: r for r in running}  # None: a run no store holds
 
     def read(run_id: str) -> Any:
         if run_id not in known:

@@ -147,6 +147,7 @@ def _lookup(registry: MlflowClient, uri: str, name: str, alias: str | None, ref:
     try:
         if alias:
             return registry.get_model_version_by_alias(name, alias)
+        assert ref is not None, "a URI with no alias has a ref"  # URI's pattern matches one or the other
         if ref.isdigit():
             return registry.get_model_version(name, ref)
         found = holder(registry, name, Target("stage", ref))

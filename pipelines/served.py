@@ -72,7 +72,10 @@ class NamedClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: pd.DataFrame, y: Any) -> NamedClassifier:
         """Fit a clone of `estimator` on class names `y`."""
-        codes = pd.Series(np.asarray(y)).map({c: i for i, c in enumerate(self.classes)})
+        labels = pd.Series(np.asarray(y))
+        if self.classes is None:  # built without arguments (sklearn's way): fitting needs the classes
+            raise TypeError("'NoneType' object is not iterable")  # what enumerate(None) raised here
+        codes = labels.map({c: i for i, c in enumerate(self.classes)})
         if codes.isna().any():
             raise ValueError(f"y holds values outside classes {self.classes}")
         return self._fitted(clone(self.estimator).fit(self._input(X), codes.to_numpy(dtype=int)))

@@ -47,10 +47,10 @@ class StudyStatus:
 class VersionStatus:
     version: str
     aliases: list[str]
-    stage: str
+    stage: str | None  # MLflow's ModelVersion fields, as it types them
     family: str | None
     holdout_log_loss: float | None
-    run_id: str
+    run_id: str | None
 
 
 @dataclass(frozen=True)
@@ -252,7 +252,7 @@ def latest_monitoring(warehouse: Warehouse, spec: Spec) -> list[dict[str, Any]]:
 
     (Drift rows, period `all`, are left out: `podium evaluate` reports them.)
     """
-    table = quote(spec.monitoring.table)
+    table = quote(spec.monitoring_section.table)  # the caller checked the spec has one
     rows = warehouse.query(
         f"SELECT MODEL_VERSION, PERIOD, METRIC, VALUE FROM {table} "
         f"WHERE MODEL_NAME = ? AND PERIOD <> 'all' AND MODEL_VERSION = (SELECT MODEL_VERSION FROM {table} "

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+import optuna.storages.journal  # the journal backends and lock (optuna.storages loads it)
 import sqlalchemy
 
 from pipelines.errors import PodiumError

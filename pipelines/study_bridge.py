@@ -283,11 +283,13 @@ def _log_plots(client: MlflowClient, run_id: str, study: optuna.Study) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from optuna.visualization import matplotlib as optuna_plots
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
         ax = optuna_plots.plot_optimization_history(study)
+        assert isinstance(ax.figure, Figure)  # optuna draws each plot on a new figure, never a subfigure
         client.log_figure(run_id, ax.figure, "plots/optimization_history.png")
         plt.close(ax.figure)
         try:
@@ -295,5 +297,6 @@ def _log_plots(client: MlflowClient, run_id: str, study: optuna.Study) -> None:
         except (ValueError, RuntimeError) as exc:  # too few trials, or one distinct value
             log.debug("no param importances for %s: %s", study.study_name, exc)
             return
+        assert isinstance(ax.figure, Figure)  # as above
         client.log_figure(run_id, ax.figure, "plots/param_importances.png")
         plt.close(ax.figure)

@@ -156,6 +156,7 @@ def _end_failed(run: mlflow.ActiveRun, exc: Exception) -> None:
 def nested_run(name: str) -> mlflow.ActiveRun:
     """A child of the active run, in its experiment (MLflow would otherwise file it under Default)."""
     parent = mlflow.active_run()
+    assert parent is not None, "nested_run opens a child of the active run"  # its callers run inside one
     return mlflow.start_run(run_name=name, nested=True, experiment_id=parent.info.experiment_id)
 
 

@@ -228,7 +228,7 @@ def check_windows(
         _check_seasons(spec, config, seasons, begin)
     last = max(last for _, last in seasons.values())
     if late := [begin for begin, _ in periods if begin > last]:
-        labels = ", ".join(period_label(begin, spec.monitoring.period) for begin in late)
+        labels = ", ".join(period_label(begin, spec.monitoring_section.period) for begin in late)
         raise PodiumError(
             f"backtest.end {config.end} runs past the data: the last {spec.time} in {spec.table} is "
             f"{last}, so periods {labels} have no rows to replay. Set backtest.end (or --end) to "
@@ -240,7 +240,7 @@ def _check_seasons(
     spec: Spec, config: BacktestConfig, seasons: dict[int, tuple[date, date]], begin: date
 ) -> None:
     """The period from `begin` tunes on the seasons before its holdout: cv.folds + 1 + cv.gap at least."""
-    step, need = STEPS[spec.monitoring.period], spec.cv.folds + 1 + spec.cv.gap
+    step, need = STEPS[spec.monitoring_section.period], spec.cv.folds + 1 + spec.cv.gap
     holdout = (pd.Timestamp(begin) - step).date()
     before = [str(s) for s, (first, _) in seasons.items() if first < holdout]
     if len(before) >= need:
@@ -255,7 +255,7 @@ def _check_seasons(
         else f"lower cv.folds: {spec.table} holds {len(seasons)} seasons from train_start on."
     )
     raise PodiumError(
-        f"backtest.start {config.start} leaves period {period_label(begin, spec.monitoring.period)} "
+        f"backtest.start {config.start} leaves period {period_label(begin, spec.monitoring_section.period)} "
         f"too few seasons to tune on: the rows before its holdout ({holdout}) hold {len(before)} "
         f"({', '.join(before) or 'none'}), and cv.folds {spec.cv.folds} with cv.gap {spec.cv.gap} "
         f"need {need}: {fix}"
@@ -323,7 +323,7 @@ def _reset(replay: Replay) -> None:
     """An empty scratch state: the backtest model holds no alias, the scratch tables are gone."""
     spec = scratch(replay.spec, replay.config)
     with connect(replay.profile) as warehouse:
-        warehouse.drop([spec.scoring_table, spec.monitoring.table, spec.registry.audit_table])
+        warehouse.drop([spec.scoring_table, spec.monitoring_section.table, spec.registry.audit_table])
     client = registry.client()
     for alias in (CHAMPION, CHALLENGER):
         if registry.holder(client, spec.model_name, registry.Target("alias", alias)):
@@ -345,7 +345,7 @@ def _params(replay: Replay, periods: list[tuple[date, date]]) -> dict[str, Any]:
 
 def _period(replay: Replay, spec: Spec, start: date) -> list[dict[str, Any]]:
     """Replay one period (`spec`, from `start`): tune, train, gate, score (with the shadow), evaluate."""
-    label = period_label(start, spec.monitoring.period)
+    label = period_label(start, spec.monitoring_section.period)
     profile = replay.profile.model_copy(update={"optuna_storage": str(replay.studies / f"{label}.journal")})
     life = replay.lifecycle
     with nested_run(f"period {label}"), _replaying():

@@ -140,7 +140,7 @@ def discover_models(spec: Spec) -> list[SqlModel]:
         raise ConfigError(f"spec {spec.name} has no `features` section: nothing to build.")
     folder, schema = spec.features.sql, spec.features.db_schema
     files = sorted(folder.glob("*.sql")) if folder.is_dir() else []
-    models = []
+    numbered: list[tuple[int, SqlModel]] = []  # each model with its file's NN, the run order
     for path in files:
         match = MODEL_FILE.match(path.name)
         if not match:
@@ -148,8 +148,8 @@ def discover_models(spec: Spec) -> list[SqlModel]:
                 f"{path}: SQL model files are named NN_name.sql (e.g. 10_features.sql): rename it, or move "
                 "it out."
             )
-        models.append(SqlModel(path, f"{schema}.{match.group(2).upper()}"))
-    models.sort(key=lambda m: int(MODEL_FILE.match(m.path.name).group(1)))
+        numbered.append((int(match.group(1)), SqlModel(path, f"{schema}.{match.group(2).upper()}")))
+    models = [model for _, model in sorted(numbered, key=lambda pair: pair[0])]  # ties keep file order
     if spec.table not in {m.table for m in models}:
         raise ConfigError(
             f"no SQL model in {folder} builds {spec.table}: "

@@ -33,7 +33,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 from pipelines import audit, dataset, registry, shadow, snowflake_registry
-from pipelines.audit import Decision
+from pipelines.audit import Decision, Outcome
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
 from pipelines.metrics import classification_metrics, improvement, undefined
@@ -270,7 +270,7 @@ def _gate(
     if failed:
         decision.reason = f"failed checks: {', '.join(failed)}"
         return
-    if decision.incumbent_value is None:
+    if holder is None or decision.incumbent_value is None:  # one without the other never happens (_compare)
         decision.decision, decision.reason = "promoted", f"first holder of {decision.target}; checks passed"
         return
     sides = {"challenger": decision.candidate_value, f"holder v{holder.version}": decision.incumbent_value}
@@ -278,7 +278,7 @@ def _gate(
         decision.reason = cannot
         return
     gain = improvement(policy.metric, decision.candidate_value, decision.incumbent_value)
-    verdict = "promoted" if gain >= policy.min_improvement else "refused"
+    verdict: Outcome = "promoted" if gain >= policy.min_improvement else "refused"
     decision.decision = verdict
     decision.reason = (
         f"{policy.metric} {decision.candidate_value:.4f} vs holder v{holder.version} "
@@ -298,6 +298,7 @@ def _live_gate(warehouse: Warehouse, spec: Spec, candidate: str, holder: str, de
     unless it already lost one of them (verdict `lost`).
     """
     live = spec.promotion.live
+    assert live is not None, "the live gate needs promotion.live"  # _gate calls it only when that is set
     metric = shadow.paired_metric(spec.promotion.metric)
     last = shadow.evidence(warehouse, spec, candidate, holder).tail(live.periods)
     decision.live = {"metric": metric, "periods": live.periods, "min_improvement": live.min_improvement}

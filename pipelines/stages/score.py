@@ -125,6 +125,7 @@ def main(
     unfinished = interrupted_rescore(spec, model) if full and engine == "local" else None
     estimator = registry.load_estimator(model.name, model.version)
     beside = shadow_of(model, required=shadow is not None) if shadowed else None
+    shadow_model = beside.model if beside else None  # the challenger's version, when it scores beside
     batch = Batch(model, estimator, unfinished or uuid.uuid4().hex, full, rows, bool(unfinished), beside)
     with connect(profile) as warehouse:
         check_features(warehouse, spec, batch)
@@ -132,13 +133,13 @@ def main(
         pending = None if engine == "warehouse" else _pending(warehouse, spec, scoring, batch)
         if pending == 0 and not full:
             end_stale_stage_runs(spec, "score")  # a run killed after its last write still ends FAILED
-            return ScoreResult(spec.scoring_table, model, "", 0, 0, beside and beside.model)
+            return ScoreResult(spec.scoring_table, model, "", 0, 0, shadow_model)
         with stage_run(profile, spec, "score"):
             read, written = _tracked(warehouse, spec, scoring, batch, engine, pending)
     log.info(
         "scored %s rows into %s with %s v%s (batch %s)", f"{written:,}", spec.scoring_table, *_who(batch)
     )
-    return ScoreResult(spec.scoring_table, model, batch.batch_id, read, written, beside and beside.model)
+    return ScoreResult(spec.scoring_table, model, batch.batch_id, read, written, shadow_model)
 
 
 def shadow_of(model: ResolvedModel, required: bool) -> Shadow | None:

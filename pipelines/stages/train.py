@@ -107,8 +107,10 @@ def holdout_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dic
 
 def cv_baselines(data_digest: str) -> dict[str, float]:
     """Each baseline's CV log loss as tune last logged it, in this run's experiment, on this training data."""
-    runs = client().search_runs(
-        [mlflow.active_run().info.experiment_id],
+    store, active = client(), mlflow.active_run()
+    assert active is not None, "cv_baselines runs inside train's stage run"  # train calls it in stage_run
+    runs = store.search_runs(
+        [active.info.experiment_id],
         filter_string=f"tags.`podium.role` = 'baseline' and tags.`podium.data_digest` = '{data_digest}'",
         order_by=["attributes.start_time DESC"],
     )
@@ -169,12 +171,14 @@ def _record_windows(spec: Spec, data: Windows) -> dict[str, str]:
     }
     mlflow.log_dict(windows, "holdout.json")
     mlflow.log_params(windows)
+    active = mlflow.active_run()
+    assert active is not None, "train records its windows inside its stage run"  # called in stage_run
     return {
         "podium.spec": spec.name,
         "podium.data_digest": training.digest,
         "podium.holdout_digest": evaluation.digest,
         "podium.git_sha": git_sha() or "unknown",
-        "podium.train_run_id": mlflow.active_run().info.run_id,
+        "podium.train_run_id": active.info.run_id,
     }
 
 

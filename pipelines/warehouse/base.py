@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import pandas as pd
 
@@ -119,6 +119,13 @@ def staged_name(table: str) -> str:
 
 class TableOps:
     """What both backends do alike on top of `execute`, `exists` and `columns`."""
+
+    if TYPE_CHECKING:  # each backend defines these (the Warehouse protocol's); declared for the type checker
+
+        def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+        def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame: ...
+        def columns(self, table: str) -> dict[str, str]: ...
+        def exists(self, table: str) -> bool: ...
 
     def drop(self, tables: Sequence[str]) -> None:
         """Drop these tables if they exist."""

@@ -92,7 +92,7 @@ def check_read(sql: str) -> None:
         )
 
 
-def check_one(sql: str) -> exp.Expression:
+def check_one(sql: str) -> exp.Expr:
     """The SQL's one statement; several (or none) is an error: `podium sql` runs exactly one per call."""
     statements = _parse(sql)
     if len(statements) != 1:
@@ -109,7 +109,7 @@ def shown(sql: str) -> str:
     return line if len(line) <= SHOWN else line[: SHOWN - 1] + "…"
 
 
-def _write_in(statement: exp.Expression) -> str | None:
+def _write_in(statement: exp.Expr) -> str | None:
     """Why a parsed statement is no read ('is not a query (DROP)', 'holds a write (UPDATE)'), or None."""
     if isinstance(statement, exp.Command):
         return f"is not a query Podium can check ({_word(statement)})"
@@ -123,7 +123,7 @@ def _write_in(statement: exp.Expression) -> str | None:
     return None
 
 
-def _word(node: exp.Expression) -> str:
+def _word(node: exp.Expr) -> str:
     """The statement or clause as the user wrote it: DROP, CALL, SELECT ... INTO, FOR UPDATE."""
     if isinstance(node, exp.Command):
         return str(node.this).upper()
@@ -147,7 +147,7 @@ def to_duckdb(sql: str) -> tuple[str, ...]:
     return tuple(normalize_identifiers(e, dialect="snowflake").sql(dialect="duckdb") for e in _parse(sql))
 
 
-def _parse(sql: str) -> list[exp.Expression]:
+def _parse(sql: str) -> list[exp.Expr]:
     """The statements of Snowflake-dialect SQL; a syntax error is one clear message."""
     try:
         parsed = sqlglot.parse(sql, read="snowflake")

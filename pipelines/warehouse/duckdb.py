@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 LOCK_WAIT_SECONDS = 120.0  # how long a command waits for another process's write to end
 
+ConnectConfig = dict[str, str | bool | int | float | list[str]]  # the option values duckdb.connect takes
+
 
 class DuckDBWarehouse(TableOps):
     """Warehouse seam over one DuckDB database file (or `:memory:`)."""
@@ -51,7 +53,7 @@ class DuckDBWarehouse(TableOps):
         still allows its own .wal and spill files), and the configuration is locked, so no statement can
         SET it back. Read-only opens through `connect` use it.
         """
-        config: dict[str, str | bool] = {}
+        config: ConnectConfig = {}
         if not external_access:
             config = {"enable_external_access": False, "lock_configuration": True}
             if memory_limit:  # SET after the lock would be refused
@@ -259,9 +261,7 @@ class DuckDBWarehouse(TableOps):
         return _damaged_file(self.path, exc) if _damaged(exc) else WarehouseError(first_line(exc))
 
 
-def _open(
-    path: Path | str, read_only: bool, config: dict[str, str | bool], wait: float
-) -> duckdb.DuckDBPyConnection:
+def _open(path: Path | str, read_only: bool, config: ConnectConfig, wait: float) -> duckdb.DuckDBPyConnection:
     """Connect; while another process writes the file (DuckDB's file lock), wait up to `wait` seconds."""
     deadline, told = time.monotonic() + wait, False
     while True:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from snowflake.connector.errors import Error as ConnectorError
-from snowflake.snowpark import Session
+from snowflake.snowpark import DataFrame, Session
 from snowflake.snowpark.exceptions import SnowparkClientException, SnowparkSQLException
 from snowflake.snowpark.functions import when_matched, when_not_matched
 
@@ -167,7 +167,7 @@ class SnowparkWarehouse(TableOps):
             raise write_failed(table, exc) from None
         return len(df)
 
-    def upload(self, df: pd.DataFrame, table: str):  # noqa: ANN201 (a Snowpark DataFrame)
+    def upload(self, df: pd.DataFrame, table: str) -> DataFrame:
         """The frame as a temporary Snowflake table (`write_pandas`: a temporary stage, PUT, COPY)."""
         try:
             return self.session.create_dataframe(_plain(df))
@@ -198,7 +198,7 @@ class SnowparkWarehouse(TableOps):
             log.debug("closing the Snowpark session: %s", exc)
         atexit.unregister(getattr(self.session, "_close_at_exit", lambda: None))
 
-    def _sql(self, sql: str, params: Sequence[Any]):  # noqa: ANN202 (snowpark DataFrame)
+    def _sql(self, sql: str, params: Sequence[Any]) -> DataFrame:
         return self.session.sql(sql, params=list(params) or None)
 
     def exists(self, table: str) -> bool:
@@ -286,7 +286,7 @@ class SnowparkWarehouse(TableOps):
         self.session.table(staging).drop_table()
         return merged
 
-    def merge_dataframe(self, staged, table: str, keys: Sequence[str]) -> int:  # noqa: ANN001 (a Snowpark DataFrame)
+    def merge_dataframe(self, staged: DataFrame, table: str, keys: Sequence[str]) -> int:
         """MERGE a Snowpark DataFrame into `table` by `keys` (created if absent); the rows written."""
         target, keys = quote(table), [check_identifier(k) for k in keys]
         if not self.exists(table):

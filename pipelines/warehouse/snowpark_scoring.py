@@ -45,11 +45,13 @@ def _register(session: Session, job: ScoringJob) -> UserDefinedFunction:
     """The model as a temporary vectorized UDF; a refusal is one error naming what Snowflake needs."""
     try:
         with _pickled_by_value(job.predict):
-            return pandas_udf(
+            # Snowpark annotates a UDF or a partial (the latter only without a function) and an invariant
+            # List[str | ModuleType] for packages: its typing gaps, not this call's
+            return pandas_udf(  # type: ignore[return-value]
                 handler(job.predict, job.features),
                 return_type=PandasSeriesType(ArrayType()),
                 input_types=[PandasSeriesType(ArrayType())],
-                packages=PACKAGES,
+                packages=PACKAGES,  # type: ignore[arg-type]
                 session=session,
             )
     except Exception as exc:  # Snowpark and the connector refuse a UDF in many kinds
