@@ -103,14 +103,16 @@ def _locate_spec(name: str, folder: Path) -> Path:
     given = Path(name)
     if given.is_dir() and (given / SPEC_FILE).is_file():
         return given / SPEC_FILE
-    moved = given.with_suffix("") / SPEC_FILE
-    if given.suffix in (".yaml", ".yml") and not given.is_file() and moved.is_file():
-        raise ConfigError(f"spec file {name} has moved to {moved}: pass that to {SPEC_OPTION}.")
-    if "/" not in name and not name.endswith((".yaml", ".yml")) and (folder / name / SPEC_FILE).is_file():
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        moved = given.with_suffix("") / SPEC_FILE
+        if not given.is_file() and moved.is_file():
+            raise ConfigError(f"spec file {name} has moved to {moved}: pass that to {SPEC_OPTION}.")
+        return _locate(name, folder, "spec", SPEC_OPTION)
+    if (folder / name / SPEC_FILE).is_file():
         return folder / name / SPEC_FILE
-    if "/" not in name and not (folder / f"{name}.yaml").is_file():
+    if not (folder / f"{name}.yaml").is_file():
         _unknown(name, _spec_names(folder), folder, "spec", SPEC_OPTION)
-    return _locate(name, folder, "spec", SPEC_OPTION)
+    return folder / f"{name}.yaml"
 
 
 def _locate(name: str, folder: Path, kind: str, option: str) -> Path:

@@ -57,7 +57,12 @@ def test_the_only_spec_is_the_default(tmp_path: Path) -> None:
         load_spec(None, root=tmp_path)
 
 
-def test_a_use_case_folder_is_found_by_its_name_or_its_path(tmp_path: Path) -> None:
+def test_a_use_case_folder_is_found_by_its_name_or_its_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path / "loose.yaml", spec_text(name="loose"))
+    monkeypatch.chdir(tmp_path)
+    assert load_spec("loose.yaml", root=tmp_path).name == "loose"  # a file name is a path, from here
     folder = tmp_path / "experiments" / "mine"
     write(folder / "spec.yaml", spec_text(name="mine"))
     write(tmp_path / "experiments" / "flat.yaml", spec_text(name="flat"))
