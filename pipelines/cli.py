@@ -24,6 +24,7 @@ from pipelines import query as query_stage
 from pipelines import status as status_stage
 from pipelines.cli_help import EPILOG, HELP, reflow
 from pipelines.cli_options import (
+    AsOfOption,
     Format,
     ProfileOption,
     SecondsOption,
@@ -38,6 +39,7 @@ from pipelines.errors import PodiumError
 from pipelines.registry import CHAMPION
 from pipelines.secrets import MaskPasswords, hide_password
 from pipelines.stages import backtest as backtest_stage
+from pipelines.stages import cycle as cycle_stage
 from pipelines.stages import evaluate as evaluate_stage
 from pipelines.stages import features as features_stage
 from pipelines.stages import ingest as ingest_stage
@@ -288,7 +290,9 @@ def score(
 
 
 @command
-def evaluate(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") -> None:
+def evaluate(
+    profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "", as_of: AsOfOption = None
+) -> None:
     """Judge written scores against the actual classes, per model version and period; measure drift.
 
     Writes log loss, AUC, accuracy, rows (and the spec's top-k hit rate) per version and
@@ -297,10 +301,12 @@ def evaluate(profile: ProfileOption = DEFAULT_PROFILE, spec: SpecOption = "") ->
 
     [bold]Examples[/]
       podium evaluate
+      podium evaluate --as-of 2022-01-01
+          only the rows before 2022 count (a rehearsal on past data)
       podium sql "select * from ML.F1_MONITORING where METRIC = 'log_loss'"
     """
     settings, experiment = _load(profile, spec)
-    display.show(evaluate_stage.main(settings, experiment))
+    display.show(evaluate_stage.main(settings, experiment, as_of.date() if as_of else None))
 
 
 @command
@@ -337,6 +343,44 @@ def backtest(
     settings, experiment = _load(profile, spec)
     begin, finish = (d.date() if d else None for d in (start, end))
     display.show(backtest_stage.main(settings, experiment, pipeline.LIFECYCLE, begin, finish, trials))
+
+
+@command
+def cycle(
+    profile: ProfileOption = DEFAULT_PROFILE,
+    spec: SpecOption = "",
+    as_of: AsOfOption = None,
+    plan: Annotated[
+        bool, typer.Option("--plan", help="Say what this period's cycle would do; change nothing.")
+    ] = False,
+    format: Annotated[
+        Format,
+        typer.Option("--format", "-f", help="table for people, json for machines (an Airflow branch)."),
+    ] = Format.table,
+) -> None:
+    """Run one period of the lifecycle: refresh, evaluate, decide, retrain if the policy says so, score, gate.
+
+    The period is the monitoring period that holds --as-of (default today; F1: a season). The
+    spec's `cycle.retrain.when_any` policy decides whether to retrain: drift, live performance
+    against the holdout, the champion's age, new labelled rows. A retrained challenger scores in
+    shadow and goes through the promotion gate. Writes one row per period to `cycle.table`; a
+    period already done adds nothing. Safe on a schedule: cron, Airflow, `mlflow run -e cycle`.
+
+    [bold]Examples[/]
+      podium cycle
+          this period's cycle
+      podium cycle --as-of 2022-01-01 --plan --format json
+          what the 2022 cycle would do, as JSON; changes nothing
+      podium sql "select PERIOD, RETRAIN, ACTIONS, DECISION, CHAMPION_AFTER from ML.F1_CYCLES"
+    """
+    if format is Format.csv:
+        raise PodiumError("cycle has no csv form: use --format table or --format json.")
+    settings, experiment = _load(profile, spec)
+    result = cycle_stage.main(settings, experiment, pipeline.LIFECYCLE, as_of.date() if as_of else None, plan)
+    if format is Format.json:
+        sys.stdout.write(json.dumps(result.as_dict(), indent=2, default=str) + "\n")
+    else:
+        display.show(result)
 
 
 @command

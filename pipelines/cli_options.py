@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
@@ -95,5 +96,15 @@ SecondsOption = Annotated[
             "--seconds", MIN_TUNE_SECONDS, WEEK, " (the stage keeps 2 s to close)" + SPEC_BUDGET
         ),
         help="Seconds for the whole stage.",
+    ),
+]
+
+
+AsOfOption = Annotated[
+    datetime | None,
+    typer.Option(
+        "--as-of",
+        formats=["%Y-%m-%d"],
+        help="Treat the world as of this date: rows after it have not landed (default: today).",
     ),
 ]

@@ -338,6 +338,57 @@ class BacktestConfig(Strict):
         return self
 
 
+class DriftTrigger(Strict):
+    """Retrain when this many features of the champion's scored rows drifted past `psi` (vs its training)."""
+
+    features: StrictInt = Field(ge=1, le=10_000, description="features past the threshold that fire it")
+    psi: float = Field(0.2, gt=0, le=10, description="a feature's PSI threshold")
+
+
+class LiveTrigger(Strict):
+    """Retrain when the champion's latest evaluated period is worse than its holdout by more than this."""
+
+    metric: Literal["log_loss", "auc"] = "log_loss"
+    worse_than_holdout_by: float = Field(ge=0, le=100)
+
+
+class AgeTrigger(Strict):
+    """Retrain when this many periods (the monitoring period) passed since the champion's training ended."""
+
+    periods: StrictInt = Field(ge=1, le=1000)
+
+
+class RetrainTriggers(Strict):
+    """The triggers of a retrain policy: any one that fires retrains (those left out never fire)."""
+
+    drift: DriftTrigger | None = None
+    live: LiveTrigger | None = None
+    age: AgeTrigger | None = None
+    new_rows: StrictInt | None = Field(
+        None, ge=1, description="labelled rows since the champion's training ended (rows it never fit)"
+    )
+
+    @model_validator(mode="after")
+    def _some(self) -> RetrainTriggers:
+        if not any((self.drift, self.live, self.age, self.new_rows)):
+            raise ValueError("name at least one trigger: drift, live, age or new_rows")
+        return self
+
+
+class RetrainPolicy(Strict):
+    """When a cycle retrains, and the tuning budget it spends when it does."""
+
+    when_any: RetrainTriggers
+    tune: TuningBudget = TuningBudget(seconds=120)
+
+
+class CycleConfig(Strict):
+    """`podium cycle`: one period of the lifecycle, run on a schedule; one row per period in `table`."""
+
+    table: TableName = Field(description="one row per cycle: triggers, actions, the gate, the champion")
+    retrain: RetrainPolicy
+
+
 class Spec(Strict):
     """One use case: its feature table, keys, time, target and holdout."""
 
@@ -363,6 +414,7 @@ class Spec(Strict):
     registry: RegistryConfig = RegistryConfig()
     promotion: PromotionPolicy = PromotionPolicy()
     backtest: BacktestConfig | None = None
+    cycle: CycleConfig | None = None
 
     @property
     def model_name(self) -> str:
@@ -387,6 +439,11 @@ class Spec(Strict):
     def backtest_section(self) -> BacktestConfig:
         """The `backtest` section, which backtest needs."""
         return _required(self.name, "backtest", self.backtest)
+
+    @property
+    def cycle_section(self) -> CycleConfig:
+        """The `cycle` section, which cycle needs."""
+        return _required(self.name, "cycle", self.cycle)
 
     @property
     def id_columns(self) -> list[str]:
@@ -415,6 +472,7 @@ SECTION_HINTS = {
     "scoring": "scoring.start (and optionally end)",
     "monitoring": "monitoring.table",
     "backtest": "backtest.table, start and end",
+    "cycle": "cycle.table and cycle.retrain.when_any (docs/scheduling.md)",
 }
 
 

@@ -17,6 +17,7 @@ from rich.table import Table
 from pipelines import shadow
 from pipelines.metrics import COUNTS
 from pipelines.stages.backtest import BacktestResult
+from pipelines.stages.cycle import CycleResult
 from pipelines.stages.evaluate import EvaluateResult, same_drift
 from pipelines.stages.features import FeaturesResult, QualityCheck
 from pipelines.stages.ingest import IngestResult
@@ -187,6 +188,26 @@ def _(result: BacktestResult) -> None:
         first = r.Index == 0 or result.rows.PERIOD[r.Index - 1] != r.PERIOD
         table.add_row(*cells, r.DECISION if first else "", r.REASON if first else "")
     out.print(table)
+
+
+@show.register
+def _(result: CycleResult) -> None:
+    period = result.period
+    state = "planned" if result.plan else "already done" if result.done else "done"
+    out.print(f"[bold]Cycle {period.label}[/] as of {period.as_of} ({state})", highlight=False)
+    table = Table("trigger", "value", "threshold", "fired", title="Retrain policy", title_justify="left")
+    for t in result.triggers:
+        value = "-" if t.value is None else f"{t.value:.4g}"
+        threshold = "not in the policy" if t.threshold is None else f"{t.threshold:g}"
+        table.add_row(t.name, value, threshold, "" if t.fired is None else "yes" if t.fired else "no")
+    out.print(table)
+    verb = "would" if result.plan else "did"
+    out.print(f"retrain: {'yes' if result.retrain else 'no'}; {verb}: {', '.join(result.actions)}")
+    row = result.row
+    if row.get("DECISION"):
+        out.print(f"gate: v{row['CHALLENGER_VERSION']} {row['DECISION']} ({row['REASON']})", highlight=False)
+    if row:
+        out.print(f"champion: v{row['CHAMPION_BEFORE']} -> v{row['CHAMPION_AFTER']}; table {result.table}")
 
 
 @show.register

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.config import Profile, Spec
+from pipelines.lifecycle import Lifecycle
 from pipelines.registry import CHAMPION
 from pipelines.stages import evaluate, features, ingest, promote, score, train, tune
-from pipelines.stages.backtest import Lifecycle
 from pipelines.tracking import stage_run
 
 
@@ -73,8 +73,10 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
-# What `podium backtest` replays for each past period (the backtest stage imports no stage).
-LIFECYCLE = Lifecycle(tune.main, train.main, promote.main, score.main, evaluate.main)
+# What `podium backtest` replays for each past period and `podium cycle` runs for this one.
+LIFECYCLE = Lifecycle(
+    tune.main, train.main, promote.main, score.main, evaluate.main, ingest=ingest.main, features=features.main
+)
 
 
 def run(profile: Profile, spec: Spec, show: Callable[[Any], None]) -> None:

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,6 +25,17 @@ log = logging.getLogger(__name__)
 
 
 STUDY_KEY = "podium.study_key"  # a study's own user attribute: what names its MLflow parent run
+
+
+def beside_storage(storage: str, name: str) -> Path:
+    """Folder `name` beside an Optuna journal or SQLite file (a server URL: the temp folder's podium-`name`).
+
+    Backtests and cycles keep their own studies there, apart from the spec's.
+    """
+    path = storage.removeprefix("sqlite:///")
+    if "://" in path:
+        return Path(tempfile.gettempdir()) / f"podium-{name}"
+    return Path(path).parent / name
 
 
 def study_key(study: optuna.Study, storage: str) -> str:

@@ -168,3 +168,12 @@ def two_versions(tmp_path_factory: pytest.TempPathFactory, tuned: tuple[Profile,
 
     profile, spec = tuned
     return snapshot(tmp_path_factory.mktemp("two_versions"), profile, lambda p: train.main(p, spec, top_k=2))
+
+
+@pytest.fixture(scope="session")
+def crowned_2018(tmp_path_factory: pytest.TempPathFactory, tuned: tuple[Profile, Spec]) -> Snapshot:
+    """The cycles' rehearsal (tests.cycles): v1 trained before 2018, champion and in Production; once."""
+    from tests.cycles import crown
+
+    profile, spec = tuned
+    return snapshot(tmp_path_factory.mktemp("crowned_2018"), profile, lambda p: crown(p, spec))

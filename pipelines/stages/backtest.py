@@ -35,8 +35,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date
@@ -50,9 +49,12 @@ from pydantic import ValidationError
 from pipelines import plots, registry, shadow
 from pipelines.config import BacktestConfig, Profile, RegistryConfig, ScoringConfig, Spec
 from pipelines.errors import PodiumError
+from pipelines.lifecycle import Lifecycle
 from pipelines.models import FACTORIES
+from pipelines.periods import STEPS, period_label, period_starts
 from pipelines.processes import end_stale_stage_trees, process_gone, process_id
 from pipelines.registry import CHALLENGER, CHAMPION
+from pipelines.studies import beside_storage
 from pipelines.tracking import STORE_ERRORS, configure, log_figures, nested_run, stage_run, store_error
 from pipelines.warehouse import connect, types
 from pipelines.warehouse.dialect import quote
@@ -81,19 +83,7 @@ COLUMNS = {
     "TRAINED_BEFORE": "DATE",  # the model of the row saw rows before this (its holdout's start)
     "BACKTEST_ID": "VARCHAR",
 }
-STEPS = {"year": pd.DateOffset(years=1), "quarter": pd.DateOffset(months=3), "month": pd.DateOffset(months=1)}
 OWNER = "podium.process"  # in a backtest's studies folder: the process that runs it (host:pid:start)
-
-
-@dataclass(frozen=True)
-class Lifecycle:
-    """The stages a backtest replays, each a stage's `main`."""
-
-    tune: Callable[..., Any]
-    train: Callable[..., Any]
-    promote: Callable[..., Any]
-    score: Callable[..., Any]
-    evaluate: Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -170,19 +160,6 @@ def _config(spec: Spec, start: date | None, end: date | None, trials: int | None
     except ValidationError as exc:
         problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
         raise PodiumError(f"backtest options: {problems}") from None
-
-
-def period_starts(start: date, end: date, period: str) -> list[tuple[date, date]]:
-    """[start, next) of each period from `start` until `end`, `period` long (the monitoring period)."""
-    begins = pd.date_range(start, end, freq=STEPS[period], inclusive="left")
-    return [(b.date(), min((b + STEPS[period]).date(), end)) for b in begins]
-
-
-def period_label(start: date, period: str) -> str:
-    """A period's label, as `evaluate` writes it: 2021, 2021Q3, 2021-07."""
-    if period == "year":
-        return str(start.year)
-    return f"{start.year}Q{(start.month - 1) // 3 + 1}" if period == "quarter" else f"{start:%Y-%m}"
 
 
 def scratch(spec: Spec, config: BacktestConfig) -> Spec:
@@ -286,18 +263,10 @@ def _end_killed(profile: Profile, spec: Spec) -> None:
         raise store_error(exc) from None
 
 
-def studies_root(profile: Profile) -> Path:
-    """Where backtests keep their studies: beside the profile's Optuna journal (or SQLite file), else /tmp."""
-    storage = profile.optuna_storage.removeprefix("sqlite:///")
-    if "://" in storage:
-        return Path(tempfile.gettempdir()) / "podium-backtests"
-    return Path(storage).parent / "backtests"
-
-
 @contextmanager
 def _studies(profile: Profile, backtest_id: str) -> Iterator[Path]:
     """This backtest's folder of study journals, removed when it ends (killed backtests' swept first)."""
-    root = studies_root(profile)
+    root = beside_storage(profile.optuna_storage, "backtests")
     _sweep(root)
     folder = root / backtest_id
     folder.mkdir(parents=True, exist_ok=True)

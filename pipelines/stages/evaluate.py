@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import mlflow
@@ -61,11 +61,12 @@ class EvaluateResult:
         return sorted({d.feature for d in self.drifting})
 
 
-def main(profile: Profile, spec: Spec) -> EvaluateResult:
+def main(profile: Profile, spec: Spec, as_of: date | None = None) -> EvaluateResult:
     """Score the scored rows against the actual classes per version and period; measure feature drift.
 
     Everything is computed in the warehouse (SQL through the seam): only one row per
     (version, period) and per (version, feature, bin) comes back, whatever the scored rows.
+    `as_of`: only the rows before it count (the actual classes landed by then; a cycle's rehearsal).
     """
     monitoring: MonitoringConfig = spec.monitoring_section
     with connect(profile) as warehouse:
@@ -82,9 +83,9 @@ def main(profile: Profile, spec: Spec) -> EvaluateResult:
         check_hit_rate(spec, monitoring.hit_rate, columns)
         schema = dataset.feature_schema(spec, columns)
         with stage_run(profile, spec, "evaluate"):
-            metrics = performance(warehouse, spec, monitoring)
-            pairs = shadow_rows(warehouse, spec, monitoring)
-            drifts = drift_rows(warehouse, spec, schema)
+            metrics = performance(warehouse, spec, monitoring, as_of)
+            pairs = shadow_rows(warehouse, spec, monitoring, as_of)
+            drifts = drift_rows(warehouse, spec, schema, as_of)
             parts = [part for part in (metrics, pairs, drift_metrics(drifts)) if not part.empty]
             rows = _finish(pd.concat(parts, ignore_index=True) if parts else metrics, spec)
             if not rows.empty:
@@ -114,8 +115,11 @@ def check_hit_rate(spec: Spec, hit_rate: HitRateConfig | None, columns: dict[str
 # --- per (version, period): sums in SQL, metrics from the sums -----------------------------------
 
 
-def outcomes(spec: Spec, period: str, extra: list[str]) -> str:
-    """Scored rows whose actual class is known: version, period, ACTUAL, the scores, `extra` columns."""
+def outcomes(spec: Spec, period: str, extra: list[str], as_of: date | None) -> str:
+    """Scored rows whose actual class is known: version, period, ACTUAL, the scores, `extra` columns.
+
+    With `as_of`, only rows before it: the SQL then binds `landed(as_of)` before its other values.
+    """
     match = " AND ".join(f"s.{quote(k)} = f.{quote(k)}" for k in spec.keys)
     scores = ", ".join(
         f"s.{quote(c)}"
@@ -126,15 +130,22 @@ def outcomes(spec: Spec, period: str, extra: list[str]) -> str:
         f"SELECT s.MODEL_VERSION, {PERIOD_SQL[period].format(t=f'f.{quote(spec.time)}')} AS PERIOD, "
         f"f.{quote(spec.target)} AS ACTUAL, {scores}{more} "
         f"FROM {quote(spec.scoring_table)} AS s JOIN {quote(spec.table)} AS f ON {match} "
-        f"WHERE f.{quote(spec.target)} IS NOT NULL"
+        f"WHERE f.{quote(spec.target)} IS NOT NULL{f' AND f.{quote(spec.time)} < ?' if as_of else ''}"
     )
 
 
-def performance(warehouse: Warehouse, spec: Spec, monitoring: MonitoringConfig) -> pd.DataFrame:
+def landed(as_of: date | None) -> list[Any]:
+    """The values `outcomes(..., as_of)` binds: as_of, if given."""
+    return [as_of] if as_of else []
+
+
+def performance(
+    warehouse: Warehouse, spec: Spec, monitoring: MonitoringConfig, as_of: date | None
+) -> pd.DataFrame:
     """Log loss, AUC and its class count, accuracy, rows (and the hit rate) per model version and period."""
-    sums = warehouse.query(*_sums_sql(spec, monitoring.period))
-    _check_classes(warehouse, spec, sums, monitoring.period)
-    rates = _hit_rates(warehouse, spec, monitoring)
+    sums = warehouse.query(*_sums_sql(spec, monitoring.period, as_of))
+    _check_classes(warehouse, spec, sums, monitoring.period, as_of)
+    rates = _hit_rates(warehouse, spec, monitoring, as_of)
     rows = [
         {
             "MODEL_VERSION": r["MODEL_VERSION"],
@@ -155,7 +166,7 @@ def _metrics(
     return period_metrics(sums, n_classes) | rates.get((sums["MODEL_VERSION"], sums["PERIOD"]), {})
 
 
-def _sums_sql(spec: Spec, period: str) -> tuple[str, list[Any]]:
+def _sums_sql(spec: Spec, period: str, as_of: date | None) -> tuple[str, list[Any]]:
     """Per (version, period): rows, hits, summed log loss, unknown classes, and per class i the
     positives POS_i and the sum RANKS_i of their average ranks by P(class i), for AUC.
 
@@ -172,10 +183,10 @@ def _sums_sql(spec: Spec, period: str) -> tuple[str, list[Any]]:
     ranks = [_rank_sums_sql(i, p) for i, p in enumerate(probabilities)]
     joined = " ".join(f"JOIN r{i} USING (MODEL_VERSION, PERIOD)" for i in range(len(probabilities)))
     sql = (
-        f"WITH o AS ({outcomes(spec, period, [])}), t AS ({_truth(spec)}), s AS ({base}), "
+        f"WITH o AS ({outcomes(spec, period, [], as_of)}), t AS ({_truth(spec)}), s AS ({base}), "
         f"{', '.join(ranks)} SELECT * FROM s {joined} ORDER BY MODEL_VERSION, PERIOD"
     )
-    return sql, [*spec.classes, *spec.classes, *spec.classes]
+    return sql, [*landed(as_of), *spec.classes, *spec.classes, *spec.classes]
 
 
 def _truth(spec: Spec) -> str:
@@ -194,18 +205,20 @@ def _loss(p_true: str) -> str:
 # --- shadow pairs: the challenger against the champion on the same rows ------------------------------
 
 
-def shadow_rows(warehouse: Warehouse, spec: Spec, monitoring: MonitoringConfig) -> pd.DataFrame:
+def shadow_rows(
+    warehouse: Warehouse, spec: Spec, monitoring: MonitoringConfig, as_of: date | None
+) -> pd.DataFrame:
     """The paired comparison of every shadow batch's challenger and champion, per period (`shadow`)."""
     metric = shadow.paired_metric(spec.promotion.metric)
     if metric != spec.promotion.metric:
         log.info(
             "shadow pairs are compared on %s: %s does not add up over races", metric, spec.promotion.metric
         )
-    blocks = warehouse.query(*_pairs_sql(spec, monitoring.period))
+    blocks = warehouse.query(*_pairs_sql(spec, monitoring.period, as_of))
     return pd.DataFrame(shadow.compare(blocks, metric, len(spec.classes)), columns=COLUMNS)
 
 
-def _pairs_sql(spec: Spec, period: str) -> tuple[str, list[Any]]:
+def _pairs_sql(spec: Spec, period: str, as_of: date | None) -> tuple[str, list[Any]]:
     """Per (challenger, champion, period, time): the pairs' rows, summed log loss and per-class hits."""
     match = " AND ".join(f"c.{quote(k)} = h.{quote(k)}" for k in spec.keys)
     classes = range(len(spec.classes))
@@ -220,14 +233,15 @@ def _pairs_sql(spec: Spec, period: str) -> tuple[str, list[Any]]:
         ),
     ]
     sql = (
-        f"WITH o AS ({outcomes(spec, period, spec.id_columns)}), t AS ({_truth(spec)}), "
+        f"WITH o AS ({outcomes(spec, period, spec.id_columns, as_of)}), t AS ({_truth(spec)}), "
         f"c AS (SELECT * FROM t WHERE MODEL_ALIAS = ?), h AS (SELECT * FROM t WHERE MODEL_ALIAS <> ?) "
         f"SELECT c.MODEL_VERSION AS CHALLENGER, h.MODEL_VERSION AS CHAMPION, c.PERIOD, "
         f"CAST(c.{quote(spec.time)} AS VARCHAR) AS BLOCK, {', '.join(sums)} "
         f"FROM c JOIN h ON {match} AND c.BATCH_ID = h.BATCH_ID AND c.MODEL_VERSION <> h.MODEL_VERSION "
         "GROUP BY c.MODEL_VERSION, h.MODEL_VERSION, c.PERIOD, BLOCK"
     )
-    return sql, [*spec.classes, shadow.ROLE, shadow.ROLE, *spec.classes, *spec.classes, *spec.classes]
+    names = spec.classes
+    return sql, [*landed(as_of), *names, shadow.ROLE, shadow.ROLE, *names, *names, *names]
 
 
 def _rank_sums_sql(i: int, probability: str) -> str:
@@ -242,20 +256,22 @@ def _rank_sums_sql(i: int, probability: str) -> str:
     )
 
 
-def _check_classes(warehouse: Warehouse, spec: Spec, sums: pd.DataFrame, period: str) -> None:
+def _check_classes(
+    warehouse: Warehouse, spec: Spec, sums: pd.DataFrame, period: str, as_of: date | None
+) -> None:
     """Actual classes outside the spec's are an error naming them (as the training window's are)."""
     if sums.empty or not sums.UNKNOWN.sum():
         return
     found = warehouse.query(
-        f"SELECT DISTINCT ACTUAL FROM ({outcomes(spec, period, [])}) AS o "
+        f"SELECT DISTINCT ACTUAL FROM ({outcomes(spec, period, [], as_of)}) AS o "
         f"WHERE ACTUAL NOT IN ({', '.join('?' * len(spec.classes))})",
-        list(spec.classes),
+        [*landed(as_of), *spec.classes],
     )
     dataset.encode_target(found.ACTUAL, spec)  # raises, naming the values
 
 
 def _hit_rates(
-    warehouse: Warehouse, spec: Spec, monitoring: MonitoringConfig
+    warehouse: Warehouse, spec: Spec, monitoring: MonitoringConfig, as_of: date | None
 ) -> dict[tuple[str, str], dict[str, float]]:
     """Per (version, period): the share of each group's top k by P(class) that hold the class."""
     hit_rate = monitoring.hit_rate
@@ -264,12 +280,12 @@ def _hit_rates(
     ranked_by = dataset.probability_column(hit_rate.target_class)
     order = ", ".join(f"{quote(k)}" for k in spec.keys)
     rows = warehouse.query(
-        f"WITH o AS ({outcomes(spec, monitoring.period, [hit_rate.group, *spec.keys])}), "
+        f"WITH o AS ({outcomes(spec, monitoring.period, [hit_rate.group, *spec.keys], as_of)}), "
         "t AS (SELECT MODEL_VERSION, PERIOD, ACTUAL, ROW_NUMBER() OVER (PARTITION BY MODEL_VERSION, PERIOD, "
         f"{quote(hit_rate.group)} ORDER BY {ranked_by} DESC, {order}) AS RK FROM o) "
         "SELECT MODEL_VERSION, PERIOD, AVG(IFF(ACTUAL = ?, 1.0, 0.0)) AS RATE FROM t WHERE RK <= ? "
         "GROUP BY MODEL_VERSION, PERIOD",
-        [hit_rate.target_class, hit_rate.k],
+        [*landed(as_of), hit_rate.target_class, hit_rate.k],
     )
     name = f"hit_rate_top{hit_rate.k}_{hit_rate.target_class}"
     return {(r.MODEL_VERSION, r.PERIOD): {name: float(r.RATE)} for r in rows.itertuples(index=False)}
@@ -295,7 +311,7 @@ class Drift:
         )
 
 
-def drift_rows(warehouse: Warehouse, spec: Spec, schema: FeatureSchema) -> list[Drift]:
+def drift_rows(warehouse: Warehouse, spec: Spec, schema: FeatureSchema, as_of: date | None) -> list[Drift]:
     """Each model version's drift per feature: its scored rows against the training window, bin by bin."""
     edges = quantile_edges(warehouse, spec, schema.numeric)
     time = quote(spec.time)
@@ -303,8 +319,8 @@ def drift_rows(warehouse: Warehouse, spec: Spec, schema: FeatureSchema) -> list[
         f"SELECT 'training' AS MODEL_VERSION, * FROM {quote(spec.table)} WHERE {time} >= ? AND {time} < ?"
     )
     expected = bin_counts(warehouse, training, [spec.train_start, spec.holdout_start], edges, schema)
-    scored = f"SELECT * FROM ({outcomes(spec, 'year', schema.columns)}) AS o"  # (PSI needs no period)
-    actual = bin_counts(warehouse, scored, [], edges, schema)
+    scored = f"SELECT * FROM ({outcomes(spec, 'year', schema.columns, as_of)}) AS o"  # (PSI needs no period)
+    actual = bin_counts(warehouse, scored, landed(as_of), edges, schema)
     found = []
     for (version, feature), counts in actual.groupby(["MODEL_VERSION", "FEATURE"]):
         reference = expected[expected.FEATURE == feature].set_index("BIN").N

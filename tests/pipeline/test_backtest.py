@@ -16,6 +16,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipelines import pipeline, status
 from pipelines.config import BacktestConfig, Profile, Spec
+from pipelines.lifecycle import Lifecycle
 from pipelines.processes import PROCESS_TAG, process_id
 from pipelines.stages import backtest, promote, score, train
 from pipelines.tracking import experiment_id
@@ -135,7 +136,7 @@ def _no_stage(*args: Any, **kwargs: Any) -> Any:
     raise AssertionError("a stage ran: the backtest's options and windows must be checked before any tuning")
 
 
-UNTUNED = backtest.Lifecycle(_no_stage, _no_stage, _no_stage, _no_stage, _no_stage)
+UNTUNED = Lifecycle(_no_stage, _no_stage, _no_stage, _no_stage, _no_stage)
 
 
 @pytest.mark.parametrize(

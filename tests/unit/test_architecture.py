@@ -18,7 +18,7 @@ from tests.helpers import REPO
 
 PACKAGE = REPO / "pipelines"
 STAGE_FOLDER = PACKAGE / "stages"
-STAGE_NAMES = {"ingest", "features", "tune", "train", "promote", "score", "evaluate", "backtest"}
+STAGE_NAMES = {"ingest", "features", "tune", "train", "promote", "score", "evaluate", "backtest", "cycle"}
 MAX_FUNCTION_LINES = 40
 MAX_MODULE_LINES = 500
 

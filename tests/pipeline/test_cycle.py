@@ -1,0 +1,188 @@
+"""`podium cycle` rehearsed on the bundled data: three seasons in turn, each as of its first day.
+
+The champion is trained on the seasons before 2018 and held out on 2018, scoring starts in 2019, and
+the policy retrains when the champion is three seasons old (its other triggers are set not to fire):
+
+- as of 2020-01-01: it scores 2019 and 2020, judges 2019, and keeps the champion (age 2);
+- as of 2021-01-01: age 3 fires: a challenger is tuned and trained (held out on 2020), shadows the
+  champion on 2021's rows and goes through the gate;
+- as of 2022-01-01: the 2021 pairs are judged, and the policy decides again.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines import attempts, audit, pipeline, registry
+from pipelines.config import Profile, Spec
+from pipelines.registry import CHALLENGER, CHAMPION, Target
+from pipelines.stages import cycle
+from pipelines.warehouse import connect
+from tests.cycles import SEASONS, rehearsal_spec
+from tests.helpers import Snapshot, restore
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def rehearsal(
+    crowned_2018: Snapshot, tuned: tuple[Profile, Spec], tmp_path: Path, mlflow_store: str
+) -> tuple[Profile, Spec]:
+    """This test's copy of the crowned warehouse and store; the cycles' studies under tmp_path."""
+    profile = restore(crowned_2018, tuned[0], tmp_path, mlflow_store)
+    profile = profile.model_copy(update={"optuna_storage": str(tmp_path / "optuna" / "studies.journal")})
+    return profile, rehearsal_spec(tuned[1])
+
+
+def state(profile: Profile, spec: Spec) -> dict[str, Any]:
+    """What a cycle changes: table rows, registered versions and holders, MLflow cycle runs."""
+    client = MlflowClient()
+    with connect(profile, read_only=True) as warehouse:
+        count = {
+            t: int(warehouse.query(f"SELECT COUNT(*) AS N FROM {t}").N[0]) if warehouse.exists(t) else 0
+            for t in (spec.cycle_section.table, spec.scoring_table, spec.registry.audit_table)
+        }
+    experiment = client.get_experiment_by_name(spec.name)
+    runs = client.search_runs([experiment.experiment_id], "tags.`podium.stage` = 'cycle'")
+    return {
+        "rows": count,
+        "versions": len(client.search_model_versions(f"name = '{spec.model_name}'")),
+        "champion": _holder(spec, CHAMPION),
+        "challenger": _holder(spec, CHALLENGER),
+        "cycle_runs": len(runs),
+    }
+
+
+def _holder(spec: Spec, alias: str) -> str | None:
+    found = registry.holder(registry.client(), spec.model_name, Target("alias", alias))
+    return str(found.version) if found else None
+
+
+def table(profile: Profile, name: str) -> pd.DataFrame:
+    with connect(profile, read_only=True) as warehouse:
+        return warehouse.query(f"SELECT * FROM {name}")
+
+
+def test_three_seasons_keep_then_retrain_shadow_and_gate_and_every_record_agrees(
+    rehearsal: tuple[Profile, Spec],
+) -> None:
+    profile, spec = rehearsal
+    results = [cycle.main(profile, spec, pipeline.LIFECYCLE, as_of=SEASONS[0])]
+    first = table(profile, spec.cycle_section.table).set_index("PERIOD").loc["2020"]
+    assert not first.RETRAIN and first.ACTIONS == "score,evaluate" and pd.isna(first.DECISION)
+    assert first.CHAMPION_BEFORE == first.CHAMPION_AFTER == "1"
+    for column in ("DRIFT_FEATURES", "LIVE_GAP", "AGE_PERIODS", "NEW_ROWS"):
+        assert pd.notna(first[column]), f"the first cycle recorded no {column}"
+    assert [first.DRIFT_FIRED, first.LIVE_FIRED, first.AGE_FIRED, first.NEW_ROWS_FIRED] == [False] * 4
+    _assert_measured(profile, spec, first, trained_before=date(2018, 1, 1), start=date(2020, 1, 1))
+
+    results += [cycle.main(profile, spec, pipeline.LIFECYCLE, as_of=day) for day in SEASONS[1:]]
+    rows = table(profile, spec.cycle_section.table).set_index("PERIOD").sort_index()
+    assert list(rows.index) == ["2020", "2021", "2022"]
+    second = rows.loc["2021"]
+    assert second.RETRAIN and second.AGE_FIRED and second.AGE_PERIODS == 3
+    assert second.ACTIONS == "score,evaluate,tune,train,shadow,gate"
+    assert second.CHALLENGER_VERSION == "2" and second.DECISION in ("promoted", "refused")
+    assert second.CHAMPION_AFTER == ("2" if second.DECISION == "promoted" else "1")
+    assert rows.loc["2022"].CHAMPION_BEFORE == second.CHAMPION_AFTER
+
+    _assert_audit_agrees(profile, spec, rows)
+    _assert_scores_agree(profile, spec, rows)
+    runs = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name(spec.name).experiment_id], "tags.`podium.stage` = 'cycle'"
+    )
+    assert sorted(r.data.tags[attempts.PERIOD_TAG] for r in runs) == ["2020", "2021", "2022"]
+    assert {r.info.run_id for r in runs} == set(rows.RUN_ID)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert [r.retrain for r in results] == list(rows.RETRAIN)
+
+    before = state(profile, spec)
+    for day in SEASONS:  # a finished period adds nothing: no row, version, score or run
+        again = cycle.main(profile, spec, pipeline.LIFECYCLE, as_of=day)
+        assert again.done and state(profile, spec) == before
+
+
+def _assert_measured(profile: Profile, spec: Spec, row: pd.Series, trained_before: date, start: date) -> None:
+    """The recorded trigger values are the tables' and the registry's figures."""
+    client = registry.client()
+    champion = client.get_model_version(spec.model_name, row.CHAMPION_BEFORE)
+    with connect(profile, read_only=True) as warehouse:
+        labelled = warehouse.query(
+            f"SELECT COUNT(*) AS N FROM {spec.table} WHERE RACE_DATE >= ? AND RACE_DATE < ?",
+            [trained_before, start],
+        )
+        monitored = warehouse.query(
+            f"SELECT PERIOD, METRIC, VALUE FROM {spec.monitoring_section.table} WHERE MODEL_VERSION = ?",
+            [row.CHAMPION_BEFORE],
+        )
+    assert row.NEW_ROWS == labelled.N[0] and row.AGE_PERIODS == 2
+    live = monitored[(monitored.METRIC == "log_loss") & (monitored.PERIOD == "2019")].VALUE.item()
+    assert list(monitored.PERIOD[monitored.METRIC == "log_loss"]) == ["2019"], "only 2019 had landed"
+    assert row.LIVE_GAP == pytest.approx(live - float(champion.tags["podium.holdout_log_loss"]), abs=1e-9)
+    psi = monitored[monitored.METRIC.str.startswith("psi.") & (monitored.PERIOD == "all")].VALUE
+    assert len(psi) > 5 and row.DRIFT_FEATURES == (psi > 0.2).sum()
+
+
+def _assert_audit_agrees(profile: Profile, spec: Spec, rows: pd.DataFrame) -> None:
+    """Each gated cycle's decision is the audit's for its challenger, made inside the cycle's run."""
+    with connect(profile, read_only=True) as warehouse:
+        audited = audit.rows(warehouse, spec)
+        assert audit.drift(MlflowClient(), warehouse, spec) == []
+    client = MlflowClient()
+    for period, row in rows[rows.DECISION.notna()].iterrows():
+        mine = audited[
+            (audited.MODEL_VERSION == row.CHALLENGER_VERSION) & (audited.TARGET == "alias:champion")
+        ]
+        parents = {client.get_run(r).data.tags.get("mlflow.parentRunId") for r in mine.RUN_ID}
+        assert row.RUN_ID in parents, f"{period}: the gate's audit row is not the cycle's"
+        assert (mine.DECISION == row.DECISION).any() and (mine.REASON == row.REASON).any()
+    assert _holder(spec, CHAMPION) == rows.CHAMPION_AFTER.iloc[-1]
+
+
+def _assert_scores_agree(profile: Profile, spec: Spec, rows: pd.DataFrame) -> None:
+    """Rows scored once per version, never by a version trained on them; 2021 in whole shadow pairs."""
+    scores = table(profile, spec.scoring_table)
+    assert not scores.duplicated([*spec.keys, "MODEL_VERSION"]).any()
+    client = registry.client()
+    for version, scored in scores.groupby("MODEL_VERSION"):
+        trained_before = client.get_model_version(spec.model_name, str(version)).tags["podium.trained_before"]
+        assert pd.to_datetime(scored.RACE_DATE).min() >= pd.Timestamp(trained_before), f"v{version}"
+    seasons = pd.to_datetime(scores.RACE_DATE).dt.year.astype(str)
+    assert sorted(seasons[scores.MODEL_VERSION == "1"].unique())[:3] == ["2019", "2020", "2021"]
+    pairs = scores[seasons == "2021"].pivot_table(
+        index=spec.keys, columns="MODEL_VERSION", values="BATCH_ID", aggfunc="first"
+    )
+    assert sorted(pairs.columns) == ["1", "2"] and pairs.notna().all().all(), "2021 is scored in whole pairs"
+    assert (pairs["1"] == pairs["2"]).all(), "each 2021 pair comes from one batch"
+    counts = seasons.value_counts()  # 2020's cycle saw v1's rows of 2020 only: a later champion added its own
+    assert rows.PERIOD_SCORES.to_dict() == {
+        "2020": ((seasons == "2020") & (scores.MODEL_VERSION == "1")).sum(),
+        "2021": counts["2021"],
+        "2022": counts["2022"],
+    }
+
+
+def test_plan_changes_nothing_and_says_what_the_cycle_does(rehearsal: tuple[Profile, Spec]) -> None:
+    profile, spec = rehearsal
+    cycle.main(profile, spec, pipeline.LIFECYCLE, as_of=SEASONS[0])
+    before = state(profile, spec)
+    planned = cycle.main(profile, spec, pipeline.LIFECYCLE, as_of=SEASONS[1], plan=True)
+    assert state(profile, spec) == before
+    shown = json.loads(json.dumps(planned.as_dict()))
+    assert shown["period"] == "2021" and shown["retrain"] and not shown["done"]
+    assert {t["name"]: t["fired"] for t in shown["triggers"]} == {
+        "drift": False,
+        "live": False,
+        "age": True,
+        "new_rows": False,
+    }
+    assert shown["actions"] == ["score", "evaluate", "tune", "train", "shadow", "gate"]
+    done = cycle.main(profile, spec, pipeline.LIFECYCLE, as_of=SEASONS[0], plan=True).as_dict()
+    assert done["done"] and done["row"]["PERIOD"] == "2020"
