@@ -29,6 +29,7 @@ HEAVIEST_FIRST = [
     "tests/pipeline/test_secrets.py",
     "tests/pipeline/test_tune.py",
     "tests/pipeline/test_backtest.py",
+    "tests/pipeline/test_cycle.py",
     "tests/pipeline/test_postgres_workers.py",
     "tests/pipeline/test_serve.py",
     "tests/pipeline/test_tracking_writer.py",

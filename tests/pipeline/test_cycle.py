@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from pipelines import attempts, audit, pipeline, registry
@@ -27,6 +28,7 @@ from pipelines.stages import cycle
 from pipelines.warehouse import connect
 from tests.cycles import SEASONS, rehearsal_spec
 from tests.helpers import Snapshot, restore
+from tests.pipeline.test_mlproject import mlflow_run
 
 pytestmark = pytest.mark.slow
 
@@ -186,3 +188,24 @@ def test_plan_changes_nothing_and_says_what_the_cycle_does(rehearsal: tuple[Prof
     assert shown["actions"] == ["score", "evaluate", "tune", "train", "shadow", "gate"]
     done = cycle.main(profile, spec, pipeline.LIFECYCLE, as_of=SEASONS[0], plan=True).as_dict()
     assert done["done"] and done["row"]["PERIOD"] == "2020"
+
+
+def test_the_mlproject_entry_point_runs_one_cycle_in_the_run_mlflow_opened(
+    rehearsal: tuple[Profile, Spec], tmp_path: Path, mlflow_store: str
+) -> None:
+    profile, spec = rehearsal
+    (tmp_path / "spec.yaml").write_text(
+        yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude_none=True))
+    )
+    local = tmp_path / "profile.yaml"
+    local.write_text(
+        yaml.safe_dump({"warehouse": {"backend": "duckdb", "path": str(profile.warehouse.path)}})
+    )
+    params = {"profile": str(local), "spec": str(tmp_path / "spec.yaml"), "as_of": str(SEASONS[0])}
+    mlflow_run("cycle", params, mlflow_store, tmp_path)
+
+    (row,) = table(profile, spec.cycle_section.table).itertuples()
+    run = MlflowClient().get_run(row.RUN_ID)
+    assert (row.PERIOD, row.ACTIONS, run.info.status) == ("2020", "score,evaluate", "FINISHED")
+    assert run.data.tags["podium.stage"] == "cycle" and run.data.tags["mlflow.project.entryPoint"] == "cycle"
+    assert run.data.params["as_of"] == "2020-01-01"
