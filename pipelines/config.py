@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from pipelines.errors import ConfigError, PodiumError
-from pipelines.secrets import refuse_password
+from pipelines.secrets import refuse_channel_secret, refuse_password
 from pipelines.warehouse.dialect import check_identifier, check_table
 
 DEFAULT_PROFILE = "local"
@@ -121,8 +121,51 @@ class SnowflakeConfig(Strict):
     )
 
 
+AlertKind = Literal["promotion", "refusal", "drift", "failed_cycle"]
+ALERT_KINDS: tuple[AlertKind, ...] = get_args(AlertKind)
+
+
+class AlertChannel(Strict):
+    """Where alerts go: an apprise URL with no secret in it (`url`), or the variable holding one (`env`)."""
+
+    url: str | None = Field(
+        None, description="an apprise URL with no secret in it, e.g. json://host:8080/hook"
+    )
+    env: str | None = Field(
+        None, description="the environment variable holding the URL, secrets and all, e.g. PODIUM_ALERT_SLACK"
+    )
+    kinds: list[AlertKind] = Field(
+        default_factory=lambda: list(ALERT_KINDS),
+        min_length=1,
+        description="the alerts it takes; default all",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _no_secret(cls, value: str | None) -> str | None:
+        try:
+            return value if value is None else refuse_channel_secret(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("env")
+    @classmethod
+    def _variable_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(
+                "env names an environment variable (e.g. PODIUM_ALERT_SLACK), not the URL itself"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AlertChannel:
+        if (self.url is None) == (self.env is None):
+            raise ValueError("give a channel either url: (no secret in it) or env: (a variable holding it)")
+        return self
+
+
 class Profile(Strict):
-    """Where Podium runs: the warehouse backend and the MLflow tracking store."""
+    """Where Podium runs: the warehouse backend, the MLflow tracking store and where alerts go."""
 
     name: str
     warehouse: DuckDBConfig | SnowflakeConfig = Field(discriminator="backend")
@@ -133,6 +176,10 @@ class Profile(Strict):
     optuna_storage: str = Field(
         "optuna/studies.journal",
         description="Optuna storage: a journal file path, or a URL (sqlite:///..., postgresql://...)",
+    )
+    alerts: list[AlertChannel] = Field(
+        [],
+        description="the channels told of a promotion, a refusal, drift or a failed cycle (pipelines.alerts)",
     )
 
     @field_validator("tracking_uri", "optuna_storage")
