@@ -12,14 +12,63 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, get_args
 
-from pipelines.config import AlertChannel, AlertKind, Profile
-from pipelines.secrets import apprise_held, channel_secrets, hide_channel, hide_secrets
+from pydantic import Field, field_validator, model_validator
 
-__all__ = ["Alert", "AlertChannel", "AlertKind", "send"]
+from pipelines.config_types import Strict
+from pipelines.errors import ConfigError
+from pipelines.secrets import apprise_held, channel_secrets, hide_channel, hide_secrets, refuse_channel_secret
+
+if TYPE_CHECKING:
+    from pipelines.config import Profile
 
 log = logging.getLogger(__name__)
+
+AlertKind = Literal["promotion", "refusal", "drift", "failed_cycle"]
+ALERT_KINDS: tuple[AlertKind, ...] = get_args(AlertKind)
+
+
+class AlertChannel(Strict):
+    """Where alerts go: an apprise URL with no secret in it (`url`), or the variable holding one (`env`)."""
+
+    url: str | None = Field(
+        None, description="an apprise URL with no secret in it, e.g. json://host:8080/hook"
+    )
+    env: str | None = Field(
+        None, description="the environment variable holding the URL, secrets and all, e.g. PODIUM_ALERT_SLACK"
+    )
+    kinds: list[AlertKind] = Field(
+        default_factory=lambda: list(ALERT_KINDS),
+        min_length=1,
+        description="the alerts it takes; default all",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _no_secret(cls, value: str | None) -> str | None:
+        try:
+            return value if value is None else refuse_channel_secret(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("env")
+    @classmethod
+    def _variable_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(
+                "env names an environment variable (e.g. PODIUM_ALERT_SLACK), not the URL itself"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AlertChannel:
+        if (self.url is None) == (self.env is None):
+            raise ValueError("give a channel either url: (no secret in it) or env: (a variable holding it)")
+        return self
+
 
 NOTIFY_TYPES: dict[AlertKind, str] = {  # apprise's notify types: the colour or icon a channel shows
     "promotion": "success",

@@ -11,22 +11,21 @@ from __future__ import annotations
 import re
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar, get_args
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     StrictInt,
-    StringConstraints,
     field_validator,
     model_validator,
 )
 
-from pipelines.errors import ConfigError, PodiumError
-from pipelines.secrets import refuse_channel_secret, refuse_password
-from pipelines.warehouse.dialect import check_identifier, check_table
+from pipelines.alerts import AlertChannel
+from pipelines.config_types import Identifier, Name, Strict, TableName, class_name
+from pipelines.errors import ConfigError
+from pipelines.secrets import refuse_password
 
 DEFAULT_PROFILE = "local"
 MIN_TUNE_SECONDS = 5.0  # a seconds budget keeps 2 s to close the studies: less leaves no time for a trial
@@ -39,43 +38,6 @@ def size_in_bytes(size: str) -> float:
     """A DuckDB memory size (512MB, 1.5GiB) in bytes: KB, MB are powers of 1000, KiB, MiB of 1024."""
     number, unit, binary = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT])(i?)B", size.strip()).groups()  # type: ignore[union-attr]
     return float(number) * (1024 if binary else 1000) ** ("KMGT".index(unit) + 1)
-
-
-def _identifier(value: str) -> str:
-    try:
-        return check_identifier(value)
-    except PodiumError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _table(value: str) -> str:
-    try:
-        return check_table(value)
-    except PodiumError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _class_name(value: str) -> str:
-    try:
-        check_identifier(f"P_{value}")
-    except PodiumError:
-        raise ValueError(
-            f"{value!r} cannot name its probability column P_{value}: use letters, digits and _ (e.g. "
-            "very_high)"
-        ) from None
-    return value
-
-
-Identifier = Annotated[str, AfterValidator(_identifier)]
-TableName = Annotated[str, AfterValidator(_table)]
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
-
-
-class Strict(BaseModel):
-    """Base for config models: unknown keys are errors, values are immutable."""
-
-    # no NaN or infinity where a number is expected: every bound below then means what it says
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 # --- profile: where it runs -------------------------------------------------------
@@ -119,49 +81,6 @@ class SnowflakeConfig(Strict):
     statement_timeout: StrictInt = Field(
         3600, ge=1, le=604_800, description="seconds a statement may run (STATEMENT_TIMEOUT_IN_SECONDS)"
     )
-
-
-AlertKind = Literal["promotion", "refusal", "drift", "failed_cycle"]
-ALERT_KINDS: tuple[AlertKind, ...] = get_args(AlertKind)
-
-
-class AlertChannel(Strict):
-    """Where alerts go: an apprise URL with no secret in it (`url`), or the variable holding one (`env`)."""
-
-    url: str | None = Field(
-        None, description="an apprise URL with no secret in it, e.g. json://host:8080/hook"
-    )
-    env: str | None = Field(
-        None, description="the environment variable holding the URL, secrets and all, e.g. PODIUM_ALERT_SLACK"
-    )
-    kinds: list[AlertKind] = Field(
-        default_factory=lambda: list(ALERT_KINDS),
-        min_length=1,
-        description="the alerts it takes; default all",
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _no_secret(cls, value: str | None) -> str | None:
-        try:
-            return value if value is None else refuse_channel_secret(value)
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-
-    @field_validator("env")
-    @classmethod
-    def _variable_name(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError(
-                "env names an environment variable (e.g. PODIUM_ALERT_SLACK), not the URL itself"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _one_source(self) -> AlertChannel:
-        if (self.url is None) == (self.env is None):
-            raise ValueError("give a channel either url: (no secret in it) or env: (a variable holding it)")
-        return self
 
 
 class Profile(Strict):
@@ -445,7 +364,7 @@ class Spec(Strict):
     keys: list[Identifier] = Field(min_length=1)
     time: Identifier
     target: Identifier
-    classes: list[Annotated[str, AfterValidator(_class_name)]] = Field(min_length=2)
+    classes: list[Annotated[str, AfterValidator(class_name)]] = Field(min_length=2)
     train_start: date
     holdout_start: date
     holdout_end: date | None = Field(None, description="the holdout is time in [holdout_start, holdout_end)")

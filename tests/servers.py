@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -10,13 +11,17 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from html.parser import HTMLParser
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -345,3 +350,48 @@ PIPELINE_RUNS = {
     "orderByKey": "attributes.`end_time`",
     "orderByAsc": "true",
 }
+
+
+@dataclass(frozen=True)
+class Post:
+    """One request the receiver got: its path, its JSON body and its Authorization header."""
+
+    path: str
+    payload: dict[str, Any]
+    authorization: str
+
+
+@dataclass
+class Receiver:
+    port: int
+    posts: list[Post]
+
+    def url(self, path: str, credentials: str = "") -> str:
+        return f"json://{credentials}127.0.0.1:{self.port}/{path}"
+
+
+@contextmanager
+def alert_receiver() -> Iterator[Receiver]:
+    """An HTTP server on 127.0.0.1 (a port of its own) in a thread, recording every POST it answers:
+    where apprise's json:// channels deliver alerts."""
+    posts: list[Post] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append(Post(self.path, json.loads(body), self.headers.get("Authorization", "")))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield Receiver(server.server_address[1], posts)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -39,7 +39,8 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from pipelines import attempts, audit, registry, retrain
+from pipelines import alerts, attempts, audit, registry, retrain
+from pipelines.alerts import Alert, AlertKind
 from pipelines.config import Profile, Spec
 from pipelines.errors import PodiumError
 from pipelines.lifecycle import Lifecycle
@@ -130,16 +131,45 @@ def main(
         return _finished(spec, period, row, plan)
     if plan:
         return _plan(profile, spec, period)
-    _end_killed(spec)
-    with stage_run(profile, spec, "cycle") as run:
-        mlflow.set_tags({attempts.PERIOD_TAG: period.label, "podium.as_of": str(period.as_of)})
-        result = _run(Attempt(profile, spec, lifecycle, period, run.info.run_id))
-        with connect(profile) as warehouse:
-            warehouse.ensure_table(config.table, COLUMNS)
-            frame = types.conform(pd.DataFrame([result.row], columns=list(COLUMNS)), COLUMNS)
-            warehouse.write(frame, config.table, mode="merge", keys=["PERIOD"])
-        _log(result)
+    try:
+        _end_killed(spec)
+        with stage_run(profile, spec, "cycle") as run:
+            mlflow.set_tags({attempts.PERIOD_TAG: period.label, "podium.as_of": str(period.as_of)})
+            result = _run(Attempt(profile, spec, lifecycle, period, run.info.run_id))
+            with connect(profile) as warehouse:
+                warehouse.ensure_table(config.table, COLUMNS)
+                frame = types.conform(pd.DataFrame([result.row], columns=list(COLUMNS)), COLUMNS)
+                warehouse.write(frame, config.table, mode="merge", keys=["PERIOD"])
+            _log(result)
+    except Exception as exc:
+        alerts.send(profile, failed(spec, period, exc))
+        raise
+    # after the row is written: a cycle killed before sends them on its next run; one killed after, never
+    for alert in news(spec, result):
+        alerts.send(profile, alert)
     return result
+
+
+def news(spec: Spec, result: CycleResult) -> list[Alert]:
+    """The alerts a finished cycle sends: drift that fired the policy, the gate's promotion or refusal."""
+    row, label, found = result.row, result.period.label, []
+    for t in result.triggers:
+        if t.name == "drift" and t.fired:
+            body = (
+                f"{t.value:g} features of v{row['CHAMPION_BEFORE']}'s scored rows are past the policy's PSI"
+            )
+            found.append(Alert("drift", f"{spec.name} {label}: drift fired the retrain policy", body))
+    if row.get("DECISION") in ("promoted", "refused"):
+        kind: AlertKind = "promotion" if row["DECISION"] == "promoted" else "refusal"
+        title = f"{spec.name} {label}: v{row['CHALLENGER_VERSION']} {row['DECISION']} as champion"
+        found.append(Alert(kind, title, str(row["REASON"])))
+    return found
+
+
+def failed(spec: Spec, period: Period, exc: Exception) -> Alert:
+    """The alert of a cycle that failed: the error's first line (Podium's errors carry no secret)."""
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return Alert("failed_cycle", f"{spec.name} {period.label}: the cycle failed", reason)
 
 
 def cycle_period(spec: Spec, as_of: date) -> Period:

@@ -12,6 +12,7 @@ the policy retrains when the champion is three seasons old (its other triggers a
 from __future__ import annotations
 
 import json
+import logging
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,16 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipelines import attempts, audit, pipeline, registry
-from pipelines.config import Profile, Spec
+from pipelines.alerts import AlertChannel
+from pipelines.config import DriftTrigger, Profile, Spec
+from pipelines.errors import PodiumError
 from pipelines.registry import CHALLENGER, CHAMPION, Target
 from pipelines.stages import cycle
 from pipelines.warehouse import connect
 from tests.cycles import SEASONS, rehearsal_spec
 from tests.helpers import Snapshot, restore
 from tests.pipeline.test_mlproject import mlflow_run
+from tests.servers import alert_receiver
 
 pytestmark = pytest.mark.slow
 
@@ -209,3 +213,56 @@ def test_the_mlproject_entry_point_runs_one_cycle_in_the_run_mlflow_opened(
     assert (row.PERIOD, row.ACTIONS, run.info.status) == ("2020", "score,evaluate", "FINISHED")
     assert run.data.tags["podium.stage"] == "cycle" and run.data.tags["mlflow.project.entryPoint"] == "cycle"
     assert run.data.params["as_of"] == "2020-01-01"
+
+
+SECRET = "planted-cycle-secret-5d2"
+
+
+def test_one_alert_per_promotion_refusal_drift_and_failed_cycle_with_no_secret_anywhere(
+    rehearsal: tuple[Profile, Spec],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    profile, spec = rehearsal
+    caplog.set_level(logging.DEBUG)
+    retrain = spec.cycle_section.retrain  # 2022: drift fires, and the gate asks for the impossible
+    when = retrain.when_any.model_copy(update={"drift": DriftTrigger(features=5, psi=0.2)})
+    config = spec.cycle_section.model_copy(update={"retrain": retrain.model_copy(update={"when_any": when})})
+    impossible = spec.promotion.model_copy(update={"min_improvement": 1.0})
+    drifting = spec.model_copy(update={"cycle": config, "promotion": impossible})
+    with alert_receiver() as receiver:
+        monkeypatch.setenv("PODIUM_ALERT_TEST", receiver.url("hook", f"podium:{SECRET}@"))
+        told = profile.model_copy(update={"alerts": [AlertChannel(env="PODIUM_ALERT_TEST")]})
+        for day in SEASONS[:2]:  # 2021: the challenger is promoted
+            cycle.main(told, spec, pipeline.LIFECYCLE, as_of=day)
+        cycle.main(told, drifting, pipeline.LIFECYCLE, as_of=SEASONS[2])
+        broken = spec.model_copy(update={"table": "ML.NO_SUCH_TABLE"})
+        with pytest.raises(PodiumError):
+            cycle.main(told, broken, pipeline.LIFECYCLE, as_of=date(2023, 1, 1))
+        cycle.main(told, spec, pipeline.LIFECYCLE, as_of=SEASONS[1])  # done already: tells nobody again
+
+    rows = table(profile, spec.cycle_section.table).set_index("PERIOD")
+    assert (rows.loc["2021"].DECISION, rows.loc["2022"].DECISION, rows.loc["2022"].DRIFT_FIRED) == (
+        "promoted",
+        "refused",
+        True,
+    )
+    told_of = [(p.payload["type"], p.payload["title"]) for p in receiver.posts]
+    assert told_of == [
+        ("success", "f1_podium 2021: v2 promoted as champion"),
+        ("warning", "f1_podium 2022: drift fired the retrain policy"),
+        ("warning", "f1_podium 2022: v3 refused as champion"),
+        ("failure", "f1_podium 2023: the cycle failed"),
+    ]
+    assert receiver.posts[2].payload["message"] == rows.loc["2022"].REASON
+    assert "NO_SUCH_TABLE" in receiver.posts[3].payload["message"]
+    printed = caplog.text + "".join(capfd.readouterr())
+    recorded = [json.dumps([r.data.params, r.data.tags]) for r in _all_runs(spec)]
+    posted = [json.dumps(p.payload) for p in receiver.posts]
+    assert not [where for where in [printed, *recorded, *posted, rows.to_csv()] if SECRET in where]
+
+
+def _all_runs(spec: Spec) -> list[Any]:
+    client = MlflowClient()
+    return client.search_runs([client.get_experiment_by_name(spec.name).experiment_id], max_results=5000)

@@ -4,26 +4,22 @@ secret in a channel URL is ever printed: not in Podium's log, not in apprise's, 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipelines.alerts import Alert, send
-from pipelines.config import ALERT_KINDS, Profile
+from pipelines.alerts import ALERT_KINDS, Alert, send
+from pipelines.config import Profile
 from pipelines.config_files import load_profile
 from pipelines.errors import ConfigError
 from pipelines.secrets import hide_channel
 from tests.helpers import REPO
-from tests.servers import free_port
+from tests.servers import Receiver, alert_receiver, free_port
 
 SECRET = "planted-secret-9f3"
 TOKEN = "Planted9f3SecretTokenXyz"  # a secret shaped as Slack's third token, which apprise checks
@@ -32,48 +28,11 @@ DRIFT = Alert("drift", "PSI 0.31 on GRID past 0.2", "period 2022: feature GRID d
 PROMOTION = Alert("promotion", "f1_podium v7 is champion", "log_loss 0.612 -> 0.598 on the holdout")
 
 
-@dataclass(frozen=True)
-class Post:
-    """One request the receiver got: its path, its JSON body and its Authorization header."""
-
-    path: str
-    payload: dict[str, Any]
-    authorization: str
-
-
-@dataclass
-class Receiver:
-    port: int
-    posts: list[Post]
-
-    def url(self, path: str, credentials: str = "") -> str:
-        return f"json://{credentials}127.0.0.1:{self.port}/{path}"
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     """An HTTP server on 127.0.0.1 (a port of its own) in a thread, recording every POST it answers."""
-    posts: list[Post] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            posts.append(Post(self.path, json.loads(body), self.headers.get("Authorization", "")))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield Receiver(server.server_address[1], posts)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with alert_receiver() as started:
+        yield started
 
 
 def profile(*channels: dict[str, Any]) -> Profile:
