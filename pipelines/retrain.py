@@ -105,7 +105,7 @@ def _values(
     return {
         "drift": _drifting(warehouse, spec, version, policy),
         "live": _live_gap(warehouse, spec, version, tags, policy, start),
-        "age": None if ended is None else periods_between(ended, start, period),
+        "age": None if ended is None else float(periods_between(ended, start, period)),
         "new_rows": None if ended is None else _new_rows(warehouse, spec, ended, start),
     }
 
