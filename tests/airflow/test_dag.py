@@ -334,25 +334,26 @@ def cycle_rows(warehouse: Path) -> int:
 def test_a_period_that_retrains_takes_the_retrain_path(
     champion_project: tuple[dict[str, Any], dict[str, Any], Path], home: Path, tmp_path: Path
 ) -> None:
-    """The real cycle, with a policy firing on any new labelled row: 2021's came after the champion's fit."""
+    """The real cycle, with a policy firing on any new labelled row: 2021's landed after the champion's
+    training window (it ends at 2021) and before 2022-06-01's period (a cycle judges as of its start)."""
     profile, spec, warehouse = champion_project
     variables = project(tmp_path, profile, with_cycle(spec, {"new_rows": 1}))
 
-    runs = run(home, variables, "2021-06-01")
+    runs = run(home, variables, "2022-06-01")
 
     expected = dict.fromkeys([*REFRESH, "plan", "decide", "retrain", "report"], "success")
-    assert runs.states("2021-06-01") == ("success", expected | {"steady": "skipped"}), runs.errors()
-    xcom = runs.xcom("2021-06-01")
+    assert runs.states("2022-06-01") == ("success", expected | {"steady": "skipped"}), runs.errors()
+    xcom = runs.xcom("2022-06-01")
     plan = xcom["plan"]
     assert (plan["period"], plan["as_of"], plan["done"], plan["retrain"]) == (
-        "2021",
-        "2021-06-01",
+        "2022",
+        "2022-06-01",
         False,
         True,
     )
     assert {t["name"]: t["fired"] for t in plan["triggers"]}["new_rows"] is True
     assert {"refresh", "tune", "train", "score", "gate"} <= set(plan["actions"])
-    assert runs.path("2021-06-01") == ["retrain"]
+    assert runs.path("2022-06-01") == ["retrain"]
     assert len(versions(xcom["report"])) == 3, "the cycle registered no challenger"
     assert cycle_rows(warehouse) == 1
 
