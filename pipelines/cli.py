@@ -353,12 +353,15 @@ def cycle(
     plan: Annotated[
         bool, typer.Option("--plan", help="Say what this period's cycle would do; change nothing.")
     ] = False,
+    refresh: Annotated[
+        bool, typer.Option(help="Run ingest and features first; --no-refresh when a scheduler ran them.")
+    ] = True,
     format: Annotated[
         Format,
         typer.Option("--format", "-f", help="table for people, json for machines (an Airflow branch)."),
     ] = Format.table,
 ) -> None:
-    """Run one period of the lifecycle: refresh, evaluate, decide, retrain if the policy says so, score, gate.
+    """Run one period of the lifecycle: refresh, score, evaluate, decide, retrain if the policy says so, gate.
 
     The period is the monitoring period that holds --as-of (default today; F1: a season). The
     spec's `cycle.retrain.when_any` policy decides whether to retrain: drift, live performance
@@ -376,7 +379,8 @@ def cycle(
     if format is Format.csv:
         raise PodiumError("cycle has no csv form: use --format table or --format json.")
     settings, experiment = _load(profile, spec)
-    result = cycle_stage.main(settings, experiment, pipeline.LIFECYCLE, as_of.date() if as_of else None, plan)
+    day = as_of.date() if as_of else None
+    result = cycle_stage.main(settings, experiment, pipeline.LIFECYCLE, day, plan, refresh)
     if format is Format.json:
         sys.stdout.write(json.dumps(result.as_dict(), indent=2, default=str) + "\n")
     else:

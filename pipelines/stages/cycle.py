@@ -121,21 +121,28 @@ class CycleResult:
 
 
 def main(
-    profile: Profile, spec: Spec, lifecycle: Lifecycle, as_of: date | None = None, plan: bool = False
+    profile: Profile,
+    spec: Spec,
+    lifecycle: Lifecycle,
+    as_of: date | None = None,
+    plan: bool = False,
+    refresh: bool = True,
 ) -> CycleResult:
-    """Run (or with `plan`, decide only) the cycle of the period that holds `as_of` (default: today)."""
+    """Run (or with `plan`, decide only) the cycle of the period that holds `as_of` (default: today).
+
+    `refresh=False` skips ingest and features (a scheduler that ran them as tasks of its own)."""
     config = spec.cycle_section
     period = cycle_period(spec, as_of or datetime.now(UTC).date())
     configure(profile)
     if (row := recorded(profile, spec, period.label)) is not None:
         return _finished(spec, period, row, plan)
     if plan:
-        return _plan(profile, spec, period)
+        return _plan(profile, spec, period, refresh)
     try:
         _end_killed(spec)
         with stage_run(profile, spec, "cycle") as run:
             mlflow.set_tags({attempts.PERIOD_TAG: period.label, "podium.as_of": str(period.as_of)})
-            result = _run(Attempt(profile, spec, lifecycle, period, run.info.run_id))
+            result = _run(Attempt(profile, spec, lifecycle, period, run.info.run_id, refresh))
             with connect(profile) as warehouse:
                 warehouse.ensure_table(config.table, COLUMNS)
                 frame = types.conform(pd.DataFrame([result.row], columns=list(COLUMNS)), COLUMNS)
@@ -208,7 +215,7 @@ def _finished(spec: Spec, period: Period, row: dict[str, Any], plan: bool) -> Cy
     return CycleResult(table, period, triggers, bool(row["RETRAIN"]), actions, plan, True, row)
 
 
-def _plan(profile: Profile, spec: Spec, period: Period) -> CycleResult:
+def _plan(profile: Profile, spec: Spec, period: Period, refresh: bool) -> CycleResult:
     """What the cycle would do now, judged on the tables and registry as they are; nothing changes.
 
     The triggers read the monitoring rows `evaluate` last wrote: run `podium evaluate --as-of` first
@@ -220,7 +227,7 @@ def _plan(profile: Profile, spec: Spec, period: Period) -> CycleResult:
         triggers = retrain.measure(warehouse, spec, champion, period.start)
     again = champion is None or bool(retrain.fired(triggers))
     waiting = _waiting(client, spec, champion)
-    actions = ["refresh"] if spec.ingest or spec.features else []
+    actions = ["refresh"] if refresh and (spec.ingest or spec.features) else []
     actions += (["score"] if champion else []) + ["evaluate"] + (["tune", "train"] if again else [])
     actions += ["shadow", "gate"] if again or waiting else []
     return CycleResult(spec.cycle_section.table, period, triggers, again, actions, plan=True)
@@ -235,13 +242,14 @@ class Attempt:
     lifecycle: Lifecycle
     period: Period
     run_id: str
+    refresh: bool = True  # ingest and features first, those the spec has
 
 
 def _run(attempt: Attempt) -> CycleResult:
     """Refresh, score, evaluate, decide, retrain and shadow if the policy says so, gate; the cycle's row."""
     profile, spec, period = attempt.profile, attempt.spec, attempt.period
     client, actions = registry.client(), []
-    if spec.ingest or spec.features:
+    if attempt.refresh and (spec.ingest or spec.features):
         _refresh(attempt)
         actions.append("refresh")
     before = registry.holder(client, spec.model_name, Target("alias", CHAMPION))

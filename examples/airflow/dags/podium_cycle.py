@@ -6,13 +6,13 @@ refresh.ingest >> refresh.features >> plan >> decide >> retrain ─┐
 ```
 
 - `refresh`: `podium ingest`, then `podium features`: the new rows, so that the plan sees them.
-- `plan`: `podium cycle --plan --format json --as-of <date>` changes nothing and returns its JSON
+- `plan`: `podium cycle --no-refresh --plan --format json --as-of <date>` changes nothing and returns its JSON
   (period, done, retrain, triggers, actions) as the task's XCom.
 - `decide` branches: `retrain` when the plan retrains a period not yet done, else `steady`.
-- `retrain` and `steady` both run `podium cycle --as-of <date>`: the cycle itself tunes, trains, scores the
-  challenger in shadow and gates it, or scores and records the period without retraining. Two tasks, so the
-  graph shows which path a period took and the long one has its own timeout. A period already done takes
-  `steady`, where the cycle does nothing.
+- `retrain` and `steady` both run `podium cycle --as-of <date> --no-refresh` (refresh ran already): the
+  cycle itself tunes, trains, scores the challenger in shadow and gates it, or scores and records the period
+  without retraining. Two tasks, so the graph shows which path a period took and the long one has its own
+  timeout. A period already done takes `steady`, where the cycle does nothing.
 - `report`: `podium status --format json`, after whichever path ran; its XCom is that JSON.
 
 The as-of date is the run's logical date (`{{ ds }}`), so a backfill replays past periods. The period is
@@ -121,7 +121,9 @@ def refresh() -> None:
 @task(execution_timeout=timedelta(minutes=30))
 def plan(**context: Any) -> dict[str, Any]:
     """`podium cycle --plan`: what the cycle of the run's period would do, as JSON; changes nothing."""
-    decision: dict[str, Any] = podium_json("cycle", "--as-of", as_of(context), "--plan", "--format", "json")
+    decision: dict[str, Any] = podium_json(
+        "cycle", "--as-of", as_of(context), "--no-refresh", "--plan", "--format", "json"
+    )
     for trigger in decision.get("triggers", []):
         log.info("trigger %s", trigger)
     return decision
@@ -144,13 +146,13 @@ def decide(decision: dict[str, Any]) -> str:
 @task.bash(execution_timeout=timedelta(hours=6), do_xcom_push=False)
 def retrain(**context: Any) -> str:
     """`podium cycle`, which here tunes and trains a challenger, scores it in shadow and gates it."""
-    return podium_shell("cycle", "--as-of", as_of(context))
+    return podium_shell("cycle", "--as-of", as_of(context), "--no-refresh")
 
 
 @task.bash(execution_timeout=timedelta(hours=2), do_xcom_push=False)
 def steady(**context: Any) -> str:
     """`podium cycle`, which here scores and records the period without retraining (or does nothing)."""
-    return podium_shell("cycle", "--as-of", as_of(context))
+    return podium_shell("cycle", "--as-of", as_of(context), "--no-refresh")
 
 
 @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, execution_timeout=timedelta(minutes=30))
