@@ -18,11 +18,16 @@ PERIOD_TAG = "podium.cycle_period"  # on a cycle's run: the period it runs
 
 
 def runs(client: MlflowClient, spec: Spec, label: str) -> set[str]:
-    """Every run of every attempt at period `label`'s cycle, nested ones included."""
+    """Every run of every unfinished attempt (killed, failed or running) at period `label`'s cycle, nested
+    ones included. A finished attempt wrote its period's row: one whose row is gone (a cycles table
+    dropped, a backtest's scratch table reset) is no attempt at the cycle being run now."""
     experiment = client.get_experiment_by_name(spec.name)
     if experiment is None:
         return set()
-    where = f"tags.`podium.stage` = 'cycle' and tags.`{PERIOD_TAG}` = '{label}'"
+    where = (
+        f"tags.`podium.stage` = 'cycle' and tags.`{PERIOD_TAG}` = '{label}' "
+        "and attributes.status != 'FINISHED'"
+    )
     found = {r.info.run_id for r in client.search_runs([experiment.experiment_id], where)}
     level = set(found)
     while level:
