@@ -16,7 +16,8 @@ def _absent(*args: Any, **kwargs: Any) -> Any:
 
 @dataclass(frozen=True)
 class Lifecycle:
-    """Each stage's `main`; ingest and features only where the data is refreshed (a cycle)."""
+    """Each stage's `main`; ingest and features where the data is refreshed (a cycle), the cycle where it
+    is replayed (a backtest)."""
 
     tune: Callable[..., Any]
     train: Callable[..., Any]
@@ -25,3 +26,4 @@ class Lifecycle:
     evaluate: Callable[..., Any]
     ingest: Callable[..., Any] = _absent
     features: Callable[..., Any] = _absent
+    cycle: Callable[..., Any] = _absent  # the backtest replays it, period by period

@@ -15,7 +15,7 @@ from typing import Any
 from pipelines.config import Profile, Spec
 from pipelines.lifecycle import Lifecycle
 from pipelines.registry import CHAMPION
-from pipelines.stages import evaluate, features, ingest, promote, score, train, tune
+from pipelines.stages import cycle, evaluate, features, ingest, promote, score, train, tune
 from pipelines.tracking import stage_run
 
 
@@ -75,7 +75,14 @@ STAGES: tuple[Stage, ...] = (
 
 # What `podium backtest` replays for each past period and `podium cycle` runs for this one.
 LIFECYCLE = Lifecycle(
-    tune.main, train.main, promote.main, score.main, evaluate.main, ingest=ingest.main, features=features.main
+    tune.main,
+    train.main,
+    promote.main,
+    score.main,
+    evaluate.main,
+    ingest=ingest.main,
+    features=features.main,
+    cycle=cycle.main,
 )
 
 

@@ -1,24 +1,23 @@
-"""Backtest stage: the whole lifecycle replayed over past periods, each as if it were today.
+"""Backtest stage: the lifecycle replayed over past periods, each period's cycle as if it were today.
 
-For each period P from `backtest.start` to `backtest.end`, one monitoring period long (F1:
-each season), using only the rows before P:
-
-1. tune: fresh studies, `backtest.trials` trials per family (no warm start from the spec's
-   studies: they saw the later periods);
-2. train: the best family refitted on the rows before the period preceding P, judged once
-   on that period (its holdout), and registered;
-3. promote: the spec's own policy gates it against the champion of that moment;
-4. score: P's rows by the champion, and by the challenger in shadow;
-5. evaluate: P's rows against their actual classes, the pair compared.
+For each period P from `backtest.start` to `backtest.end`, one monitoring period long (F1: each
+season), the backtest runs P's cycle (the `cycle` stage, as of P's first day) on a scratch model:
+the same decision path as the production schedule. Each cycle scores P by the champion of its
+start, judges the periods before P, measures the retrain policy, and if it fires tunes fresh
+studies (`backtest.trials` per family: no warm start from the spec's, which saw later periods),
+trains a challenger on the rows before the period preceding P (held out on that one), scores P
+with it in shadow and gates it. The policy is the spec's `cycle.retrain` (a replay of the
+schedule); a spec without one retrains every period. A last `evaluate` judges the final period.
 
 Inputs:  the feature table; the spec's tuning, promotion and monitoring sections.
 Outputs: `backtest.table`, one row per (period, model scored in it), replaced in one write
          once every period is done (a failed or killed backtest leaves the previous one);
-         the scratch tables `<table>_SCORES`, `_MONITORING` and `_PROMOTIONS`, and the
+         the scratch tables `<table>_SCORES`, `_MONITORING`, `_PROMOTIONS` and `_CYCLES` (the
+         replayed cycles' rows, which the backtest rows repeat), and the
          versions of `<model>_backtest`, each tagged `podium.backtest` (the run id).
          Each backtest starts from an empty scratch state: no champion, no scores.
 Never:   the spec's model (its aliases, stages and versions), scoring, monitoring or audit tables.
-MLflow:  the `backtest` run: a child run per period holding that period's stage runs, the
+MLflow:  the `backtest` run: a child run per period holding that period's cycle run, the
          metrics per period as steps, `backtest.csv` and `plots/backtest.png`.
 Checked: before any tuning: the options (trials, families), and every period's window against
          the feature table (seasons enough for cv.folds before it, rows in it).
@@ -47,13 +46,25 @@ import pandas as pd
 from pydantic import ValidationError
 
 from pipelines import plots, registry, shadow
-from pipelines.config import BacktestConfig, Profile, RegistryConfig, ScoringConfig, Spec
+from pipelines.config import (
+    AgeTrigger,
+    BacktestConfig,
+    CycleConfig,
+    Profile,
+    RegistryConfig,
+    RetrainPolicy,
+    RetrainTriggers,
+    ScoringConfig,
+    Spec,
+    TuningBudget,
+)
 from pipelines.errors import PodiumError
 from pipelines.lifecycle import Lifecycle
 from pipelines.models import FACTORIES
 from pipelines.periods import STEPS, period_label, period_starts
 from pipelines.processes import end_stale_stage_trees, process_gone, process_id
 from pipelines.registry import CHALLENGER, CHAMPION
+from pipelines.retrain import TRAINED_BEFORE
 from pipelines.studies import beside_storage
 from pipelines.tracking import STORE_ERRORS, configure, log_figures, nested_run, stage_run, store_error
 from pipelines.warehouse import connect, types
@@ -113,22 +124,23 @@ def main(
     end: date | None = None,
     trials: int | None = None,
 ) -> BacktestResult:
-    """Replay tune, train, gate, score and evaluate for each period in [start, end) (default: the spec's)."""
+    """Replay the cycle of each period in [start, end) (default: the spec's) on the scratch model."""
     config = _config(spec, start, end, trials)
     monitoring = spec.monitoring_section
     periods = period_starts(config.start, config.end, monitoring.period)
-    specs = [period_spec(spec, config, begin, finish) for begin, finish in periods]  # all checked first
+    for begin, _ in periods:  # all checked first
+        check_holdout(spec, config, begin)
     check_windows(profile, spec, config, periods)
     _end_killed(profile, spec)
+    replayed = replay_spec(spec, config)
     with stage_run(profile, spec, "backtest") as run, _studies(profile, run.info.run_id) as studies:
         replay = Replay(profile, spec, config, lifecycle, run.info.run_id, studies)
         _reset(replay)
         mlflow.log_params(_params(replay, periods))
-        rows = [
-            row
-            for (begin, _), each in zip(periods, specs, strict=True)
-            for row in _period(replay, each, begin)
-        ]
+        cycles = [(begin, _period(replay, replayed, begin)) for begin, _ in periods]
+        scratch_profile = _scratch_profile(replay)
+        measured = lifecycle.evaluate(scratch_profile, replayed, as_of=config.end).rows  # the last period's
+        rows = _table_rows(replay, replayed, cycles, measured)
         frame = _checked(
             types.conform(pd.DataFrame(rows, columns=list(COLUMNS)), COLUMNS), periods, monitoring.period
         )
@@ -181,18 +193,29 @@ def scratch(spec: Spec, config: BacktestConfig) -> Spec:
     )
 
 
-def period_spec(spec: Spec, config: BacktestConfig, start: date, end: date) -> Spec:
-    """The scratch spec as of `start`: trained before the period preceding it, judged on that one."""
-    period = spec.monitoring_section.period
-    holdout = (pd.Timestamp(start) - STEPS[period]).date()
+def check_holdout(spec: Spec, config: BacktestConfig, start: date) -> None:
+    """The period from `start` is retrained on the rows before the period preceding it: some must exist."""
+    holdout = (pd.Timestamp(start) - STEPS[spec.monitoring_section.period]).date()
     if holdout <= spec.train_start:
         raise PodiumError(
             f"backtest.start {config.start} leaves no training rows before its first holdout "
             f"({holdout}; train_start is {spec.train_start}): start the backtest later."
         )
-    base = scratch(spec, config)
-    scoring = ScoringConfig(start=start, end=end, shadow=CHALLENGER)
-    return base.model_copy(update={"holdout_start": holdout, "holdout_end": start, "scoring": scoring})
+
+
+def replay_spec(spec: Spec, config: BacktestConfig) -> Spec:
+    """The scratch spec the replayed cycles run: the spec's retrain policy (without one, retrain every
+    period: age 1 always fires), `backtest.trials` per family, scoring from the first period on."""
+    policy = (
+        spec.cycle.retrain
+        if spec.cycle
+        else RetrainPolicy(when_any=RetrainTriggers(age=AgeTrigger(periods=1)))
+    )
+    policy = policy.model_copy(update={"tune": TuningBudget(trials=config.trials)})
+    cycle = CycleConfig(table=f"{config.table}_CYCLES", retrain=policy)
+    return scratch(spec, config).model_copy(
+        update={"cycle": cycle, "scoring": ScoringConfig(start=config.start)}
+    )
 
 
 def check_windows(
@@ -292,7 +315,8 @@ def _reset(replay: Replay) -> None:
     """An empty scratch state: the backtest model holds no alias, the scratch tables are gone."""
     spec = scratch(replay.spec, replay.config)
     with connect(replay.profile) as warehouse:
-        warehouse.drop([spec.scoring_table, spec.monitoring_section.table, spec.registry.audit_table])
+        tables = [spec.scoring_table, spec.monitoring_section.table, spec.registry.audit_table]
+        warehouse.drop([*tables, f"{replay.config.table}_CYCLES"])
     client = registry.client()
     for alias in (CHAMPION, CHALLENGER):
         if registry.holder(client, spec.model_name, registry.Target("alias", alias)):
@@ -312,30 +336,25 @@ def _params(replay: Replay, periods: list[tuple[date, date]]) -> dict[str, Any]:
     }
 
 
-def _period(replay: Replay, spec: Spec, start: date) -> list[dict[str, Any]]:
-    """Replay one period (`spec`, from `start`): tune, train, gate, score (with the shadow), evaluate."""
+def _scratch_profile(replay: Replay) -> Profile:
+    """The profile the replayed cycles run on: their studies in this backtest's folder."""
+    return replay.profile.model_copy(update={"optuna_storage": str(replay.studies / "studies.journal")})
+
+
+def _period(replay: Replay, spec: Spec, start: date) -> dict[str, Any]:
+    """Replay the cycle of the period from `start`, as of its first day; that cycle's row."""
     label = period_label(start, spec.monitoring_section.period)
-    profile = replay.profile.model_copy(update={"optuna_storage": str(replay.studies / f"{label}.journal")})
     life = replay.lifecycle
     with nested_run(f"period {label}"), _replaying():
         mlflow.set_tags({"podium.backtest": replay.backtest_id, "podium.period": label})
-        life.tune(profile, spec)
-        challenger = life.train(profile, spec).champion.version
-        _tag(spec.model_name, challenger, replay.backtest_id, label)
-        decision = life.promote(profile, spec, alias=CHAMPION)[0]
-        champion = _champion(spec.model_name)
-        if champion is None:  # nobody passed the gate yet: the challenger scores alone
-            life.score(profile, spec, registry.alias_uri(spec.model_name, CHALLENGER), shadow=False)
-        else:  # the challenger in shadow, unless the gate just made it the champion
-            life.score(profile, spec, shadow=champion != challenger)
-        measured = life.evaluate(profile, spec).rows
-        rows = _rows(spec, label, champion, challenger, (decision.decision, decision.reason), measured)
-        mlflow.set_tags({"podium.decision": decision.decision, "podium.champion": champion or "none"})
-    for row in rows:
-        row |= {"TRAINED_BEFORE": spec.holdout_start, "BACKTEST_ID": replay.backtest_id}
-        _log_step(row, start)
-    log.info("backtest %s: %s (%s)", label, decision.decision, decision.reason)
-    return rows
+        row = life.cycle(_scratch_profile(replay), spec, life, as_of=start, refresh=False).row
+        if row["RETRAIN"] and row["CHALLENGER_VERSION"]:
+            _tag(spec.model_name, row["CHALLENGER_VERSION"], replay.backtest_id, label)
+        mlflow.set_tags(
+            {"podium.decision": row["DECISION"] or "none", "podium.champion": row["CHAMPION_AFTER"] or "none"}
+        )
+    log.info("backtest %s: %s (%s)", label, row["DECISION"] or "no retrain", row["REASON"] or row["ACTIONS"])
+    return dict(row)
 
 
 @contextmanager
@@ -357,9 +376,10 @@ def _tag(model: str, version: str, backtest_id: str, label: str) -> None:
     client.set_model_version_tag(model, version, "podium.backtest_period", label)
 
 
-def _champion(model: str) -> str | None:
-    holder = registry.holder(registry.client(), model, registry.Target("alias", CHAMPION))
-    return str(holder.version) if holder else None
+def _trained_before(model: str, version: str) -> date | None:
+    """The end of a version's training window (its `podium.trained_before` tag)."""
+    found = registry.client().get_model_version(model, version).tags.get(TRAINED_BEFORE)
+    return date.fromisoformat(found) if found else None
 
 
 def _family(model: str, version: str | None) -> str | None:
@@ -368,18 +388,24 @@ def _family(model: str, version: str | None) -> str | None:
     return registry.client().get_model_version(model, version).tags.get("podium.family")
 
 
-def _rows(
-    spec: Spec,
-    label: str,
-    champion: str | None,
-    challenger: str,
-    gate: tuple[str, str],
-    monitoring: pd.DataFrame,
+def _table_rows(
+    replay: Replay, spec: Spec, cycles: list[tuple[date, dict[str, Any]]], measured: pd.DataFrame
 ) -> list[dict[str, Any]]:
-    """One row per model scored in the period: the champion's (if any), the challenger's if it is another.
+    """The backtest table's rows, each period's from its cycle row; each logged as a step of the run."""
+    rows = []
+    for start, cycle in cycles:
+        for row in _rows(spec, period_label(start, spec.monitoring_section.period), cycle, measured):
+            row["BACKTEST_ID"] = replay.backtest_id
+            _log_step(row, start)
+            rows.append(row)
+    return rows
 
-    `gate` is the promotion's (decision, reason); `monitoring`, the rows `evaluate` wrote.
-    """
+
+def _rows(spec: Spec, label: str, cycle: dict[str, Any], monitoring: pd.DataFrame) -> list[dict[str, Any]]:
+    """One row per model that scored the period: the champion of its start (if any), and the challenger
+    it shadowed (or that scored alone, with no champion yet). `cycle` is the period's cycle row;
+    `monitoring`, the rows `evaluate` wrote."""
+    champion, challenger = cycle["CHAMPION_BEFORE"] or None, cycle["CHALLENGER_VERSION"] or None
     measured = monitoring[monitoring.PERIOD == label]
     common = {
         "PERIOD": label,
@@ -387,27 +413,28 @@ def _rows(
         "CHAMPION_FAMILY": _family(spec.model_name, champion),
         "CHALLENGER_VERSION": challenger,
         "CHALLENGER_FAMILY": _family(spec.model_name, challenger),
-        "DECISION": gate[0],
-        "REASON": gate[1],
+        "DECISION": cycle["DECISION"] or "no retrain",
+        "REASON": cycle["REASON"] or f"the retrain policy did not fire ({cycle['ACTIONS']})",
     }
     scored = [(CHAMPION, champion)] if champion else []
-    scored += [(CHALLENGER, challenger)] if challenger != champion else []
-    metric = shadow.paired_metric(spec.promotion.metric)
-    rows = []
-    for role, version in scored:
-        mine = dict(
-            zip(*measured[measured.MODEL_VERSION == version][["METRIC", "VALUE"]].T.values, strict=True)
-        )
-        gain = shadow.prefix(champion or "") + f"{metric}_gain"
-        rows.append(
-            common
-            | {"ROLE": role, "MODEL_VERSION": version, "MODEL_FAMILY": _family(spec.model_name, version)}
-            | {"LOG_LOSS": mine.get("log_loss"), "AUC": mine.get("auc"), "ACCURACY": mine.get("accuracy")}
-            | {"HIT_RATE": next((v for k, v in mine.items() if k.startswith("hit_rate")), None)}
-            | {"ROWS": mine.get("rows"), "SHADOW_GAIN": mine.get(gain)}
-            | {"SHADOW_GAIN_LOW": mine.get(gain + "_low"), "SHADOW_GAIN_HIGH": mine.get(gain + "_high")}
-        )
-    return rows
+    scored += [(CHALLENGER, challenger)] if challenger and challenger != champion else []
+    return [common | _measured(spec, role, version, champion, measured) for role, version in scored]
+
+
+def _measured(
+    spec: Spec, role: str, version: str, champion: str | None, measured: pd.DataFrame
+) -> dict[str, Any]:
+    """A scored model's figures in the period, and its shadow gain over the champion if it shadowed."""
+    mine = dict(zip(*measured[measured.MODEL_VERSION == version][["METRIC", "VALUE"]].T.values, strict=True))
+    gain = shadow.prefix(champion or "") + f"{shadow.paired_metric(spec.promotion.metric)}_gain"
+    return (
+        {"ROLE": role, "MODEL_VERSION": version, "MODEL_FAMILY": _family(spec.model_name, version)}
+        | {"LOG_LOSS": mine.get("log_loss"), "AUC": mine.get("auc"), "ACCURACY": mine.get("accuracy")}
+        | {"HIT_RATE": next((v for k, v in mine.items() if k.startswith("hit_rate")), None)}
+        | {"ROWS": mine.get("rows"), "SHADOW_GAIN": mine.get(gain)}
+        | {"SHADOW_GAIN_LOW": mine.get(gain + "_low"), "SHADOW_GAIN_HIGH": mine.get(gain + "_high")}
+        | {"TRAINED_BEFORE": _trained_before(spec.model_name, version), "BACKTEST_ID": None}
+    )
 
 
 def _log_step(row: dict[str, Any], start: date) -> None:

@@ -15,10 +15,18 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipelines import pipeline, status
-from pipelines.config import BacktestConfig, Profile, Spec
+from pipelines.config import (
+    BacktestConfig,
+    CycleConfig,
+    Profile,
+    RetrainPolicy,
+    RetrainTriggers,
+    Spec,
+    TuningBudget,
+)
 from pipelines.lifecycle import Lifecycle
 from pipelines.processes import PROCESS_TAG, process_id
-from pipelines.stages import backtest, promote, score, train
+from pipelines.stages import backtest, cycle, promote, score, train
 from pipelines.tracking import experiment_id
 from pipelines.warehouse import connect
 from tests.data.test_features import rebuild_after_changing_results
@@ -28,9 +36,10 @@ SEASONS = ["2019", "2020"]
 
 
 def replayed(spec: Spec) -> Spec:
-    """The tuned spec (decision_tree and logreg) with a backtest of 2019 and 2020 at two trials per family."""
+    """The tuned spec (decision_tree and logreg) with a backtest of 2019 and 2020 at two trials per family,
+    and no retrain policy: every period retrains."""
     config = BacktestConfig(table="ML.F1_BACKTEST", start=date(2019, 1, 1), end=date(2021, 1, 1), trials=2)
-    return spec.model_copy(update={"backtest": config})
+    return spec.model_copy(update={"backtest": config, "cycle": None})
 
 
 def table(profile: Profile, name: str) -> pd.DataFrame:
@@ -80,7 +89,12 @@ def test_a_backtest_writes_a_row_per_season_and_model_and_never_touches_the_real
         (shadowed.SHADOW_GAIN_LOW <= shadowed.SHADOW_GAIN)
         & (shadowed.SHADOW_GAIN <= shadowed.SHADOW_GAIN_HIGH)
     ).all()
-    assert (rows.TRAINED_BEFORE.astype(str) == rows.PERIOD.map(lambda p: f"{int(p) - 1}-01-01")).all()
+    challengers, champions = rows[rows.ROLE == "challenger"], rows[rows.ROLE == "champion"]
+    held_out = challengers.PERIOD.map(lambda p: f"{int(p) - 1}-01-01")
+    assert (challengers.TRAINED_BEFORE.astype(str) == held_out).all(), "trained before the period's holdout"
+    assert (
+        champions.TRAINED_BEFORE.astype(str) < champions.PERIOD.map(lambda p: f"{int(p) - 1}-01-01")
+    ).all()
 
     after = real_state(profile, spec)
     assert after["versions"] == before["versions"] and after["aliases"] == before["aliases"]
@@ -97,6 +111,49 @@ def test_a_backtest_writes_a_row_per_season_and_model_and_never_touches_the_real
     assert sorted(c.info.run_name for c in children) == [f"period {s}" for s in SEASONS]
     artifacts = {a.path for a in MlflowClient().list_artifacts(result.backtest_id, "plots")}
     assert "plots/backtest.png" in artifacts
+
+
+def test_a_backtest_is_the_cycles_replayed_period_by_period_under_the_spec_policy(
+    trained_profile: Profile, tuned: tuple[Profile, Spec], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spec's policy (here: retrain only without a champion) decides each replayed period, and the
+    backtest's rows repeat what `podium cycle`, run as of each period on a copy, records."""
+    policy = RetrainPolicy(when_any=RetrainTriggers(new_rows=100_000), tune=TuningBudget(trials=2))
+    spec = replayed(tuned[1]).model_copy(update={"cycle": CycleConfig(table="ML.F1_CYCLES", retrain=policy)})
+    pristine = tmp_path / "pristine.duckdb"
+    shutil.copyfile(trained_profile.warehouse.path, pristine)
+
+    backtest.main(trained_profile, spec, pipeline.LIFECYCLE)
+    rows = table(trained_profile, "ML.F1_BACKTEST")
+    replayed_cycles = table(trained_profile, "ML.F1_BACKTEST_CYCLES")
+
+    assert list(rows.DECISION) == ["promoted", "no retrain"], "2020: the policy holds, nobody retrains"
+    assert list(rows.ROLE) == ["challenger", "champion"] and rows.MODEL_VERSION.nunique() == 1
+    for row in rows.itertuples():
+        recorded = replayed_cycles[replayed_cycles.PERIOD == row.PERIOD].iloc[0]
+        assert (row.CHAMPION_VERSION, row.CHALLENGER_VERSION) == (
+            recorded.CHAMPION_BEFORE,
+            recorded.CHALLENGER_VERSION,
+        )
+
+    uri = f"sqlite:///{tmp_path / 'cycles.db'}"  # the same cycles, by hand, on a copy of its own
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    copy = trained_profile.model_copy(
+        update={"warehouse": trained_profile.warehouse.model_copy(update={"path": pristine})}
+    )
+    copy = copy.model_copy(update={"optuna_storage": str(tmp_path / "cycles" / "studies.journal")})
+    by_hand = backtest.replay_spec(spec, spec.backtest_section)
+    for season in (date(2019, 1, 1), date(2020, 1, 1)):
+        cycle.main(copy, by_hand, pipeline.LIFECYCLE, as_of=season, refresh=False)
+    lineage = ["RUN_ID", "STAGE_RUN_IDS", "FINISHED_AT"]
+    pd.testing.assert_frame_equal(
+        table(copy, "ML.F1_BACKTEST_CYCLES")
+        .drop(columns=lineage)
+        .sort_values("PERIOD")
+        .reset_index(drop=True),
+        replayed_cycles.drop(columns=lineage).sort_values("PERIOD").reset_index(drop=True),
+    )
 
 
 def test_changing_results_from_a_season_on_leaves_every_earlier_backtest_row_unchanged(

@@ -58,6 +58,8 @@ LINEAGE = {
     "DECIDED_AT",
     "ACTOR",
     "EVALUATED_AT",
+    "STAGE_RUN_IDS",
+    "FINISHED_AT",
 }
 # The same integer is NUMBER(38, 0) in Snowflake whatever its declared width; DuckDB keeps the width.
 INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "NUMBER(38, 0)"}
