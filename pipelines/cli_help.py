@@ -9,7 +9,8 @@ HELP = """Podium: MLflow-tracked experiments and a model registry over Snowflake
 One command per stage, in pipeline order: [bold]ingest[/] raw files, build [bold]features[/] in SQL,
 [bold]tune[/] one Optuna study per model family, [bold]train[/] and register the best, [bold]promote[/] it
 through the spec's policy, [bold]score[/] rows back into the warehouse, [bold]evaluate[/] them against
-actuals. [bold]run[/] chains them all, [bold]backtest[/] replays them over past periods, [bold]status[/]
+actuals. [bold]run[/] chains them all, [bold]cycle[/] runs one period of them on a schedule (retraining
+when the spec's policy says so), [bold]backtest[/] replays the cycles over past periods, [bold]status[/]
 shows where everything stands and [bold]sql[/] queries the warehouse. Every stage is an MLflow run:
 see them with `mlflow ui`.
 
