@@ -137,10 +137,8 @@ def main(
         replay = Replay(profile, spec, config, lifecycle, run.info.run_id, studies)
         _reset(replay)
         mlflow.log_params(_params(replay, periods))
-        cycles = [(begin, _period(replay, replayed, begin)) for begin, _ in periods]
-        scratch_profile = _scratch_profile(replay)
-        measured = lifecycle.evaluate(scratch_profile, replayed, as_of=config.end).rows  # the last period's
-        rows = _table_rows(replay, replayed, cycles, measured)
+        cycles = [(begin, _period(replay, replayed, begin, finish)) for begin, finish in periods]
+        rows = _table_rows(replay, replayed, cycles, _monitoring(replay, replayed))
         frame = _checked(
             types.conform(pd.DataFrame(rows, columns=list(COLUMNS)), COLUMNS), periods, monitoring.period
         )
@@ -336,18 +334,31 @@ def _params(replay: Replay, periods: list[tuple[date, date]]) -> dict[str, Any]:
     }
 
 
+def _monitoring(replay: Replay, spec: Spec) -> pd.DataFrame:
+    """The scratch monitoring rows of the scratch model, every period judged."""
+    with connect(replay.profile, read_only=True) as warehouse:
+        return warehouse.query(
+            f"SELECT MODEL_VERSION, PERIOD, METRIC, VALUE FROM {quote(spec.monitoring_section.table)} "
+            "WHERE MODEL_NAME = ?",
+            [spec.model_name],
+        )
+
+
 def _scratch_profile(replay: Replay) -> Profile:
     """The profile the replayed cycles run on: their studies in this backtest's folder."""
     return replay.profile.model_copy(update={"optuna_storage": str(replay.studies / "studies.journal")})
 
 
-def _period(replay: Replay, spec: Spec, start: date) -> dict[str, Any]:
-    """Replay the cycle of the period from `start`, as of its first day; that cycle's row."""
+def _period(replay: Replay, spec: Spec, start: date, end: date) -> dict[str, Any]:
+    """Replay the cycle of the period [start, end), as of its first day; that cycle's row. The last period
+    is judged too, as of its end: no later cycle will."""
     label = period_label(start, spec.monitoring_section.period)
     life = replay.lifecycle
     with nested_run(f"period {label}"), _replaying():
         mlflow.set_tags({"podium.backtest": replay.backtest_id, "podium.period": label})
         row = life.cycle(_scratch_profile(replay), spec, life, as_of=start, refresh=False).row
+        if end == replay.config.end:
+            life.evaluate(_scratch_profile(replay), spec, as_of=end)
         if row["RETRAIN"] and row["CHALLENGER_VERSION"]:
             _tag(spec.model_name, row["CHALLENGER_VERSION"], replay.backtest_id, label)
         mlflow.set_tags(

@@ -193,7 +193,7 @@ def _no_stage(*args: Any, **kwargs: Any) -> Any:
     raise AssertionError("a stage ran: the backtest's options and windows must be checked before any tuning")
 
 
-UNTUNED = Lifecycle(_no_stage, _no_stage, _no_stage, _no_stage, _no_stage)
+UNTUNED = Lifecycle(_no_stage, _no_stage, _no_stage, _no_stage, _no_stage, cycle=_no_stage)
 
 
 @pytest.mark.parametrize(
