@@ -274,26 +274,6 @@ def test_the_branch_follows_the_plan_and_every_call_is_as_of_the_logical_date(
     assert [call["args"] for call in calls] == expected_calls
 
 
-@pytest.mark.slow
-def test_refresh_and_report_run_in_podiums_env_on_an_empty_warehouse(home: Path, tmp_path: Path) -> None:
-    """The real `podium` for what needs no cycle: refresh builds the warehouse, report reads it back."""
-    profile = {"warehouse": {"backend": "duckdb", "path": "warehouse/podium.duckdb"}}
-    variables = project(tmp_path, profile, bundled_spec())
-
-    runs = run(home, variables, "2022-06-01", mark_success=CYCLE_TASKS)
-
-    assert runs.states("2022-06-01") == ("success", dict.fromkeys(TASKS, "success")), runs.errors()
-    status = runs.xcom("2022-06-01")["report"]
-    tables = {t["table"]: t["rows"] for t in status["tables"]}
-    assert 5000 <= tables["ML.F1_FEATURES"] <= 6500
-    assert sum(name.startswith("RAW.") and (rows or 0) > 0 for name, rows in tables.items()) == 13
-    assert versions(status) == []
-    warehouse = tmp_path / "project" / "warehouse" / "podium.duckdb"
-    with duckdb.connect(str(warehouse), read_only=True) as con:
-        built = con.execute('SELECT COUNT(*) FROM "ML"."F1_FEATURES"').fetchone()
-    assert built == (tables["ML.F1_FEATURES"],)
-
-
 @pytest.fixture
 def champion_project(
     two_versions: Snapshot, tuned: tuple[Profile, Spec], tmp_path: Path, mlflow_store: str

@@ -32,9 +32,11 @@ from pipelines.warehouse import connect
 from tests.cycles import SEASONS, rehearsal_spec
 from tests.helpers import Snapshot, restore
 from tests.pipeline.test_mlproject import mlflow_run
-from tests.servers import alert_receiver
+from tests.servers import Receiver, alert_receiver
 
 pytestmark = pytest.mark.slow
+
+SECRET = "planted-cycle-secret-5d2"  # in the alert channel's URL: never printed or recorded
 
 
 @pytest.fixture
@@ -76,11 +78,72 @@ def table(profile: Profile, name: str) -> pd.DataFrame:
         return warehouse.query(f"SELECT * FROM {name}")
 
 
-def test_three_seasons_keep_then_retrain_shadow_and_gate_and_every_record_agrees(
+def test_three_seasons_keep_retrain_and_refuse_and_every_record_and_alert_agrees(
     rehearsal: tuple[Profile, Spec],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
+    """2020 keeps the champion; 2021 retrains (age 3) and promotes; 2022, under a policy whose drift
+    trigger fires and a gate that asks the impossible, retrains and refuses; 2023 fails. A loopback
+    receiver, behind a channel whose URL carries a planted secret, gets one alert for each."""
     profile, spec = rehearsal
-    results = [cycle.main(profile, spec, pipeline.LIFECYCLE, as_of=SEASONS[0])]
+    caplog.set_level(logging.DEBUG)
+    with alert_receiver() as receiver:
+        monkeypatch.setenv("PODIUM_ALERT_TEST", receiver.url("hook", f"podium:{SECRET}@"))
+        told = profile.model_copy(update={"alerts": [AlertChannel(env="PODIUM_ALERT_TEST")]})
+        results = [cycle.main(told, spec, pipeline.LIFECYCLE, as_of=SEASONS[0])]
+        _assert_first(profile, spec)
+        results.append(cycle.main(told, spec, pipeline.LIFECYCLE, as_of=SEASONS[1]))
+        results.append(cycle.main(told, drifting(spec), pipeline.LIFECYCLE, as_of=SEASONS[2]))
+        with pytest.raises(PodiumError):  # no feature table: the cycle fails
+            cycle.main(
+                told,
+                spec.model_copy(update={"table": "ML.NO_SUCH_TABLE"}),
+                pipeline.LIFECYCLE,
+                as_of=date(2023, 1, 1),
+            )
+        before = state(profile, spec)
+        for day in SEASONS:  # a finished period adds nothing: no row, version, score, run or alert
+            again = cycle.main(told, spec, pipeline.LIFECYCLE, as_of=day)
+            assert again.done and state(profile, spec) == before
+
+    rows = table(profile, spec.cycle_section.table).set_index("PERIOD").sort_index()
+    assert list(rows.index) == ["2020", "2021", "2022"] and [r.retrain for r in results] == list(rows.RETRAIN)
+    second, third = rows.loc["2021"], rows.loc["2022"]
+    assert second.RETRAIN and second.AGE_FIRED and second.AGE_PERIODS == 3
+    assert second.ACTIONS == third.ACTIONS == "score,evaluate,tune,train,shadow,gate"
+    assert (second.CHALLENGER_VERSION, second.DECISION, second.CHAMPION_AFTER) == ("2", "promoted", "2")
+    assert third.DRIFT_FIRED and not third.AGE_FIRED and third.CHAMPION_BEFORE == "2"
+    assert (third.CHALLENGER_VERSION, third.DECISION, third.CHAMPION_AFTER) == ("3", "refused", "2")
+    _assert_audit_agrees(profile, spec, rows)
+    _assert_scores_agree(profile, spec, rows)
+    runs = {
+        r.data.tags[attempts.PERIOD_TAG]: r
+        for r in _all_runs(spec)
+        if r.data.tags.get("podium.stage") == "cycle"
+    }
+    assert {p: r.info.status for p, r in runs.items()} == {
+        "2020": "FINISHED",
+        "2021": "FINISHED",
+        "2022": "FINISHED",
+        "2023": "FAILED",
+    }
+    assert {runs[p].info.run_id for p in rows.index} == set(rows.RUN_ID)
+    _assert_alerts(receiver, rows, caplog.text + "".join(capfd.readouterr()), spec)
+
+
+def drifting(spec: Spec) -> Spec:
+    """The rehearsal's spec whose drift trigger fires at 5 features, and whose gate asks the impossible."""
+    retrain = spec.cycle_section.retrain
+    when = retrain.when_any.model_copy(update={"drift": DriftTrigger(features=5, psi=0.2)})
+    config = spec.cycle_section.model_copy(update={"retrain": retrain.model_copy(update={"when_any": when})})
+    impossible = spec.promotion.model_copy(update={"min_improvement": 1.0})
+    return spec.model_copy(update={"cycle": config, "promotion": impossible})
+
+
+def _assert_first(profile: Profile, spec: Spec) -> None:
+    """2020 scores and keeps the champion, with every trigger's value recorded and measured right."""
     first = table(profile, spec.cycle_section.table).set_index("PERIOD").loc["2020"]
     assert not first.RETRAIN and first.ACTIONS == "score,evaluate" and pd.isna(first.DECISION)
     assert first.CHAMPION_BEFORE == first.CHAMPION_AFTER == "1"
@@ -89,30 +152,20 @@ def test_three_seasons_keep_then_retrain_shadow_and_gate_and_every_record_agrees
     assert [first.DRIFT_FIRED, first.LIVE_FIRED, first.AGE_FIRED, first.NEW_ROWS_FIRED] == [False] * 4
     _assert_measured(profile, spec, first, trained_before=date(2018, 1, 1), start=date(2020, 1, 1))
 
-    results += [cycle.main(profile, spec, pipeline.LIFECYCLE, as_of=day) for day in SEASONS[1:]]
-    rows = table(profile, spec.cycle_section.table).set_index("PERIOD").sort_index()
-    assert list(rows.index) == ["2020", "2021", "2022"]
-    second = rows.loc["2021"]
-    assert second.RETRAIN and second.AGE_FIRED and second.AGE_PERIODS == 3
-    assert second.ACTIONS == "score,evaluate,tune,train,shadow,gate"
-    assert second.CHALLENGER_VERSION == "2" and second.DECISION in ("promoted", "refused")
-    assert second.CHAMPION_AFTER == ("2" if second.DECISION == "promoted" else "1")
-    assert rows.loc["2022"].CHAMPION_BEFORE == second.CHAMPION_AFTER
 
-    _assert_audit_agrees(profile, spec, rows)
-    _assert_scores_agree(profile, spec, rows)
-    runs = MlflowClient().search_runs(
-        [MlflowClient().get_experiment_by_name(spec.name).experiment_id], "tags.`podium.stage` = 'cycle'"
-    )
-    assert sorted(r.data.tags[attempts.PERIOD_TAG] for r in runs) == ["2020", "2021", "2022"]
-    assert {r.info.run_id for r in runs} == set(rows.RUN_ID)
-    assert all(r.info.status == "FINISHED" for r in runs)
-    assert [r.retrain for r in results] == list(rows.RETRAIN)
-
-    before = state(profile, spec)
-    for day in SEASONS:  # a finished period adds nothing: no row, version, score or run
-        again = cycle.main(profile, spec, pipeline.LIFECYCLE, as_of=day)
-        assert again.done and state(profile, spec) == before
+def _assert_alerts(receiver: Receiver, rows: pd.DataFrame, printed: str, spec: Spec) -> None:
+    """One alert per promotion, drift, refusal and failure, in order; the planted secret nowhere."""
+    assert [(p.payload["type"], p.payload["title"]) for p in receiver.posts] == [
+        ("success", "f1_podium 2021: v2 promoted as champion"),
+        ("warning", "f1_podium 2022: drift fired the retrain policy"),
+        ("warning", "f1_podium 2022: v3 refused as champion"),
+        ("failure", "f1_podium 2023: the cycle failed"),
+    ]
+    assert receiver.posts[2].payload["message"] == rows.loc["2022"].REASON
+    assert "NO_SUCH_TABLE" in receiver.posts[3].payload["message"]
+    recorded = [json.dumps([r.data.params, r.data.tags]) for r in _all_runs(spec)]
+    posted = [json.dumps(p.payload) for p in receiver.posts]
+    assert not [where for where in [printed, *recorded, *posted, rows.to_csv()] if SECRET in where]
 
 
 def _assert_measured(profile: Profile, spec: Spec, row: pd.Series, trained_before: date, start: date) -> None:
@@ -213,54 +266,6 @@ def test_the_mlproject_entry_point_runs_one_cycle_in_the_run_mlflow_opened(
     assert (row.PERIOD, row.ACTIONS, run.info.status) == ("2020", "score,evaluate", "FINISHED")
     assert run.data.tags["podium.stage"] == "cycle" and run.data.tags["mlflow.project.entryPoint"] == "cycle"
     assert run.data.params["as_of"] == "2020-01-01"
-
-
-SECRET = "planted-cycle-secret-5d2"
-
-
-def test_one_alert_per_promotion_refusal_drift_and_failed_cycle_with_no_secret_anywhere(
-    rehearsal: tuple[Profile, Spec],
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    capfd: pytest.CaptureFixture[str],
-) -> None:
-    profile, spec = rehearsal
-    caplog.set_level(logging.DEBUG)
-    retrain = spec.cycle_section.retrain  # 2022: drift fires, and the gate asks for the impossible
-    when = retrain.when_any.model_copy(update={"drift": DriftTrigger(features=5, psi=0.2)})
-    config = spec.cycle_section.model_copy(update={"retrain": retrain.model_copy(update={"when_any": when})})
-    impossible = spec.promotion.model_copy(update={"min_improvement": 1.0})
-    drifting = spec.model_copy(update={"cycle": config, "promotion": impossible})
-    with alert_receiver() as receiver:
-        monkeypatch.setenv("PODIUM_ALERT_TEST", receiver.url("hook", f"podium:{SECRET}@"))
-        told = profile.model_copy(update={"alerts": [AlertChannel(env="PODIUM_ALERT_TEST")]})
-        for day in SEASONS[:2]:  # 2021: the challenger is promoted
-            cycle.main(told, spec, pipeline.LIFECYCLE, as_of=day)
-        cycle.main(told, drifting, pipeline.LIFECYCLE, as_of=SEASONS[2])
-        broken = spec.model_copy(update={"table": "ML.NO_SUCH_TABLE"})
-        with pytest.raises(PodiumError):
-            cycle.main(told, broken, pipeline.LIFECYCLE, as_of=date(2023, 1, 1))
-        cycle.main(told, spec, pipeline.LIFECYCLE, as_of=SEASONS[1])  # done already: tells nobody again
-
-    rows = table(profile, spec.cycle_section.table).set_index("PERIOD")
-    assert (rows.loc["2021"].DECISION, rows.loc["2022"].DECISION, rows.loc["2022"].DRIFT_FIRED) == (
-        "promoted",
-        "refused",
-        True,
-    )
-    told_of = [(p.payload["type"], p.payload["title"]) for p in receiver.posts]
-    assert told_of == [
-        ("success", "f1_podium 2021: v2 promoted as champion"),
-        ("warning", "f1_podium 2022: drift fired the retrain policy"),
-        ("warning", "f1_podium 2022: v3 refused as champion"),
-        ("failure", "f1_podium 2023: the cycle failed"),
-    ]
-    assert receiver.posts[2].payload["message"] == rows.loc["2022"].REASON
-    assert "NO_SUCH_TABLE" in receiver.posts[3].payload["message"]
-    printed = caplog.text + "".join(capfd.readouterr())
-    recorded = [json.dumps([r.data.params, r.data.tags]) for r in _all_runs(spec)]
-    posted = [json.dumps(p.payload) for p in receiver.posts]
-    assert not [where for where in [printed, *recorded, *posted, rows.to_csv()] if SECRET in where]
 
 
 def _all_runs(spec: Spec) -> list[Any]:

@@ -28,7 +28,7 @@ from tests.cycles import SEASONS, rehearsal_spec
 from tests.helpers import REPO, Snapshot, restore, with_warehouse, worker_env
 from tests.reliability.child import context, instants, run, timed
 
-KILLS = 4
+KILLS = 3
 LINEAGE = ["RUN_ID", "STAGE_RUN_IDS", "FINISHED_AT"]
 pytestmark = pytest.mark.slow
 
