@@ -64,7 +64,7 @@ from pipelines.models import FACTORIES
 from pipelines.periods import STEPS, period_label, period_starts
 from pipelines.processes import end_stale_stage_trees, process_gone, process_id
 from pipelines.registry import CHALLENGER, CHAMPION
-from pipelines.retrain import TRAINED_BEFORE
+from pipelines.retrain import trained_before
 from pipelines.studies import beside_storage
 from pipelines.tracking import STORE_ERRORS, configure, log_figures, nested_run, stage_run, store_error
 from pipelines.warehouse import connect, types
@@ -387,12 +387,6 @@ def _tag(model: str, version: str, backtest_id: str, label: str) -> None:
     client.set_model_version_tag(model, version, "podium.backtest_period", label)
 
 
-def _trained_before(model: str, version: str) -> date | None:
-    """The end of a version's training window (its `podium.trained_before` tag)."""
-    found = registry.client().get_model_version(model, version).tags.get(TRAINED_BEFORE)
-    return date.fromisoformat(found) if found else None
-
-
 def _family(model: str, version: str | None) -> str | None:
     if version is None:
         return None
@@ -444,7 +438,10 @@ def _measured(
         | {"HIT_RATE": next((v for k, v in mine.items() if k.startswith("hit_rate")), None)}
         | {"ROWS": mine.get("rows"), "SHADOW_GAIN": mine.get(gain)}
         | {"SHADOW_GAIN_LOW": mine.get(gain + "_low"), "SHADOW_GAIN_HIGH": mine.get(gain + "_high")}
-        | {"TRAINED_BEFORE": _trained_before(spec.model_name, version), "BACKTEST_ID": None}
+        | {
+            "TRAINED_BEFORE": trained_before(registry.client().get_model_version(spec.model_name, version)),
+            "BACKTEST_ID": None,
+        }
     )
 
 
