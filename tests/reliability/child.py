@@ -10,8 +10,10 @@ import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import time
 from multiprocessing.context import BaseContext
+from pathlib import Path
 
 PRELOAD = ["pipelines.cli", "pipelines.pipeline", "pipelines.warehouse.duckdb", "tests.reliability.child"]
 
@@ -23,23 +25,31 @@ def context() -> BaseContext:
     return ctx
 
 
-def podium(args: list[str], env: dict[str, str], cwd: str) -> None:
-    """The console entry point, as `podium ARGS` would run it, with this environment and folder."""
+def podium(args: list[str], env: dict[str, str], cwd: str, log: str = os.devnull) -> None:
+    """The console entry point, as `podium ARGS` would run it, with this environment and folder; its
+    output goes to the file `log`."""
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
-    quiet = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(quiet, 1)
-    os.dup2(quiet, 2)
+    output = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(output, 1)
+    os.dup2(output, 2)
     sys.argv = ["podium", *args]
     from pipelines import cli
 
     cli.main()
 
 
-def run(ctx: BaseContext, args: list[str], env: dict[str, str], cwd: str, kill_after: float | None) -> int:
+def run(
+    ctx: BaseContext,
+    args: list[str],
+    env: dict[str, str],
+    cwd: str,
+    kill_after: float | None,
+    log: str = os.devnull,
+) -> int:
     """`podium ARGS` in a child, SIGKILLed after `kill_after` s (None: let it end); its exit code."""
-    child = ctx.Process(target=podium, args=(args, env, cwd))
+    child = ctx.Process(target=podium, args=(args, env, cwd, log))
     child.start()
     child.join(kill_after)
     if child.is_alive():
@@ -50,10 +60,13 @@ def run(ctx: BaseContext, args: list[str], env: dict[str, str], cwd: str, kill_a
 
 def timed(ctx: BaseContext, args: list[str], env: dict[str, str], cwd: str) -> float:
     """Seconds one uninterrupted run takes (to spread kill instants over it); it must succeed."""
-    started = time.perf_counter()
-    code = run(ctx, args, env, cwd, None)
-    assert code == 0, f"podium {' '.join(args)} exited {code}"
-    return time.perf_counter() - started
+    with tempfile.NamedTemporaryFile(suffix=".log") as log:
+        started = time.perf_counter()
+        code = run(ctx, args, env, cwd, None, log.name)
+        took = time.perf_counter() - started
+        said = Path(log.name).read_text(errors="replace")[-3000:]
+    assert code == 0, f"podium {' '.join(args)} exited {code}:\n{said}"
+    return took
 
 
 def instants(duration: float, count: int) -> list[float]:

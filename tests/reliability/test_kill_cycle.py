@@ -1,9 +1,10 @@
 """`podium cycle` killed with SIGKILL at several instants of a retraining cycle; the next run completes it.
 
-The rehearsal of tests/cycles.py: the 2020 cycle runs, then the 2021 one (age fires: tune, train,
-shadow, gate) runs once uninterrupted, and is killed at instants spread over that run, each time from
-a fresh copy of the state the 2020 cycle left. After each kill the next `cycle` must leave the same
-end state as the uninterrupted run: the cycles row, the registry, the scores and the promotions.
+The rehearsal of tests/cycles.py, retraining one family on one trial: the 2020 cycle runs, then the
+2021 one (age fires: tune, train, shadow, gate) runs once uninterrupted, and is killed at instants
+spread over that run, each time from a fresh copy of the state the 2020 cycle left. After each kill
+the next `cycle` must leave the same end state as the uninterrupted run: the cycles row, the registry,
+the scores and the promotions.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipelines import audit, pipeline
-from pipelines.config import Profile, Spec
+from pipelines.config import Profile, Spec, TuningBudget
 from pipelines.stages import cycle
 from pipelines.warehouse import connect
 from tests.cycles import SEASONS, rehearsal_spec
@@ -47,7 +48,7 @@ def test_a_retraining_cycle_killed_at_any_instant_is_completed_to_the_same_end_s
     mlflow_store: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    spec = rehearsal_spec(tuned[1])
+    spec = _one_trial(rehearsal_spec(tuned[1]))
     profile = restore(crowned_2018, tuned[0], tmp_path, mlflow_store)
     cycle.main(profile, spec, pipeline.LIFECYCLE, as_of=SEASONS[0])
     after_2020 = (Path(profile.warehouse.path), Path(mlflow_store.removeprefix("sqlite:///")))
@@ -70,6 +71,14 @@ def test_a_retraining_cycle_killed_at_any_instant_is_completed_to_the_same_end_s
         assert end_state(killed_profile, spec) == reference, f"kill {i} at {instant:.1f}s"
         assert not _running(spec), f"kill {i} at {instant:.1f}s: a run stays RUNNING"
     assert killed >= KILLS - 1, f"only {killed} of {KILLS} cycles were killed before they ended"
+
+
+def _one_trial(spec: Spec) -> Spec:
+    """The rehearsal's spec retraining one family (logreg, the champion's) on one trial: a shorter cycle."""
+    tuning = spec.tuning_section.model_copy(update={"families": ["logreg"]})
+    retrain = spec.cycle_section.retrain.model_copy(update={"tune": TuningBudget(trials=1)})
+    cycle_config = spec.cycle_section.model_copy(update={"retrain": retrain})
+    return spec.model_copy(update={"tuning": tuning, "cycle": cycle_config})
 
 
 def _copy(state: tuple[Path, Path], profile: Profile, root: Path, monkeypatch: pytest.MonkeyPatch) -> Profile:
