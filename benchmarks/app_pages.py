@@ -78,8 +78,8 @@ def grow(warehouse: Path, table: str, rows: int) -> int:
         assert found is not None and found[0], f"{table} is empty: the demo scored nothing"
         copies = -(-rows // found[0])
         con.execute(
-            f"INSERT INTO {table} SELECT * REPLACE (RACE_ID + k * 100000 AS RACE_ID, "
-            f"RACE_DATE - INTERVAL (7 * k) DAY AS RACE_DATE) FROM {table}, range(1, {copies}) AS r(k)"
+            f"INSERT INTO {table} SELECT s.* REPLACE (RACE_ID + k * 100000 AS RACE_ID, "
+            f"RACE_DATE - INTERVAL (7 * k) DAY AS RACE_DATE) FROM {table} AS s, range(1, {copies}) AS r(k)"
         )
         total = con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
     assert total is not None
