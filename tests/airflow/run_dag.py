@@ -9,8 +9,7 @@ nothing: it writes what it saw as one JSON object to the file `--out`, and the t
         `dag.test()` of one run per logical date, in order (V: a JSON file of Airflow Variables): by date,
         the run's state, each task's state and XCom return value, and the tasks each branch followed
 
-`--mark-success REGEX` marks the matching tasks successful without running them (`dag.test`'s
-`mark_success_pattern`). AIRFLOW_HOME must hold a migrated metadata database (`airflow db migrate`) for `run`.
+AIRFLOW_HOME must hold a migrated metadata database (`airflow db migrate`) for `run`.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ def main() -> None:
     parser.add_argument("--dag-id")
     parser.add_argument("--logical-date", nargs="+", default=[], help="one run per date, in order")
     parser.add_argument("--variables", type=Path, help="a JSON file of Airflow Variables")
-    parser.add_argument("--mark-success", help="a regex of task ids to mark successful without running")
     args = parser.parse_args()
     bag = load(args.dag_file)
     if args.mode == "check":
@@ -39,9 +37,7 @@ def main() -> None:
     else:
         dag = bag.get_dag(args.dag_id)
         result = {
-            date: run(
-                dag, datetime.fromisoformat(date).replace(tzinfo=UTC), args.variables, args.mark_success
-            )
+            date: run(dag, datetime.fromisoformat(date).replace(tzinfo=UTC), args.variables)
             for date in args.logical_date
         }
     args.out.write_text(json.dumps(result, indent=2, default=str))
@@ -81,12 +77,11 @@ def describe(dag: Any) -> dict[str, Any]:
     }
 
 
-def run(dag: Any, logical_date: datetime, variables: Path | None, mark_success: str | None) -> dict[str, Any]:
+def run(dag: Any, logical_date: datetime, variables: Path | None) -> dict[str, Any]:
     """`dag.test()` of one run: its state, each task's state and XCom return value, each branch's choice."""
     dagrun = dag.test(
         logical_date=logical_date,
         variable_file_path=str(variables) if variables else None,
-        mark_success_pattern=mark_success,
     )
     return {
         "state": str(dagrun.state),

@@ -37,7 +37,6 @@ RUNNER = Path(__file__).with_name("run_dag.py")
 STAND_IN = Path(__file__).with_name("stand_in.py")
 REFRESH = ["refresh.ingest", "refresh.features"]
 TASKS = [*REFRESH, "plan", "decide", "retrain", "steady", "report"]
-CYCLE_TASKS = "plan|decide|retrain|steady"  # the tasks that need `podium cycle`, and the branch between them
 CYCLE_TABLE = "ML.F1_CYCLES"
 
 pytestmark = pytest.mark.skipif(
@@ -125,14 +124,11 @@ def check(home: Path, tmp_path: Path, env: dict[str, str] | None = None) -> dict
     return dict(json.loads(out.read_text()))
 
 
-def run(
-    home: Path, variables: Path, *dates: str, mark_success: str = "", env: dict[str, str] | None = None
-) -> Runs:
+def run(home: Path, variables: Path, *dates: str, env: dict[str, str] | None = None) -> Runs:
     """`dag.test()` of podium_cycle at each logical date, in order, with these Variables (run_dag.py run)."""
     out = variables.with_name(f"runs_{dates[0]}.json")
-    marked = ["--mark-success", mark_success] if mark_success else []
     command = ["run", str(DAG_FILE), "--dag-id", "podium_cycle", "--variables", str(variables)]
-    done = airflow(home, str(RUNNER), *command, "--logical-date", *dates, "--out", str(out), *marked, env=env)
+    done = airflow(home, str(RUNNER), *command, "--logical-date", *dates, "--out", str(out), env=env)
     return Runs(json.loads(out.read_text()), done.stdout + done.stderr)
 
 
@@ -307,11 +303,9 @@ def with_cycle(spec: dict[str, Any], when_any: dict[str, Any]) -> dict[str, Any]
 
 
 def cycle_rows(warehouse: Path) -> list[dict[str, Any]]:
-    """The rows of the cycles table (one per period whose cycle finished): period, retrain, actions, gate."""
-    columns = "PERIOD, RETRAIN, NEW_ROWS_FIRED, ACTIONS, CHALLENGER_VERSION, DECISION"
+    """The rows of the cycles table, one per period whose cycle finished."""
     with duckdb.connect(str(warehouse), read_only=True) as con:
-        rows = con.execute(f"SELECT {columns} FROM {CYCLE_TABLE}").fetchall()
-    return [dict(zip([c.strip() for c in columns.split(",")], row, strict=True)) for row in rows]
+        return list(con.execute(f"SELECT * FROM {CYCLE_TABLE}").df().to_dict("records"))
 
 
 @pytest.mark.slow
