@@ -11,7 +11,7 @@ JOBS   ?= 2
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-fast check ui docs docs-site clean
+.PHONY: help demo test test-fast check app ui docs docs-site clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-9s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,6 +35,9 @@ test: $(BIN)/podium ## Run the tests (pytest), on two worker processes (JOBS=2)
 
 test-fast: $(BIN)/podium ## Unit and data tiers, under 2 minutes
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup --no-loadscope-reorder tests/unit tests/data
+
+app: $(BIN)/podium ## Open the analysts' app (podium app) on http://127.0.0.1:8501
+	$(BIN)/podium app
 
 ui: $(BIN)/podium ## Open the MLflow UI on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000

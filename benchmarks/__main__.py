@@ -1,7 +1,7 @@
 """Run the benchmarks and write benchmarks/results.md: `python -m benchmarks [SECTION ...]`.
 
 With no argument every section runs; with names (p1, p1-critical-path, p2, p3, peer, throughput,
-demo, backtest) only those run and replace their own sections of results.md, the others kept as they were.
+demo, backtest, app) only those run and replace their own sections of results.md, the others kept.
 Each section says when and where it was measured; the figures inside one table come from one run.
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import mlflow
 
 from benchmarks import (
+    app_pages,
     backtest_replay,
     demo_stages,
     feature_build,
@@ -158,6 +159,17 @@ the season, the gate's decision; the last row is the whole backtest's wall time 
 and features excluded).
 """,
         backtest_replay.measure,
+    ),
+    Section(
+        "app",
+        "`podium app`: each page's render time",
+        """
+Budget: the Predictions page under 2 s at 10M scored rows on 2 cores. One rerun of each page's script
+as the Streamlit server runs it (Streamlit's AppTest: open the warehouse read-only, query, build the
+elements; the browser's drawing is not counted), median of five after a warm-up, on the demo's tables
+and then with ML.F1_SCORES tiled to 10M rows (`benchmarks/app_pages.py`), in the same run.
+""",
+        app_pages.measure,
     ),
 ]
 

@@ -32,14 +32,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `tests.servers`, when run as a script
 
+import yaml  # noqa: E402
 from mlflow.entities import Run  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipelines.config_files import load_spec  # noqa: E402
+from pipelines.config import Spec  # noqa: E402
+from pipelines.config_files import load_profile, load_spec  # noqa: E402
 from tests.servers import (  # noqa: E402
     CHROMIUM_FLAGS,
     RenderedPage,
+    app_server,
     kill_session,
     mlflow_page,
     mlflow_server,
@@ -261,8 +264,35 @@ def run_tree(url: str, client: MlflowClient, experiment_id: str, family: str, pa
     crop(path)
 
 
+APP_PAGES = {  # the app's pages in the README, and a text each shows once drawn
+    "predictions": "Scored at",
+    "health": "holdout",
+    "drift": "PSI threshold",
+    "promotions": "Champion: v",
+}
+
+
+def app_pages(root: Path, spec: Spec) -> list[str]:
+    """Screenshots of `podium app` on the demo's warehouse, read-only: docs/app_<page>.png."""
+    profile, spec_file = root / "app_profile.yaml", root / "app_spec.yaml"
+    demo = load_profile("local").warehouse  # what `make demo` wrote
+    warehouse = {"backend": "duckdb", "path": str(Path(demo.path).resolve())}
+    profile.write_text(yaml.safe_dump({"warehouse": warehouse}))
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    written = []
+    with app_server(root / "app", profile, spec_file) as url:
+        for slug, shown in APP_PAGES.items():
+            path = DOCS / f"app_{slug}.png"
+            page = rendered(f"{url}/?page={slug}", lambda p, text=shown: text in p.text, path, (WIDTH, 900))
+            if shown not in page.text:
+                raise SystemExit(f"the app's {slug} page did not render; it showed: {page.text[:2000]}")
+            written.append(path.name)
+    return written
+
+
 def main(store: Path = Path("mlflow.db")) -> None:
-    """Write docs/run_tree.png, leaderboard.png, champion.png (and backtest.png) from the local store."""
+    """Write docs/run_tree.png, leaderboard.png, champion.png (and backtest.png) from the local store, and
+    app_<page>.png from `podium app` on the demo's warehouse."""
     if not store.exists():
         raise SystemExit(f"no {store.resolve()}: run `make demo` first, then this from the same folder.")
     spec = load_spec(os.environ.get("PODIUM_SPEC"), root=ROOT)
@@ -301,6 +331,8 @@ def main(store: Path = Path("mlflow.db")) -> None:
             screenshot(
                 address, lambda page: all(s in page.text for s in shown), DOCS / "champion.png", height=668
             )
+            os.environ["MLFLOW_TRACKING_URI"] = url  # the app's champion card links to this registry
+            written += app_pages(root, spec)
     for name in written:
         print(DOCS / name)
 

@@ -6,7 +6,6 @@ learns; env PODIUM_SPEC). Errors a user can cause print one line and exit 1.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -19,13 +18,12 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from pipelines import display, pipeline
-from pipelines import query as query_stage
-from pipelines import status as status_stage
+from pipelines import cli_views, display, pipeline
 from pipelines.cli_help import EPILOG, HELP, reflow
 from pipelines.cli_options import (
     AsOfOption,
     Format,
+    JobsOption,
     ProfileOption,
     SecondsOption,
     SpecOption,
@@ -34,7 +32,7 @@ from pipelines.cli_options import (
     bounded,
 )
 from pipelines.config import DEFAULT_PROFILE, MAX_CHUNK_ROWS, Profile, Spec
-from pipelines.config_files import load, load_profile
+from pipelines.config_files import load
 from pipelines.errors import PodiumError
 from pipelines.registry import CHAMPION
 from pipelines.secrets import MaskPasswords, hide_password
@@ -60,9 +58,9 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
-def command(function: Callable[..., None]) -> Callable[..., None]:
+def command(function: Callable[..., None], name: str | None = None) -> Callable[..., None]:
     """Register a command whose docstring is its manual: prose reflowed, examples kept line by line."""
-    return app.command(help=reflow(function.__doc__ or ""))(function)
+    return app.command(name, help=reflow(function.__doc__ or ""))(function)
 
 
 @command
@@ -110,15 +108,7 @@ def tune(
     ] = "all",
     n_trials: TrialsOption = None,
     seconds: SecondsOption = None,
-    n_jobs: Annotated[
-        int,
-        typer.Option(
-            "--n-jobs",
-            "-j",
-            callback=bounded("--n-jobs", 0, 1024),
-            help="Cores for cross-validation (0: all).",
-        ),
-    ] = 0,
+    n_jobs: JobsOption = 0,
     storage: StorageOption = "",
 ) -> None:
     """Score the baselines, then spend the tuning budget on one Optuna study per model family.
@@ -143,17 +133,16 @@ def tune(
           a one-core worker on a shared study
     """
     settings, experiment = _load(profile, spec)
-    display.show(
-        tune_stage.main(
-            settings,
-            experiment,
-            family,
-            n_trials=n_trials,
-            seconds=seconds,
-            n_jobs=n_jobs,
-            storage=storage or None,
-        )
+    result = tune_stage.main(
+        settings,
+        experiment,
+        family,
+        n_trials=n_trials,
+        seconds=seconds,
+        n_jobs=n_jobs,
+        storage=storage or None,
     )
+    display.show(result)
 
 
 @command
@@ -381,74 +370,12 @@ def cycle(
     settings, experiment = _load(profile, spec)
     day = as_of.date() if as_of else None
     result = cycle_stage.main(settings, experiment, pipeline.LIFECYCLE, day, plan, refresh)
-    if format is Format.json:
-        sys.stdout.write(json.dumps(result.as_dict(), indent=2, default=str) + "\n")
-    else:
-        display.show(result)
+    display.show_or_json(result, result.as_dict, format is Format.json)
 
 
-@command
-def status(
-    profile: ProfileOption = DEFAULT_PROFILE,
-    spec: SpecOption = "",
-    storage: StorageOption = "",
-    format: Annotated[
-        Format, typer.Option("--format", "-f", help="table for people, json for machines (csv: not offered).")
-    ] = Format.table,
-) -> None:
-    """Show where the spec stands: tables, studies, registered versions, the latest scores and monitoring.
-
-    Changes nothing: the warehouse is opened read-only; what does not exist yet shows as missing.
-
-    [bold]Examples[/]
-      podium status
-      podium status --format json | jq '.versions[] | select(.aliases | index("champion"))'
-    """
-    if format is Format.csv:
-        raise PodiumError("status has no csv form: use --format table or --format json.")
-    settings, experiment = _load(profile, spec)
-    result = status_stage.main(settings, experiment, storage or None)
-    if format is Format.json:
-        sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
-    else:
-        display.show(result)
-
-
-@command
-def sql(
-    query: Annotated[str, typer.Argument(help="One query in Snowflake dialect.")],
-    profile: ProfileOption = DEFAULT_PROFILE,
-    format: Annotated[
-        Format, typer.Option("--format", "-f", help="table for people, csv or json for machines.")
-    ] = Format.table,
-    write: Annotated[
-        bool, typer.Option("--write", help="Allow DDL and DML, one statement (default: read-only).")
-    ] = False,
-) -> None:
-    """Run one Snowflake-dialect query on the profile's warehouse and print the rows.
-
-    Read-only by default: the statement must be a query (SELECT, WITH, UNION, VALUES, PIVOT,
-    DESCRIBE, SHOW) with no write anywhere inside it, or it is refused before it runs; a DuckDB
-    file is opened read-only, with no access to other files, databases or extensions, and takes
-    no write lock. `--write` runs exactly one statement, DDL and DML included.
-
-    [bold]Examples[/]
-      podium sql "select count(*) from ML.F1_FEATURES"
-      podium sql "select * from ML.F1_SCORES limit 5" --format csv
-      podium sql "select * from ML.MODEL_PROMOTIONS" --format json | jq .
-      podium sql --write "delete from ML.F1_SCORES where MODEL_VERSION = '1'"
-          change data, on purpose
-    """
-    frame = query_stage.run(load_profile(profile), query, write)
-    if frame is None:
-        err.print("done: the statement ran (--write)", highlight=False)
-        return
-    if format is Format.csv:
-        frame.to_csv(sys.stdout, index=False)
-    elif format is Format.json:
-        sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
-    else:
-        display.frame(frame)
+command(cli_views.status)
+command(cli_views.analysts_app, "app")
+command(cli_views.sql)
 
 
 @command

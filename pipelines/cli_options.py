@@ -69,6 +69,16 @@ StorageOption = Annotated[
 ]
 
 
+JobsOption = Annotated[
+    int,
+    typer.Option(
+        "--n-jobs", "-j", callback=bounded("--n-jobs", 0, 1024), help="Cores for cross-validation (0: all)."
+    ),
+]
+HostOption = Annotated[str, typer.Option(help="The address to serve on (loopback by default).")]
+PortOption = Annotated[int, typer.Option(min=1, max=65535, help="The port to serve on.")]
+
+
 class Format(StrEnum):
     """How a command prints its rows: a table for people, csv or json for machines."""
 

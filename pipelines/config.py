@@ -282,6 +282,11 @@ class MonitoringConfig(Strict):
     psi_threshold: float = Field(0.2, gt=0, le=10)
     hit_rate: HitRateConfig | None = None
 
+    @property
+    def bins_table(self) -> str:
+        """Where evaluate keeps each drift bin's shares: the table's name plus `_DRIFT_BINS`."""
+        return f"{self.table}_DRIFT_BINS"
+
 
 class BacktestConfig(Strict):
     """`podium backtest`: the lifecycle replayed period by period (the monitoring period) over past data."""

@@ -7,6 +7,9 @@ a stage's result the same way.
 from __future__ import annotations
 
 import functools
+import json
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,6 +31,14 @@ from pipelines.stages.tune import TuneResult
 from pipelines.status import Status
 
 out = Console()
+
+
+def show_or_json(result: Any, as_dict: Callable[[], dict[str, Any]], as_json: bool) -> None:
+    """A result as JSON on stdout (`--format json`, for machines), or as tables for people."""
+    if as_json:
+        sys.stdout.write(json.dumps(as_dict(), indent=2, default=str) + "\n")
+    else:
+        show(result)
 
 
 @functools.singledispatch

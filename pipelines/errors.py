@@ -13,6 +13,10 @@ class WarehouseError(PodiumError):
     """The warehouse refused a statement (missing table, bad SQL, bad identifier)."""
 
 
+class WarehouseBusy(WarehouseError):
+    """Another process held the warehouse's write lock for longer than this command would wait."""
+
+
 class DataQualityError(PodiumError):
     """A data-quality check on a built table failed."""
 

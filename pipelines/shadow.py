@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipelines.config import Spec
+from pipelines.config import LiveEvidence, Spec
 from pipelines.metrics import improvement
 from pipelines.warehouse import Warehouse
 from pipelines.warehouse.dialect import quote
@@ -98,6 +98,17 @@ def _gains(sums: pd.DataFrame, metric: str, n_classes: int) -> np.ndarray:
             for side in "CH"
         ]
     return np.asarray(improvement(metric, np.asarray(sides[0]), np.asarray(sides[1])), dtype=float)
+
+
+def live_verdict(last: pd.DataFrame, live: LiveEvidence) -> str:
+    """The live gate on the last `live.periods` rows of `evidence`: `won`, `lost`, or `waiting` for more.
+
+    It fails closed: fewer periods than asked wait in shadow, unless one of them is already lost.
+    """
+    won = bool((last.GAIN >= live.min_improvement).all())
+    if won and len(last) < live.periods:
+        return "waiting"
+    return "won" if won else "lost"
 
 
 def evidence(warehouse: Warehouse, spec: Spec, candidate: str, holder: str) -> pd.DataFrame:

@@ -139,6 +139,17 @@ def mlflow_server(root: Path, timeout: float = START_TIMEOUT) -> Iterator[str]:
 
 
 @contextmanager
+def app_server(root: Path, profile: Path, spec: Path, timeout: float = START_TIMEOUT) -> Iterator[str]:
+    """`podium app` for these settings on a free loopback port (MLflow: the environment's store); its URL."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "pipelines.cli", "app", "-p", str(profile), "--spec", str(spec)]
+    with http_service([*command, "--port", str(port)], f"{url}/_stcore/health", root, timeout=timeout):
+        yield url
+
+
+@contextmanager
 def http_service(
     command: list[str],
     probe: str,

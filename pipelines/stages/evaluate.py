@@ -8,7 +8,8 @@ Outputs: the spec's monitoring table, long format, one row per (model version, p
          the spec asks for it, `psi.<FEATURE>` per feature (scored rows vs the training
          window, period `all`), and for each shadow challenger its paired comparison with
          the champion (`shadow.vs_v<N>.*`, see `shadow`). Rerunning replaces the rows it
-         recomputes.
+         recomputes. Beside it, `<monitoring table>_DRIFT_BINS`: every PSI bin's training and
+         scored shares per (version, feature), replaced whole by each run (the app's drift page).
 MLflow:  the `evaluate` run: the same metrics as metrics (`v<version>.<period>.<metric>`),
          `monitoring.csv`, `drift_bins.csv` (every PSI bin's shares), `plots/monitoring.png`,
          and a tag naming the drifting features.
@@ -90,8 +91,11 @@ def main(profile: Profile, spec: Spec, as_of: date | None = None) -> EvaluateRes
             rows = _finish(pd.concat(parts, ignore_index=True) if parts else metrics, spec)
             if not rows.empty:
                 warehouse.write(rows, monitoring.table, mode="merge", keys=KEYS)
+            bins = bin_rows(drifts, spec)
+            if not bins.empty:  # every version's drift is measured anew: the table is replaced whole
+                warehouse.write(bins, monitoring.bins_table, mode="replace")
             drifting = _warn(drifts, monitoring.psi_threshold)
-            _log(rows, drifts, drifting)
+            _log(rows, bins, drifting)
     return EvaluateResult(monitoring.table, rows, drifting)
 
 
@@ -384,6 +388,15 @@ def bin_counts(
     return counted.assign(FEATURE=counted.FEATURE.map(feature))
 
 
+def bin_rows(drifts: list[Drift], spec: Spec) -> pd.DataFrame:
+    """Every drift bin of every (version, feature): its training and scored shares and PSI term."""
+    if not drifts:
+        return pd.DataFrame()
+    bins = pd.concat([d.bins.assign(MODEL_VERSION=d.version, FEATURE=d.feature) for d in drifts])
+    out = bins.rename_axis("BIN").reset_index().assign(MODEL_NAME=spec.model_name)
+    return out[["MODEL_NAME", "MODEL_VERSION", "FEATURE", "BIN", "EXPECTED", "ACTUAL", "PSI"]]
+
+
 def _finish(rows: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     now = datetime.now(UTC).replace(tzinfo=None)
     out = rows.assign(MODEL_NAME=spec.model_name, EVALUATED_AT=now)
@@ -417,7 +430,7 @@ def same_drift(drifts: list[Drift]) -> list[tuple[str, Drift]]:
     return [(", ".join(f"v{d.version}" for d in same), same[0]) for same in groups.values()]
 
 
-def _log(rows: pd.DataFrame, drifts: list[Drift], drifting: list[Drift]) -> None:
+def _log(rows: pd.DataFrame, bins: pd.DataFrame, drifting: list[Drift]) -> None:
     """The metrics as MLflow metrics, the tables as CSV (`drift_bins.csv`: every bin), a plot over time."""
     metrics = {
         f"v{r.MODEL_VERSION}.{r.PERIOD}.{r.METRIC}": r.VALUE
@@ -426,9 +439,7 @@ def _log(rows: pd.DataFrame, drifts: list[Drift], drifting: list[Drift]) -> None
     }
     mlflow.log_metrics(metrics)
     mlflow.log_text(rows.to_csv(index=False), "monitoring.csv")
-    bins = [d.bins.assign(MODEL_VERSION=d.version, FEATURE=d.feature) for d in drifts]
-    if bins:
-        table = pd.concat(bins).rename_axis("BIN").reset_index()
-        mlflow.log_text(table.to_csv(index=False), "drift_bins.csv")
+    if not bins.empty:
+        mlflow.log_text(bins.to_csv(index=False), "drift_bins.csv")
     mlflow.set_tag("podium.drifting", ",".join(sorted({d.feature for d in drifting})) or "none")
     log_figures({"plots/monitoring.png": plots.monitoring_figure(rows)})

@@ -303,9 +303,8 @@ def _live_gate(warehouse: Warehouse, spec: Spec, candidate: str, holder: str, de
     last = shadow.evidence(warehouse, spec, candidate, holder).tail(live.periods)
     decision.live = {"metric": metric, "periods": live.periods, "min_improvement": live.min_improvement}
     decision.live["evidence"] = last.to_dict("records")
-    won = bool((last.GAIN >= live.min_improvement).all())
-    if won and len(last) < live.periods:
-        decision.live["verdict"] = "waiting"
+    verdict = decision.live["verdict"] = shadow.live_verdict(last, live)
+    if verdict == "waiting":
         decision.decision = "refused"
         decision.reason += (
             f"; not enough live evidence: {len(last)} of {live.periods} shadow periods of v{candidate} "
@@ -313,7 +312,7 @@ def _live_gate(warehouse: Warehouse, spec: Spec, candidate: str, holder: str, de
         )
         return
     cited = ", ".join(f"{r.PERIOD} {r.GAIN:+.4f} [{r.LOW:+.4f}, {r.HIGH:+.4f}]" for r in last.itertuples())
-    decision.live["verdict"] = "won" if won else "lost"
+    won = verdict == "won"
     decision.reason += (
         f"; live {metric} gain vs v{holder} in shadow, last {len(last)} of {live.periods} periods [95% CI]: "
         f"{cited}: "

@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from pipelines.errors import WarehouseError
+from pipelines.errors import WarehouseBusy, WarehouseError
 from pipelines.warehouse import types
 from pipelines.warehouse.base import (
     ScoringJob,
@@ -270,8 +270,10 @@ def _open(path: Path | str, read_only: bool, config: ConnectConfig, wait: float)
         except duckdb.IOException as exc:
             if _damaged(exc):
                 raise _damaged_file(path, exc) from None
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+            if "lock" not in str(exc).lower():
                 raise _cannot_open(path, exc) from None
+            if time.monotonic() > deadline:
+                raise _cannot_open(path, exc, WarehouseBusy) from None
             if not told:
                 log.warning(
                     "waiting up to %.0f s for the DuckDB warehouse %s: another process writes it, and "
@@ -288,8 +290,10 @@ def _open(path: Path | str, read_only: bool, config: ConnectConfig, wait: float)
 DAMAGE = ("could not read enough bytes", "not a valid duckdb database", "corrupt", "checksum")
 
 
-def _cannot_open(path: Path | str, exc: Exception) -> WarehouseError:
-    return WarehouseError(
+def _cannot_open(
+    path: Path | str, exc: Exception, kind: type[WarehouseError] = WarehouseError
+) -> WarehouseError:
+    return kind(
         f"cannot open the DuckDB warehouse {path}: {first_line(exc)}. "
         "Wait for the other process, build the warehouse first (`podium ingest`), "
         "or fix warehouse.path in the profile."

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
 import pytest
 import yaml
@@ -363,3 +364,65 @@ def test_an_endpoint_that_never_answers_fails_within_the_login_timeout(
     # 5 s of login_timeout plus the process's start (imports: several seconds on a loaded machine); the
     # connector's defaults waited 60 s per request, retried for minutes
     assert took < 5 + 40, took
+
+
+def test_the_app_shows_the_same_pages_on_both_paths(
+    paths: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every page of `podium app` (Streamlit's AppTest) draws the same figures from the emulated
+    Snowflake as from the DuckDB file: the same queries through the seam, in its Snowflake dialect."""
+    pages = {name: app_pages(root, env, monkeypatch) for name, (root, env, _) in paths.items()}
+    assert pages["snow"].keys() == pages["duck"].keys()
+    for slug, (metrics, frames) in pages["duck"].items():
+        snow_metrics, snow_frames = pages["snow"][slug]
+        assert snow_metrics == metrics, slug
+        assert len(snow_frames) == len(frames), slug
+        for left, right in zip(snow_frames, frames, strict=True):
+            pd.testing.assert_frame_equal(left, right, rtol=1e-9, obj=slug)
+    assert pages["duck"]["predictions"][1] and pages["duck"]["challenger"][1], "pages with rows to compare"
+
+
+def app_pages(
+    root: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, tuple[dict[str, str], list[pd.DataFrame]]]:
+    """By page: the metrics and tables the app shows for this path's project (times and actors aside)."""
+    from streamlit.testing.v1 import AppTest
+
+    from pipelines.app.pages import PAGES
+
+    for key, value in env.items():
+        if key.startswith(("SNOWFLAKE_", "MLFLOW_TRACKING_URI")):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PODIUM_PROFILE", str(root / "conf" / "p.yaml"))
+    monkeypatch.setenv("PODIUM_SPEC", str(root / "experiments" / "f1_podium.yaml"))
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
+        shown = {}
+        for page in PAGES:
+            app = AppTest.from_file(str(REPO / "pipelines" / "app" / "main.py"), default_timeout=300)
+            app.query_params["page"] = page.slug
+            app.run()
+            assert not app.exception and not app.error, (page.slug, [e.value for e in app.exception])
+            metrics = {m.label: m.value for m in app.metric if m.label != "Scored at"}
+            shown[page.slug] = (metrics, [_same_kinds(d.value) for d in app.dataframe])
+        return shown
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _same_kinds(frame: pd.DataFrame) -> pd.DataFrame:
+    """A shown table with times dropped, numbers as floats and the rest as text (both paths alike)."""
+    times = [c for c in frame.columns if c in {"DECIDED_AT", "ACTOR"}]
+    out = frame.drop(columns=times).reset_index(drop=True)
+    for column in out.columns:
+        numbers = pd.to_numeric(out[column], errors="coerce")
+        if numbers.notna().sum() == out[column].notna().sum() and out[column].notna().any():
+            out[column] = numbers.astype("float64")
+        else:
+            out[column] = out[column].astype(object).where(out[column].notna(), None).map(_text)
+    return out
+
+
+def _text(value: object) -> object:
+    return None if value is None else str(value)
