@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,6 +85,15 @@ def migrated_once(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         patch.setattr(utils, "_initialize_tables", initialize)
         patch.setattr(registry_store, "_initialize_tables", initialize)
         yield
+
+
+@pytest.fixture(autouse=True)
+def main_module_kept() -> Iterator[None]:
+    """Streamlit's AppTest installs the app's script as `__main__` and leaves it there; a worker
+    process spawned later would rerun the app on start (seconds each), so each test puts it back."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 
 @pytest.fixture(autouse=True)
