@@ -376,6 +376,7 @@ def cycle(
 command(cli_views.status)
 command(cli_views.analysts_app, "app")
 command(cli_views.sql)
+command(cli_views.dbt_sources, "dbt-sources")
 
 
 @command

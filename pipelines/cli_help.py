@@ -6,13 +6,14 @@ import inspect
 
 HELP = """Podium: MLflow-tracked experiments and a model registry over Snowflake (a DuckDB file offline).
 
-One command per stage, in pipeline order: [bold]ingest[/] raw files, build [bold]features[/] in SQL,
+One command per stage, in pipeline order: [bold]ingest[/] raw files, build [bold]features[/] in SQL or dbt,
 [bold]tune[/] one Optuna study per model family, [bold]train[/] and register the best, [bold]promote[/] it
 through the spec's policy, [bold]score[/] rows back into the warehouse, [bold]evaluate[/] them against
 actuals. [bold]run[/] chains them all, [bold]cycle[/] runs one period of them on a schedule (retraining
 when the spec's policy says so), [bold]backtest[/] replays the cycles over past periods, [bold]status[/]
-shows where everything stands, [bold]sql[/] queries the warehouse and [bold]app[/] serves its tables to
-analysts in the browser. Every stage is an MLflow run: see them with `mlflow ui`.
+shows where everything stands, [bold]sql[/] queries the warehouse, [bold]app[/] serves its tables to
+analysts in the browser and [bold]dbt-sources[/] describes them to dbt. Every stage is an MLflow run: see
+them with `mlflow ui`.
 
 A [italic]spec[/] (experiments/NAME/spec.yaml) says what is learned; a [italic]profile[/] (conf/NAME.yaml)
 says where it runs. `podium COMMAND --help` explains one command, with examples.

@@ -1,16 +1,20 @@
-"""The `podium` commands that read rather than run a stage: `status`, `sql` and `app`.
+"""The `podium` commands that read rather than run a stage: `status`, `sql`, `app` and `dbt-sources`.
 
 pipelines/cli.py registers them beside the stage commands; each docstring is its manual.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from rich.console import Console
 
+from pipelines import dbt_sources as sources_doc
 from pipelines import display
 from pipelines import query as query_stage
 from pipelines import status as status_stage
@@ -102,3 +106,36 @@ def sql(
         sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
     else:
         display.frame(frame)
+
+
+def dbt_sources(
+    profile: ProfileOption = DEFAULT_PROFILE,
+    spec: SpecOption = "",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write here (e.g. models/podium_sources.yml); default stdout."),
+    ] = None,
+) -> None:
+    """Write the spec's output tables as dbt sources: described columns, dbt tests, an `ml` exposure.
+
+    Scores, monitoring and promotions (backtest and cycles when the spec has them), with keys and
+    MODEL_VERSION not null and unique together, and PREDICTED_CLASS among the spec's classes.
+    `dbt test --select source:podium_*` then checks Podium's tables like any other.
+
+    [bold]Examples[/]
+      podium dbt-sources --spec examples/dbt_store_demand/store_demand_dbt.yaml \\
+          --out examples/dbt_store_demand/models/podium/sources.yml
+      podium dbt-sources > models/podium_sources.yml
+    """
+    _, experiment = load(profile, spec or None)
+    text = "# Written by `podium dbt-sources`: rerun it rather than edit.\n" + yaml.safe_dump(
+        sources_doc.document(experiment), sort_keys=False, width=100
+    )
+    if out is None:
+        sys.stdout.write(text)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, out)  # a reader sees the old file or the new one, never half of one
+    err.print(f"wrote {out}", highlight=False)

@@ -131,12 +131,31 @@ class RowBounds(Strict):
         return self
 
 
-class FeaturesConfig(Strict):
-    """Ordered SQL models (Snowflake dialect) that build the feature table."""
+class DbtFeatures(Strict):
+    """A dbt project that builds the feature table: `dbt build --select <select>`."""
 
-    sql: Path
+    project_dir: Path
+    select: str = Field(min_length=1, description="dbt's node selection, e.g. +store_demand_features")
+    target: Name = Field("podium", description="the target name of the profile Podium writes for dbt")
+    vars: dict[str, str | int | float | bool] = Field({}, description="dbt's --vars")
+
+
+class FeaturesConfig(Strict):
+    """What builds the feature table: ordered SQL models (Snowflake dialect), or a dbt project.
+
+    `schema` is where the SQL models' tables go, or dbt's target schema (then not the spec table's own).
+    """
+
+    sql: Path | None = None
+    dbt: DbtFeatures | None = None
     db_schema: Identifier = Field("ML", alias="schema")
     expect_rows: RowBounds = RowBounds()
+
+    @model_validator(mode="after")
+    def _one_builder(self) -> FeaturesConfig:
+        if (self.sql is None) == (self.dbt is None):
+            raise ValueError("give one of `sql` (a folder of NN_name.sql models) or `dbt` (a dbt project)")
+        return self
 
 
 class ColumnsConfig(Strict):
@@ -434,6 +453,18 @@ class Spec(Strict):
             raise ValueError(
                 f"holdout_end ({self.holdout_end}) must be after holdout_start ({self.holdout_start}): "
                 "fix or drop holdout_end"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _dbt_builds_elsewhere(self) -> Spec:
+        dbt_schema = self.features.db_schema if self.features and self.features.dbt else None
+        parts = self.table.upper().split(".")  # [DATABASE.]SCHEMA.TABLE, or TABLE alone
+        if dbt_schema and len(parts) > 1 and parts[-2] == dbt_schema.upper():
+            raise ValueError(
+                f"features.schema ({dbt_schema}) is where dbt builds, and {self.table} is where Podium "
+                "publishes the checked table: give them different schemas (e.g. features.schema: "
+                f"{dbt_schema}_DBT)"
             )
         return self
 

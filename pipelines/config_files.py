@@ -12,7 +12,7 @@ from typing import Any, NoReturn, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipelines.config import DEFAULT_PROFILE, DuckDBConfig, Profile, Spec
+from pipelines.config import DEFAULT_PROFILE, DuckDBConfig, FeaturesConfig, Profile, Spec
 from pipelines.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
@@ -71,13 +71,20 @@ def load_spec(name: str | None = None, root: Path | None = None) -> Spec:
             update={"ingest": spec.ingest.model_copy(update={"source": _under(root, spec.ingest.source)})}
         )
     if spec.features:
-        spec = spec.model_copy(
-            update={"features": spec.features.model_copy(update={"sql": _under(root, spec.features.sql)})}
-        )
+        spec = spec.model_copy(update={"features": _features_under(root, spec.features)})
     if spec.tuning:
         space = _under(root, spec.tuning.search_space)
         spec = spec.model_copy(update={"tuning": spec.tuning.model_copy(update={"search_space": space})})
     return spec
+
+
+def _features_under(root: Path, features: FeaturesConfig) -> FeaturesConfig:
+    """The features section with its SQL folder or dbt project resolved under the project root."""
+    if features.dbt:
+        dbt = features.dbt.model_copy(update={"project_dir": _under(root, features.dbt.project_dir)})
+        return features.model_copy(update={"dbt": dbt})
+    assert features.sql is not None, "a features section has SQL models or a dbt project"  # _one_builder
+    return features.model_copy(update={"sql": _under(root, features.sql)})
 
 
 def _spec_names(folder: Path) -> list[str]:

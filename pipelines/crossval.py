@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -24,6 +23,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, clone
 from threadpoolctl import threadpool_limits
 
+from pipelines import lifeline
 from pipelines.errors import PodiumError
 from pipelines.metrics import classification_metrics
 from pipelines.splits import Fold
@@ -145,14 +145,7 @@ def _hold(X: pd.DataFrame, y: np.ndarray, folds: list[Fold], parent: int) -> Non
     global _held
     _held = (X, y, folds)
     threadpool_limits(limits=1)
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-
-
-def _exit_with(parent: int) -> None:
-    """Poll the parent process; end this worker once it has died (a SIGKILLed `tune`)."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
+    lifeline.watch(parent)
 
 
 def _fit_held(estimator: BaseEstimator, index: int) -> dict[str, float]:

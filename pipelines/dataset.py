@@ -13,12 +13,14 @@ Stages that feed a model or read its output go through here, so a row means one 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlflow.data.digest_utils import compute_pandas_digest, get_normalized_md5_digest
 from mlflow.data.pandas_dataset import PandasDataset, from_pandas  # mlflow.data.from_pandas, typed
 
 from pipelines import served
@@ -38,6 +40,7 @@ LINEAGE = {
     "SCORED_AT": "TIMESTAMP_NTZ",
     "BATCH_ID": "VARCHAR",
 }
+DBT_BUILD_COLUMNS = ("DBT_INVOCATION_ID", "DBT_SQL_CHECKSUM", "DBT_MODELS")  # a dbt-built table's record
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class Window:
     X: pd.DataFrame
     y: np.ndarray
     times: pd.Series
+    # the dbt build that made the rows, as lineage tags (none for a table built otherwise)
+    source: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def feature_schema(spec: Spec, columns: dict[str, str]) -> FeatureSchema:
@@ -205,7 +210,23 @@ def load_training(warehouse: Warehouse, spec: Spec, schema: FeatureSchema) -> Wi
             f"[{spec.train_start}, {spec.holdout_start})): a model cannot learn them. Remove them from the "
             "spec's classes, or widen the window."
         )
-    return window
+    return dataclasses.replace(window, source=read_dbt_build(warehouse, spec))
+
+
+def dbt_build_table(spec: Spec) -> str:
+    """Where the features stage keeps the lineage of the dbt build behind the spec's table."""
+    return f"{spec.table}_DBT_BUILD"
+
+
+def read_dbt_build(warehouse: Warehouse, spec: Spec) -> dict[str, str]:
+    """The dbt build behind the spec's table as lineage tags; none unless dbt builds it."""
+    if not (spec.features and spec.features.dbt):
+        return {}
+    table = dbt_build_table(spec)
+    if not warehouse.exists(table):
+        raise PodiumError(f"{spec.table} has no dbt build record ({table}): run `podium features` first.")
+    row = warehouse.query(f"SELECT {', '.join(DBT_BUILD_COLUMNS)} FROM {quote(table)}").iloc[0]
+    return {f"podium.{name.lower()}": str(row[name]) for name in DBT_BUILD_COLUMNS}
 
 
 def load_holdout(warehouse: Warehouse, spec: Spec, schema: FeatureSchema) -> Window:
@@ -279,7 +300,10 @@ def decode_target(indices: np.ndarray, spec: Spec) -> np.ndarray:
 def lineage_dataset(spec: Spec, window: Window, name: str) -> PandasDataset:
     """A window of rows as an `mlflow.data` dataset (inputs and class labels), digested for lineage."""
     labelled = window.X.assign(**{spec.target: decode_target(window.y, spec)})
-    return from_pandas(labelled, name=name, targets=spec.target)
+    digest = None
+    if checksum := window.source.get("podium.dbt_sql_checksum"):  # the rows and the SQL that made them
+        digest = get_normalized_md5_digest([compute_pandas_digest(labelled).encode(), checksum.encode()])
+    return from_pandas(labelled, name=name, targets=spec.target, digest=digest)
 
 
 def training_name(spec: Spec) -> str:

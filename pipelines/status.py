@@ -280,4 +280,4 @@ def _store_missing(uri: str) -> bool:
 
 
 def _number(text: str | None) -> float | None:
-    return float(text) if text not in (None, "") else None
+    return float(text) if text else None

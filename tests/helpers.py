@@ -17,6 +17,7 @@ from typing import Any
 import mlflow
 import optuna
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from pipelines import cli
@@ -140,6 +141,12 @@ def with_sql(spec: Spec, edit: str, by: str, tmp: Path) -> Spec:
 def profile_file(tmp_path: Path, profile: Profile) -> str:
     path = tmp_path / "profile.yaml"
     path.write_text(f"warehouse:\n  backend: duckdb\n  path: {profile.warehouse.path}\n")
+    return str(path)
+
+
+def spec_file(spec: Spec, path: Path) -> str:
+    """The spec written to `path` as YAML, for a child `podium` process; the path."""
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude_none=True)))
     return str(path)
 
 

@@ -31,6 +31,7 @@ HEAVIEST_FIRST = [
     "tests/pipeline/test_backtest.py",
     "tests/pipeline/test_cycle.py",
     "tests/app/test_pages.py",
+    "tests/dbt_example/test_dbt.py",
     "tests/pipeline/test_postgres_workers.py",
     "tests/pipeline/test_serve.py",
     "tests/pipeline/test_tracking_writer.py",
@@ -50,6 +51,7 @@ SHARED_MODULES = {
     "tests/data/test_features_on_snowpark.py",  # the features built on Snowpark
     "tests/unit/test_snowpark_warehouse.py",  # the Snowpark session on the emulator
     "tests/app/test_pages.py",  # the rehearsed lifecycle and the store-demand example the pages read
+    "tests/dbt_example/test_dbt.py",  # one `podium run` of the dbt example
 }
 
 

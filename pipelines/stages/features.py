@@ -28,8 +28,9 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ParseError
 from sqlglot.tokens import TokenType
 
-from pipelines import dataset
+from pipelines import dataset, dbt_project
 from pipelines.config import Profile, Spec
+from pipelines.dbt_project import DbtBuild
 from pipelines.errors import ConfigError, DataQualityError, WarehouseError
 from pipelines.progress import progress
 from pipelines.tracking import stage_run
@@ -93,28 +94,63 @@ class FeaturesResult:
 
 
 def main(profile: Profile, spec: Spec) -> FeaturesResult:
-    """Build every model in order (none without a `features` section), then check the spec's table."""
-    models = discover_models(spec) if spec.features else []
-    staged = {m.table: staged_name(m.table) for m in models}
-    with connect(profile) as warehouse, stage_run(profile, spec, "features"):
-        if spec.features:
-            warehouse.ensure_schema(spec.features.db_schema)
-        warehouse.drop(list(staged.values()))  # what a killed run left
-        try:
-            rows = {m.table: materialize(warehouse, m, spec, staged) for m in progress(models, "features")}
-            checks = check_quality(warehouse, spec, staged.get(spec.table, spec.table))
-            _log(rows, checks)
-            _require(checks, spec, published=not staged)
-            warehouse.publish(staged)
-        except BaseException:
-            warehouse.drop(list(staged.values()))
-            raise
+    """Build every model in order (none without a `features` section), then check the spec's table.
+
+    With a dbt project, dbt builds first (into `features.schema`, before Podium opens the warehouse);
+    the spec's table is then copied from dbt's model, with the build's lineage beside it.
+    """
+    config = spec.features
+    with stage_run(profile, spec, "features"):
+        built = dbt_project.build(profile, config.dbt, config.db_schema) if config and config.dbt else None
+        models = discover_models(spec) if config and config.sql else []
+        staged = {table: staged_name(table) for table in tables_written(spec)}
+        with connect(profile) as warehouse:
+            if config and config.sql:
+                warehouse.ensure_schema(config.db_schema)
+            warehouse.drop(list(staged.values()))  # what a killed run left
+            try:
+                if built:
+                    rows = {spec.table: _copy_dbt_model(warehouse, spec, built, staged)}
+                else:
+                    rows = {
+                        m.table: materialize(warehouse, m, spec, staged) for m in progress(models, "features")
+                    }
+                checks = check_quality(warehouse, spec, staged.get(spec.table, spec.table))
+                _log(rows, checks, built)
+                _require(checks, spec, published=not staged)
+                warehouse.publish(staged)
+            except BaseException:
+                warehouse.drop(list(staged.values()))
+                raise
     return FeaturesResult(rows, checks)
 
 
-def _log(rows: dict[str, int], checks: list[QualityCheck]) -> None:
+def _copy_dbt_model(warehouse: Warehouse, spec: Spec, built: DbtBuild, staged: dict[str, str]) -> int:
+    """Stage dbt's model as the spec's table, and the build's lineage as its record; the row count."""
+    target, record = staged[spec.table], staged[dataset.dbt_build_table(spec)]
+    schema, _ = split_table(spec.table)
+    if schema:
+        warehouse.ensure_schema(schema)
+    source = built.relation_of(spec.table)
+    # every column named in upper case, as Snowflake names unquoted ones (dbt-duckdb keeps the SQL's case)
+    named = ", ".join(f"{quote(c)} AS {quote(c)}" for c in warehouse.columns(source))
+    warehouse.execute(f"CREATE OR REPLACE TABLE {quote(target)} AS SELECT {named} FROM {quote(source)}")
+    columns = ", ".join(f"{quote(name)} VARCHAR" for name in dataset.DBT_BUILD_COLUMNS)
+    warehouse.execute(f"CREATE OR REPLACE TABLE {quote(record)} ({columns})")
+    tags = built.tags()
+    values = [tags[f"podium.{name.lower()}"] for name in dataset.DBT_BUILD_COLUMNS]
+    warehouse.execute(f"INSERT INTO {quote(record)} VALUES ({', '.join('?' for _ in values)})", values)
+    rows = int(warehouse.query(f"SELECT COUNT(*) AS N FROM {quote(target)}").iloc[0, 0])
+    log.info("built %s (%s rows) with dbt, invocation %s", spec.table, f"{rows:,}", built.invocation_id)
+    return rows
+
+
+def _log(rows: dict[str, int], checks: list[QualityCheck], built: DbtBuild | None) -> None:
     metrics = {f"rows.{table}": n for table, n in rows.items()}
     mlflow.log_metrics(metrics | {f"check.{c.name}": float(c.passed) for c in checks})
+    if built:
+        mlflow.set_tags(built.tags())
+        mlflow.log_dict(dbt_project.describe(built), "dbt_build.json")
 
 
 def _require(checks: list[QualityCheck], spec: Spec, published: bool) -> None:
@@ -130,7 +166,9 @@ def _require(checks: list[QualityCheck], spec: Spec, published: bool) -> None:
 
 
 def tables_written(spec: Spec) -> list[str]:
-    """The tables this stage builds for the spec, in build order."""
+    """The tables this stage builds for the spec, in build order (with dbt: those it publishes)."""
+    if spec.features and spec.features.dbt:
+        return [spec.table, dataset.dbt_build_table(spec)]
     return [m.table for m in discover_models(spec)] if spec.features else []
 
 
@@ -139,6 +177,8 @@ def discover_models(spec: Spec) -> list[SqlModel]:
     if spec.features is None:
         raise ConfigError(f"spec {spec.name} has no `features` section: nothing to build.")
     folder, schema = spec.features.sql, spec.features.db_schema
+    if folder is None:
+        raise ConfigError(f"spec {spec.name} builds its features with dbt: it has no SQL models.")
     files = sorted(folder.glob("*.sql")) if folder.is_dir() else []
     numbered: list[tuple[int, SqlModel]] = []  # each model with its file's NN, the run order
     for path in files:

@@ -180,7 +180,7 @@ def _record_windows(spec: Spec, data: Windows) -> dict[str, str]:
         "podium.git_sha": git_sha() or "unknown",
         "podium.train_run_id": active.info.run_id,
         "podium.trained_before": str(spec.holdout_start),  # the training window's end: a cycle ages it
-    }
+    } | data.training.source
 
 
 def _score_baselines(spec: Spec, data: Windows) -> dict[str, dict[str, float]]:

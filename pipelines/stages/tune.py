@@ -404,7 +404,7 @@ def _record_context(
         "podium.seed": str(seed if seed is not None else ""),
         "podium.cv": " ".join(f"{f['train']}>{f['valid']}" for f in folds),
         "podium.top_run_id": run_id,
-    }
+    } | data.window.source
 
 
 def _score_baseline(

@@ -105,7 +105,7 @@ def test_help_lists_every_command_and_reads_like_a_manual(
 ) -> None:
     code, out, _ = podium(["--help"], capsys, monkeypatch)
     assert code == 0
-    assert len(COMMANDS) == 13 and all(re.search(rf"\b{c}\b", out) for c in COMMANDS)
+    assert len(COMMANDS) == 14 and all(re.search(rf"\b{c}\b", out) for c in COMMANDS)
     for section in ("Examples", "Environment", "Files", "Exit status"):
         assert section in out
 

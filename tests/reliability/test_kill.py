@@ -24,7 +24,6 @@ from typing import Any
 import optuna
 import pandas as pd
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from pipelines import audit, pipeline, registry, status
@@ -40,6 +39,7 @@ from tests.helpers import (
     profile_file,
     restore,
     snapshot,
+    spec_file,
     worker_env,
 )
 from tests.reliability.child import context, instants, run, timed
@@ -53,11 +53,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def ctx() -> Iterator[BaseContext]:
     yield context()
-
-
-def spec_file(spec: Spec, path: Path) -> str:
-    path.write_text(yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude_none=True)))
-    return str(path)
 
 
 def count(profile: Profile, table: str) -> int | None:

@@ -151,3 +151,19 @@ def test_a_file_that_is_not_a_mapping_is_named(tmp_path: Path) -> None:
 def test_missing_spec_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_spec(str(tmp_path / "nope.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("features", "says"),
+    [
+        ("{sql: sql, dbt: {project_dir: p, select: m}}", "give one of `sql`"),
+        ("{schema: ML}", "give one of `sql`"),
+        ("{dbt: {project_dir: p, select: m}, schema: ML}", r"features.schema \(ML\) is where dbt builds"),
+    ],
+)
+def test_a_features_section_names_one_builder_and_dbt_builds_beside_the_spec_table(
+    tmp_path: Path, features: str, says: str
+) -> None:
+    path = write(tmp_path / "s.yaml", spec_text() + f"\nfeatures: {features}\n")
+    with pytest.raises(ConfigError, match=says):
+        load_spec(str(path))
