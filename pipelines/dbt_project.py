@@ -160,8 +160,9 @@ def invoke(args: list[str]) -> dict[str, Any]:
     except ImportError as exc:
         return {"problem": f"dbt could not be imported ({exc}): pip install 'podium[dbt]'", "models": []}
     result = dbtRunner().invoke(args)
-    if result.exception is not None:
-        return {"problem": str(result.exception).strip().splitlines()[0], "models": []}
+    if result.exception is not None:  # dbt could not start: the project, the profile, a parse error
+        said = str(result.exception).strip().splitlines() or [type(result.exception).__name__]
+        return {"problem": said[0], "models": []}
     nodes = getattr(result.result, "results", None) or []  # `parse` returns a manifest: no node ran
     failed = [f"{r.node.unique_id}: {r.status}" for r in nodes if str(r.status) in FAILED]
     models = [_built(r.node) for r in nodes if r.node.resource_type == "model" and str(r.status) == "success"]
