@@ -10,13 +10,15 @@ dbt >= 1.8 (`data_tests`, test `arguments`); it needs no dbt package.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from pipelines import dataset, served
 from pipelines.audit import COLUMNS as AUDIT_COLUMNS
+from pipelines.audit import Outcome
 from pipelines.config import Spec
 from pipelines.stages.backtest import COLUMNS as BACKTEST_COLUMNS
 from pipelines.stages.cycle import COLUMNS as CYCLE_COLUMNS
+from pipelines.stages.evaluate import COLUMNS as MONITORING_COLUMNS
 from pipelines.stages.evaluate import KEYS as MONITORING_KEYS
 from pipelines.warehouse.dialect import split_table
 
@@ -39,7 +41,7 @@ DESCRIBED = {
     "ACTOR": "Who decided.",
     "DECIDED_AT": "When (UTC).",
 }
-OUTCOMES = ["promoted", "refused", "failed", "dry-run: would be promoted", "dry-run: would be refused"]
+OUTCOMES = list(get_args(Outcome))  # every DECISION the audit writes
 
 
 def document(spec: Spec) -> dict[str, Any]:
@@ -79,7 +81,7 @@ def _scores(spec: Spec) -> tuple[str, dict[str, Any]]:
 
 def _monitoring(spec: Spec) -> tuple[str, dict[str, Any]]:
     monitoring = spec.monitoring_section
-    names = [*MONITORING_KEYS, "VALUE", "ROWS"]
+    names = list(dict.fromkeys([*MONITORING_KEYS, *MONITORING_COLUMNS]))
     name, table = _table(monitoring.table, f"{spec.name}'s metrics per period and version, and drift.", names)
     _unique_together(table, MONITORING_KEYS)
     return name, table

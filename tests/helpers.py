@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import mlflow
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -142,6 +144,12 @@ def profile_file(tmp_path: Path, profile: Profile) -> str:
     path = tmp_path / "profile.yaml"
     path.write_text(f"warehouse:\n  backend: duckdb\n  path: {profile.warehouse.path}\n")
     return str(path)
+
+
+def read(profile: Profile, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
+    """A query's rows from the profile's DuckDB file, opened read-only beside the code under test."""
+    with duckdb.connect(str(profile.warehouse.path), read_only=True) as con:
+        return con.execute(sql, params or []).df()
 
 
 def spec_file(spec: Spec, path: Path) -> str:

@@ -27,7 +27,7 @@ from pipelines.app.pages import PAGES
 from pipelines.config import LiveEvidence, Profile, Spec
 from pipelines.config_files import load_spec
 from tests.app.states import STORE_DEMAND, lifecycle_spec, write_settings
-from tests.helpers import REPO, Snapshot, duckdb_profile, restore, worker_env
+from tests.helpers import REPO, Snapshot, duckdb_profile, read, restore, worker_env
 from tests.servers import app_server, rendered
 
 SCRIPT = REPO / "pipelines" / "app" / "main.py"
@@ -61,11 +61,6 @@ def choose(app: AppTest, key: str, value: Any) -> AppTest:
     """Pick `value` in the select box `key`, and rerun."""
     app.selectbox(key=key).set_value(value)
     return run(app)
-
-
-def read(profile: Profile, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
-    with duckdb.connect(str(profile.warehouse.path), read_only=True) as con:
-        return con.execute(sql, params or []).df()
 
 
 def metrics(app: AppTest) -> dict[str, str]:

@@ -31,9 +31,10 @@ from tests.helpers import (
     Snapshot,
     duckdb_profile,
     profile_file,
+    read,
+    restore,
     spec_file,
     tracking_store,
-    with_warehouse,
     worker_env,
 )
 from tests.reliability.child import context, instants, run, timed
@@ -81,16 +82,9 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
 
 def fresh(ran: Snapshot, tmp_path: Path, mlflow_store: str) -> tuple[Profile, Spec]:
     """This test's copies of the run's warehouse, MLflow store and dbt project."""
-    spec, _ = ran.value
-    shutil.copyfile(ran.store, mlflow_store.removeprefix("sqlite:///"))
-    shutil.copyfile(ran.warehouse, tmp_path / "warehouse.duckdb")
-    profile = with_warehouse(duckdb_profile(ran.warehouse), tmp_path / "warehouse.duckdb")
-    return profile, example_spec(project_copy(tmp_path))
-
-
-def read(profile: Profile, sql: str) -> pd.DataFrame:
-    with duckdb.connect(str(profile.warehouse.path), read_only=True) as con:
-        return con.execute(sql).df()
+    return restore(ran, duckdb_profile(ran.warehouse), tmp_path, mlflow_store), example_spec(
+        project_copy(tmp_path)
+    )
 
 
 def run_dbt(profile: Profile, project: Path, *args: str) -> dict[str, Any]:
