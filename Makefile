@@ -31,7 +31,7 @@ check: $(BIN)/podium ## Lint and format check (ruff), type check of pipelines/ (
 	$(BIN)/mypy
 
 test: $(BIN)/podium ## Run the tests (pytest), on two worker processes (JOBS=2)
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup --no-loadscope-reorder
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup --no-loadscope-reorder --durations=25
 
 test-fast: $(BIN)/podium ## Unit and data tiers, under 2 minutes
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup --no-loadscope-reorder tests/unit tests/data
